@@ -1,0 +1,47 @@
+# The two set-up commands of README.md live here: `make demo` and `make test`.
+# Both work on a fresh Debian 12 machine as root (they install what they need).
+
+PYTHON ?= python3
+VENV   ?= .venv
+BIN     = $(VENV)/bin
+APT_PACKAGES = qemu-system-x86 linux-image-amd64 redis-server redis-tools musl-tools \
+               lz4 cpio kmod iproute2 dnsmasq-base procps python3-venv python3-pip
+
+.PHONY: deps venv demo test lint unit e2e bench clean
+
+deps:
+	@if [ "$$(id -u)" = 0 ]; then \
+	  export DEBIAN_FRONTEND=noninteractive; \
+	  apt-get update -q && apt-get install -y -q --no-install-recommends $(APT_PACKAGES); \
+	else echo "not root: skipping apt-get (needs: $(APT_PACKAGES))"; fi
+	# Redis runs inside the guests; the host's own service only gets in the way.
+	-systemctl disable --now redis-server >/dev/null 2>&1 || true
+
+venv: $(BIN)/uniklab
+$(BIN)/uniklab: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $@
+
+demo: deps venv
+	$(BIN)/uniklab demo
+
+lint: venv
+	$(BIN)/ruff check src tests bench
+	$(BIN)/mypy
+
+unit: venv
+	$(BIN)/pytest -m "not e2e"
+
+e2e: venv
+	$(BIN)/pytest -m e2e
+
+test: deps venv lint
+	$(BIN)/pytest
+
+bench: deps venv
+	$(BIN)/python bench/bench_redis.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info

@@ -1,0 +1,3 @@
+from uniklab.cli.main import entry
+
+entry()

@@ -1,0 +1,37 @@
+"""Synchronous, bounded QMP calls over a unix socket, through the ``qemu.qmp`` library."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from pathlib import Path
+from typing import Any
+
+from qemu.qmp import QMPClient
+from qemu.qmp.error import QMPError
+
+log = logging.getLogger(__name__)
+
+
+class QmpUnavailable(Exception):
+    """The monitor did not answer (socket gone, QEMU hung or exiting)."""
+
+
+async def _call(path: Path, command: str, args: dict[str, Any] | None, timeout: float) -> Any:
+    client = QMPClient("uniklab")
+    try:
+        await asyncio.wait_for(client.connect(str(path)), timeout)
+        return await asyncio.wait_for(client.execute(command, args), timeout)
+    finally:
+        with contextlib.suppress(QMPError, OSError, TimeoutError, EOFError):
+            await asyncio.wait_for(client.disconnect(), timeout)
+
+
+def call(path: Path, command: str, args: dict[str, Any] | None = None, timeout: float = 3.0) -> Any:
+    """Run one QMP command; raise QmpUnavailable if QEMU does not answer in time."""
+    log.debug("qmp %s: %s %s", path, command, args or "")
+    try:
+        return asyncio.run(_call(path, command, args, timeout))
+    except (QMPError, OSError, TimeoutError, EOFError) as exc:
+        raise QmpUnavailable(f"{command}: {exc or type(exc).__name__}") from exc

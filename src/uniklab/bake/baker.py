@@ -1,0 +1,192 @@
+"""Baking: a recipe (or a binary) becomes a kernel + initramfs image in the store.
+
+The initramfs holds only the application, the libraries its ELF headers name (and those
+the recipe says it dlopens), the kernel modules it needs in load order, a tiny static
+init, and ``/uniklab/image.json`` telling the init what to run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+
+from uniklab.bake import cpio, elf, kmod
+from uniklab.bake.image import ImageStore, KernelInfo, Manifest
+from uniklab.bake.kernel import host_kernel
+from uniklab.bake.recipe import Recipe
+from uniklab.errors import BakeError
+from uniklab.guest.build import build_init
+
+log = logging.getLogger(__name__)
+
+# Bump when the image layout changes, so old cached images are not reused.
+FORMAT = 1
+# What every image needs to reach the network on QEMU's microvm (virtio-mmio).
+BASE_MODULES = ("virtio_mmio", "virtio_net")
+BASE_CMDLINE = "console=ttyS0 reboot=t panic=-1 quiet"
+
+Progress = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class BakeResult:
+    manifest: Manifest
+    cached: bool
+    seconds: float
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+@dataclass(frozen=True)
+class _Inputs:
+    """Everything that decides an image's bytes, resolved on the host."""
+
+    recipe: Recipe
+    recipe_dir: Path | None
+    binary: Path
+    kernel: Path
+    release: str
+    libs: dict[PurePosixPath, Path]
+    modules: list[kmod.KernelModule]
+    init: Path
+    compression: str
+
+    def digest(self) -> str:
+        h = hashlib.sha256()
+        doc = {
+            "format": FORMAT,
+            "recipe": self.recipe.model_dump(mode="json"),
+            "binary": _sha256(self.binary),
+            "kernel": _sha256(self.kernel),
+            "init": _sha256(self.init),
+            "libs": {str(k): _sha256(v) for k, v in sorted(self.libs.items())},
+            "modules": [(str(m.image_path), _sha256(m.source)) for m in self.modules],
+            "files": [self._file_digest(f.src, f.content) for f in self.recipe.files],
+            "compression": self.compression,
+        }
+        h.update(json.dumps(doc, sort_keys=True).encode())
+        return "sha256:" + h.hexdigest()
+
+    def _file_digest(self, src: str | None, content: str | None) -> str:
+        if src is not None:
+            return _sha256(self.resolve_src(src))
+        return hashlib.sha256((content or "").encode()).hexdigest()
+
+    def resolve_src(self, src: str) -> Path:
+        base = self.recipe_dir or Path("/")
+        path = (base / src).resolve()
+        if self.recipe_dir is not None and not path.is_relative_to(self.recipe_dir):
+            raise BakeError(f"recipe file {src!r} escapes the recipe's directory")
+        if not path.is_file():
+            raise BakeError(f"recipe file {src!r} not found ({path})")
+        return path
+
+
+def _resolve(recipe: Recipe, recipe_dir: Path | None, cache: Path, compression: str) -> _Inputs:
+    binary = Path(recipe.binary)
+    if not binary.exists():
+        hint = f" (apt-get install {recipe.package})" if recipe.package else ""
+        raise BakeError(f"{recipe.name}: binary {binary} not found{hint}")
+    binary = binary.resolve()
+    kernel, release = host_kernel()
+    modules = kmod.module_closure([*BASE_MODULES, *recipe.modules], kernel_release=release)
+    libs = elf.elf_closure([binary], extra_libs=recipe.libs)
+    init = build_init(cache)
+    return _Inputs(recipe, recipe_dir, binary, kernel, release, libs, modules, init, compression)
+
+
+def _initramfs(inp: _Inputs) -> tuple[bytes, int]:
+    arc = cpio.CpioArchive()
+    for d in ("/dev", "/proc", "/sys", "/tmp", "/run", "/etc", "/bin", "/uniklab"):
+        arc.add_dir(d)
+    arc.add_device("/dev/console", "c", 5, 1)
+    arc.add_device("/dev/null", "c", 1, 3, mode=0o666)
+    arc.add_file_from("/init", inp.init, mode=0o755)
+    arc.add_file_from(inp.recipe.image_binary_path, inp.binary, mode=0o755)
+    for dest, src in sorted(inp.libs.items()):
+        arc.add_file_from(str(dest), src)
+    for m in inp.modules:
+        arc.add_file(str(m.image_path), kmod.module_bytes(m))
+    for f in inp.recipe.files:
+        if f.src is not None:
+            arc.add_file_from(f.dest, inp.resolve_src(f.src), mode=f.mode)
+        else:
+            arc.add_file(f.dest, (f.content or "").encode(), mode=f.mode)
+    arc.add_file("/etc/passwd", b"root:x:0:0:root:/:/bin/false\n")
+    arc.add_file("/etc/group", b"root:x:0:\n")
+    image_doc = {
+        "entrypoint": [inp.recipe.image_binary_path, *inp.recipe.args],
+        "env": {"HOME": "/", "PATH": "/bin:/usr/bin", **inp.recipe.env},
+        "workdir": inp.recipe.workdir,
+        "modules": [str(m.image_path) for m in inp.modules],
+    }
+    arc.add_file("/uniklab/image.json", json.dumps(image_doc, indent=1).encode())
+    files = 2 + len(inp.libs) + len(inp.modules) + len(inp.recipe.files)
+    return cpio.compress(arc.to_bytes(), inp.compression), files  # type: ignore[arg-type]
+
+
+def bake(
+    recipe: Recipe,
+    *,
+    recipe_dir: Path | None,
+    store: ImageStore,
+    cache: Path,
+    tag: str = "latest",
+    compression: str | None = None,
+    progress: Progress | None = None,
+) -> BakeResult:
+    """Bake ``recipe`` into the store; reuse the stored image when the inputs are the same."""
+    say = progress or (lambda _msg: None)
+    start = time.monotonic()
+    say("resolving inputs")
+    inp = _resolve(recipe, recipe_dir, cache, compression or cpio.DEFAULT_COMPRESSION)
+    digest = inp.digest()
+    if store.has(digest):
+        m = store.manifest(digest)
+        if (m.name, m.tag) != (recipe.name, tag):
+            m = m.model_copy(update={"name": recipe.name, "tag": tag})
+        return BakeResult(m, True, time.monotonic() - start)
+
+    say("writing initramfs")
+    staging = store.staging()
+    try:
+        initrd, files = _initramfs(inp)
+        (staging / "initrd").write_bytes(initrd)
+        kernel_bytes = inp.kernel.read_bytes()
+        (staging / "kernel").write_bytes(kernel_bytes)
+        manifest = Manifest(
+            name=recipe.name,
+            tag=tag,
+            digest=digest,
+            created=time.time(),
+            kernel=KernelInfo(release=inp.release, source=str(inp.kernel)),
+            compression=inp.compression,
+            size=len(initrd) + len(kernel_bytes),
+            kernel_size=len(kernel_bytes),
+            initrd_size=len(initrd),
+            cmdline=BASE_CMDLINE,
+            entrypoint=[recipe.image_binary_path, *recipe.args],
+            ports=recipe.ports,
+            probe=recipe.probe,
+            memory=recipe.memory,
+            files=files,
+            bake_seconds=round(time.monotonic() - start, 3),
+        )
+        store.commit(staging, manifest)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    log.info("baked %s:%s %s in %.2fs", recipe.name, tag, digest[:19], manifest.bake_seconds)
+    return BakeResult(manifest, False, time.monotonic() - start)

@@ -1,0 +1,33 @@
+"""uniklab destroy: stop instances and remove everything they had."""
+
+from __future__ import annotations
+
+import click
+
+from uniklab.cli import common
+from uniklab.errors import UniklabError
+
+
+@click.command()
+@click.argument("names", nargs=-1)
+@click.option("-a", "--all", "everything", is_flag=True, help="Destroy every instance.")
+@click.pass_context
+def destroy(ctx: click.Context, names: tuple[str, ...], everything: bool) -> None:
+    """Destroy instances (like `xl destroy`): process, runtime files and state row."""
+    lab = common.lab(ctx)
+    if everything:
+        names = tuple(v.name for v in lab.ps())
+    elif not names:
+        raise click.UsageError("name an instance, or use --all")
+    failed = 0
+    for name in names:
+        try:
+            lab.destroy(name)
+            common.out.print(f"destroyed {name}")
+        except UniklabError as exc:
+            if len(names) == 1:
+                raise
+            failed += 1
+            common.err.print(f"error: {exc}")
+    if failed:
+        raise UniklabError(f"{failed} of {len(names)} could not be destroyed")

@@ -1,0 +1,29 @@
+"""uniklab ip: where to reach an instance, and how that was found."""
+
+from __future__ import annotations
+
+import click
+
+from uniklab.cli import common
+
+
+@click.command()
+@click.argument("name")
+@common.json_option
+@click.pass_context
+def ip(ctx: click.Context, name: str, as_json: bool) -> None:
+    """Print the address of instance NAME."""
+    info = common.lab(ctx).ip(name)
+    if as_json:
+        common.print_json(
+            {
+                "address": info.host,
+                "source": info.source,
+                "guest_address": info.guest_address,
+                "ports": [{"host": h, "guest": g} for h, g in info.ports],
+            }
+        )
+        return
+    ports = " ".join(f"{info.host}:{h}->{g}" for h, g in info.ports)
+    guest = f" guest {info.guest_address}" if info.guest_address else ""
+    common.out.print(f"{info.host} ({info.source}){guest} {ports}".rstrip())

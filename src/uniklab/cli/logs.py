@@ -1,0 +1,20 @@
+"""uniklab logs: the guest's console."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from uniklab.cli import common
+from uniklab.lab import tail
+
+
+@click.command()
+@click.argument("name")
+@click.option("-n", "--tail", "lines", type=int, default=0, help="Only the last N lines.")
+@click.pass_context
+def logs(ctx: click.Context, name: str, lines: int) -> None:
+    """Print the console log of instance NAME."""
+    text = common.lab(ctx).logs(name)
+    sys.stdout.write((tail(text, lines) + "\n") if lines else text)

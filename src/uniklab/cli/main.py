@@ -1,0 +1,78 @@
+"""The ``uniklab`` command: a group of verbs, one module each, and the one place that
+turns errors into exit codes (a traceback only with -v)."""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+import click
+from rich.logging import RichHandler
+
+from uniklab.cli import common
+from uniklab.cli.bake import bake
+from uniklab.cli.check import check
+from uniklab.cli.demo import demo
+from uniklab.cli.destroy import destroy
+from uniklab.cli.images import images
+from uniklab.cli.ip import ip
+from uniklab.cli.logs import logs
+from uniklab.cli.ps import ps
+from uniklab.cli.recipes import recipes
+from uniklab.cli.rmi import rmi
+from uniklab.cli.run import run
+from uniklab.errors import LaunchError, ProbeTimeoutError, UniklabError
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("-v", "--verbose", count=True, help="Show debug logs and tracebacks.")
+@click.version_option(package_name="uniklab")
+@click.pass_context
+def cli(ctx: click.Context, verbose: int) -> None:
+    """Bake applications into unikernel-style images and run them on QEMU."""
+    ctx.ensure_object(dict)["verbose"] = verbose
+    level = logging.DEBUG if verbose else logging.WARNING
+    logging.basicConfig(
+        level=level,
+        format="%(message)s",
+        datefmt="[%X]",
+        handlers=[RichHandler(console=common.err, show_path=False)],
+        force=True,
+    )
+
+
+for command in (bake, images, rmi, recipes, run, ps, ip, logs, check, destroy, demo):
+    cli.add_command(command)
+
+
+def _explain(exc: UniklabError) -> None:
+    common.err.print(f"[red]error:[/red] {exc}", markup=True, highlight=False)
+    if isinstance(exc, ProbeTimeoutError) and exc.console_tail:
+        common.err.print("console tail:\n" + exc.console_tail, markup=False)
+    if isinstance(exc, LaunchError) and exc.output:
+        common.err.print(exc.output.strip()[-2000:], markup=False)
+
+
+def main(argv: list[str] | None = None) -> int:
+    verbose = any(a in ("-v", "-vv", "--verbose") for a in (argv or sys.argv[1:]))
+    try:
+        cli.main(args=argv, prog_name="uniklab", standalone_mode=False)
+    except UniklabError as exc:
+        if verbose:
+            logging.getLogger("uniklab").exception("failed")
+        _explain(exc)
+        return exc.exit_code
+    except click.exceptions.Abort:
+        common.err.print("aborted")
+        return 130
+    except click.ClickException as exc:
+        exc.show()
+        return exc.exit_code
+    except KeyboardInterrupt:
+        common.err.print("interrupted")
+        return 130
+    return 0
+
+
+def entry() -> None:
+    sys.exit(main())

@@ -1,0 +1,81 @@
+"""uniklab run: start an instance of an image (baking a built-in recipe if needed)."""
+
+from __future__ import annotations
+
+import click
+
+from uniklab import validate
+from uniklab.cli import common
+from uniklab.lab import DEFAULT_WAIT, RunOptions
+
+
+@click.command(context_settings={"ignore_unknown_options": False})
+@click.argument("image")
+@click.argument("args", nargs=-1)
+@click.option("--name", help="Instance name (default: IMAGE-<random>).")
+@click.option("-m", "--memory", help="Guest memory, e.g. 64M, 128M, 1G (default: the image's).")
+@click.option("--vcpus", type=int, default=1, show_default=True, help="Virtual CPUs.")
+@click.option(
+    "-p",
+    "--publish",
+    "publish",
+    multiple=True,
+    metavar="HOST:GUEST",
+    help="Forward 127.0.0.1:HOST to the guest's port GUEST (repeatable).",
+)
+@click.option(
+    "-e",
+    "--env",
+    "env",
+    multiple=True,
+    metavar="NAME=VALUE",
+    help="Environment variable for the app (repeatable).",
+)
+@click.option("-l", "--label", "labels", multiple=True, metavar="KEY=VALUE", help="Label.")
+@click.option("--wait/--no-wait", default=False, help="Wait until the image's probe passes.")
+@click.option(
+    "--timeout",
+    type=float,
+    default=DEFAULT_WAIT,
+    show_default=True,
+    help="Seconds to wait for readiness.",
+)
+@common.json_option
+@click.pass_context
+def run(
+    ctx: click.Context,
+    image: str,
+    args: tuple[str, ...],
+    name: str | None,
+    memory: str | None,
+    vcpus: int,
+    publish: tuple[str, ...],
+    env: tuple[str, ...],
+    labels: tuple[str, ...],
+    wait: bool,
+    timeout: float,
+    as_json: bool,
+) -> None:
+    """Run IMAGE; ARGS after '--' are appended to the app's command line."""
+    opts = RunOptions(
+        name=name,
+        memory=memory,
+        vcpus=vcpus,
+        publish=[validate.publish(p) for p in publish],
+        env=dict(validate.env_pair(e) for e in env),
+        args=list(args),
+        labels=dict(validate.env_pair(label) for label in labels),
+        wait=wait,
+        timeout=timeout,
+    )
+    lab = common.lab(ctx)
+    status = f"starting {image}" + (" and waiting for it to be ready" if wait else "")
+    with common.err.status(status):
+        view = lab.run(image, opts)
+    if as_json:
+        common.print_json(view.as_dict())
+        return
+    common.out.print(
+        f"{view.name} running ({view.row.memory_mb}M, {view.row.vcpus} vCPU) "
+        f"at {view.address or 'no address'}"
+    )

@@ -1,0 +1,764 @@
+/* uniklab guest init: PID 1 of every Linux-kernel image uniklab bakes.
+ *
+ * It mounts the pseudo filesystems, reads the guest config from the kernel command line
+ * (uniklab.config=<base64url JSON>, see config.py) and the image description from
+ * /uniklab/image.json, loads kernel modules, sets the clock and the network up, then runs
+ * the one app and reaps; when the app exits the VM ends (reboot with -no-reboot). */
+#define _GNU_SOURCE
+#include "json.h"
+#include "net.h"
+#include "util.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <sys/mount.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <sys/time.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#define IMAGE_JSON "/uniklab/image.json"
+#define CONFIG_KEY "uniklab.config="
+#define MAX_NETS 8
+#define DEFAULT_PATH "PATH=/bin:/usr/bin:/sbin"
+
+/* linux/rtc.h is not in musl's include path; these are the stable UAPI values. */
+struct rtc_time_uapi { int tm_sec, tm_min, tm_hour, tm_mday, tm_mon, tm_year, tm_wday, tm_yday, tm_isdst; };
+#define RTC_UIE_ON _IO('p', 0x03)
+#define RTC_UIE_OFF _IO('p', 0x04)
+#define RTC_RD_TIME _IOR('p', 0x09, struct rtc_time_uapi)
+
+struct nic {
+    uint8_t mac[6];
+    char mac_str[18];
+    int dhcp;
+    struct in_addr addr;
+    int prefix;
+    struct in_addr gw;
+};
+
+struct config {
+    const char *name;
+    struct jv *args;    /* J_ARR of J_STR or NULL */
+    struct jv *env;     /* J_OBJ of J_STR or NULL */
+    struct nic nets[MAX_NETS];
+    int nnets;
+    struct jv *dns;     /* J_ARR of J_STR or NULL */
+    int clock_rtc;
+};
+
+struct image {
+    struct jv *entrypoint;
+    struct jv *env;
+    const char *workdir;
+    struct jv *modules;
+};
+
+static char *cmdline;
+
+/* ---- early setup ---- */
+
+static void mount_one(const char *src, const char *dir, const char *type, unsigned long flags,
+                      const char *data)
+{
+    mkdir(dir, 0755);
+    if (mount(src, dir, type, flags, data) < 0 && errno != EBUSY)
+        say("warning: mount %s on %s: %s", type, dir, strerror(errno));
+}
+
+static void setup_console(void)
+{
+    int fd = open("/dev/console", O_RDWR | O_NOCTTY);
+    if (fd < 0)
+        return;
+    for (int i = 0; i < 3; i++)
+        if (fd != i)
+            dup2(fd, i);
+    if (fd > 2)
+        close(fd);
+}
+
+static void early_mounts(void)
+{
+    mount_one("devtmpfs", "/dev", "devtmpfs", MS_NOSUID, "mode=0755");
+    setup_console();
+    mount_one("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL);
+    mount_one("sysfs", "/sys", "sysfs", MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL);
+    mount_one("tmpfs", "/tmp", "tmpfs", MS_NOSUID | MS_NODEV, "mode=1777");
+    mount_one("tmpfs", "/run", "tmpfs", MS_NOSUID | MS_NODEV, "mode=0755");
+    mkdir("/dev/pts", 0755);
+    mkdir("/dev/shm", 01777);
+    mount("devpts", "/dev/pts", "devpts", MS_NOSUID | MS_NOEXEC, "gid=5,mode=0620,ptmxmode=0666");
+    mount("tmpfs", "/dev/shm", "tmpfs", MS_NOSUID | MS_NODEV, "mode=1777");
+}
+
+/* ---- kernel command line ---- */
+
+/* Iterate kernel-style: words split on spaces outside double quotes. Returns the next word
+ * (quotes kept) in buf, or 0 when done. */
+static int next_word(const char **pos, char *buf, size_t buflen)
+{
+    const char *p = *pos;
+    while (*p == ' ' || *p == '\t' || *p == '\n')
+        p++;
+    if (!*p)
+        return 0;
+    int inq = 0;
+    size_t n = 0;
+    while (*p && (inq || (*p != ' ' && *p != '\t' && *p != '\n'))) {
+        if (*p == '"')
+            inq = !inq;
+        if (n + 1 < buflen)
+            buf[n++] = *p;
+        p++;
+    }
+    buf[n] = '\0';
+    *pos = p;
+    return 1;
+}
+
+static void normalize_modname(char *s)
+{
+    for (; *s; s++)
+        if (*s == '-')
+            *s = '_';
+}
+
+/* Collect "param=value" words for module `mod` from the command line, space-separated. */
+static void module_params(const char *mod, char *out, size_t outlen)
+{
+    out[0] = '\0';
+    if (!cmdline)
+        return;
+    size_t used = 0, mlen = strlen(mod);
+    const char *pos = cmdline;
+    char word[1024];
+    while (next_word(&pos, word, sizeof word)) {
+        const char *w = word;
+        if (*w == '"')
+            w++; /* "mod.param=value" quoted as a whole */
+        char *dot = strchr(w, '.');
+        char *eq = strchr(w, '=');
+        if (!dot || (eq && eq < dot) || (size_t)(dot - w) != mlen)
+            continue;
+        char name[256];
+        memcpy(name, w, mlen);
+        name[mlen] = '\0';
+        normalize_modname(name);
+        if (strcmp(name, mod) != 0 || !dot[1])
+            continue;
+        size_t l = strlen(dot + 1);
+        if (word[0] == '"' && l && dot[l] == '"')
+            l--; /* drop the closing quote of a whole-word quote */
+        if (used + l + 2 > outlen) {
+            say("warning: module parameters for %s too long, ignoring the rest", mod);
+            return;
+        }
+        if (used)
+            out[used++] = ' ';
+        memcpy(out + used, dot + 1, l);
+        used += l;
+        out[used] = '\0';
+    }
+}
+
+/* ---- base64url ---- */
+
+static int b64val(char c)
+{
+    if (c >= 'A' && c <= 'Z') return c - 'A';
+    if (c >= 'a' && c <= 'z') return c - 'a' + 26;
+    if (c >= '0' && c <= '9') return c - '0' + 52;
+    if (c == '-' || c == '+') return 62;
+    if (c == '_' || c == '/') return 63;
+    return -1;
+}
+
+static char *b64_decode(const char *in, size_t inlen, size_t *outlen)
+{
+    while (inlen && in[inlen - 1] == '=')
+        inlen--;
+    if (inlen % 4 == 1)
+        return NULL;
+    char *out = malloc(inlen / 4 * 3 + 3 + 1);
+    if (!out)
+        return NULL;
+    size_t n = 0;
+    uint32_t acc = 0;
+    int bits = 0;
+    for (size_t i = 0; i < inlen; i++) {
+        int v = b64val(in[i]);
+        if (v < 0) {
+            free(out);
+            return NULL;
+        }
+        acc = acc << 6 | (uint32_t)v;
+        bits += 6;
+        if (bits >= 8) {
+            bits -= 8;
+            out[n++] = (char)(acc >> bits & 0xff);
+        }
+    }
+    out[n] = '\0';
+    *outlen = n;
+    return out;
+}
+
+/* ---- config and image ---- */
+
+static int is_str_array(const struct jv *v)
+{
+    if (!v || v->type != J_ARR)
+        return 0;
+    for (const struct jv *c = v->child; c; c = c->next)
+        if (c->type != J_STR)
+            return 0;
+    return 1;
+}
+
+static int is_str_object(const struct jv *v)
+{
+    if (!v || v->type != J_OBJ)
+        return 0;
+    for (const struct jv *c = v->child; c; c = c->next)
+        if (c->type != J_STR || !c->key[0] || strchr(c->key, '='))
+            return 0;
+    return 1;
+}
+
+static int parse_cidr(const char *s, struct in_addr *addr, int *prefix)
+{
+    char buf[32];
+    const char *slash = strchr(s, '/');
+    size_t l = slash ? (size_t)(slash - s) : strlen(s);
+    if (l >= sizeof buf)
+        return -1;
+    memcpy(buf, s, l);
+    buf[l] = '\0';
+    if (inet_pton(AF_INET, buf, addr) != 1)
+        return -1;
+    if (!slash) {
+        *prefix = 24;
+        return 0;
+    }
+    char *end;
+    long p = strtol(slash + 1, &end, 10);
+    if (!slash[1] || *end || p < 0 || p > 32)
+        return -1;
+    *prefix = (int)p;
+    return 0;
+}
+
+/* Optional member: NULL if absent or JSON null. */
+static struct jv *opt(const struct jv *obj, const char *key)
+{
+    struct jv *v = json_get(obj, key);
+    return v && v->type == J_NULL ? NULL : v;
+}
+
+static void load_config(struct config *cfg)
+{
+    memset(cfg, 0, sizeof *cfg);
+    cfg->name = "uniklab";
+    cfg->clock_rtc = 1;
+    if (!cmdline)
+        return;
+    const char *pos = cmdline, *val = NULL;
+    char word[2048];
+    char *found = NULL;
+    while (next_word(&pos, word, sizeof word)) {
+        if (strncmp(word, CONFIG_KEY, strlen(CONFIG_KEY)) == 0) {
+            free(found); /* last one wins, as for kernel parameters */
+            found = strdup(word + strlen(CONFIG_KEY));
+        }
+    }
+    if (!found) {
+        say("no %s on the kernel command line, using defaults", "uniklab.config");
+        return;
+    }
+    val = found;
+    size_t jlen;
+    char *json = b64_decode(val, strlen(val), &jlen);
+    if (!json)
+        fatal("bad config: uniklab.config is not valid base64url");
+    char err[128] = "";
+    struct jv *doc = json_parse(json, jlen, err, sizeof err);
+    if (!doc)
+        fatal("bad config: invalid JSON: %s", err);
+    if (doc->type != J_OBJ)
+        fatal("bad config: not a JSON object");
+    struct jv *v = opt(doc, "v");
+    if (v && !(v->type == J_NUM && v->is_int && v->num == 1))
+        fatal("bad config: unsupported version (expected \"v\":1)");
+    if ((v = opt(doc, "name"))) {
+        if (v->type != J_STR || !v->len || v->len > 64)
+            fatal("bad config: \"name\" must be a string of 1..64 bytes");
+        cfg->name = v->str;
+    }
+    if ((v = opt(doc, "args")) && !is_str_array(v))
+        fatal("bad config: \"args\" must be an array of strings");
+    cfg->args = v;
+    if ((v = opt(doc, "env")) && !is_str_object(v))
+        fatal("bad config: \"env\" must be an object of strings with valid names");
+    cfg->env = v;
+    if ((v = opt(doc, "dns")) && !is_str_array(v))
+        fatal("bad config: \"dns\" must be an array of strings");
+    cfg->dns = v;
+    if ((v = opt(doc, "clock"))) {
+        if (v->type == J_STR && strcmp(v->str, "rtc") == 0)
+            cfg->clock_rtc = 1;
+        else if (v->type == J_STR && strcmp(v->str, "none") == 0)
+            cfg->clock_rtc = 0;
+        else
+            fatal("bad config: \"clock\" must be \"rtc\" or \"none\"");
+    }
+    if ((v = opt(doc, "net"))) {
+        if (v->type != J_ARR)
+            fatal("bad config: \"net\" must be an array");
+        if (json_count(v) > MAX_NETS)
+            fatal("bad config: at most %d network interfaces", MAX_NETS);
+        for (struct jv *n = v->child; n; n = n->next) {
+            struct nic *nic = &cfg->nets[cfg->nnets];
+            int i = cfg->nnets++;
+            if (n->type != J_OBJ)
+                fatal("bad config: net[%d] must be an object", i);
+            struct jv *mac = opt(n, "mac"), *dhcp = opt(n, "dhcp"), *addr = opt(n, "addr"),
+                      *gw = opt(n, "gw");
+            if (!mac || mac->type != J_STR || parse_mac(mac->str, nic->mac))
+                fatal("bad config: net[%d].mac must be a MAC address", i);
+            snprintf(nic->mac_str, sizeof nic->mac_str, "%02x:%02x:%02x:%02x:%02x:%02x",
+                     nic->mac[0], nic->mac[1], nic->mac[2], nic->mac[3], nic->mac[4], nic->mac[5]);
+            if (dhcp && dhcp->type != J_BOOL)
+                fatal("bad config: net[%d].dhcp must be a boolean", i);
+            nic->dhcp = dhcp ? dhcp->b : 1;
+            if (addr && (addr->type != J_STR || parse_cidr(addr->str, &nic->addr, &nic->prefix)))
+                fatal("bad config: net[%d].addr must be an IPv4 CIDR", i);
+            if (gw && (gw->type != J_STR || inet_pton(AF_INET, gw->str, &nic->gw) != 1))
+                fatal("bad config: net[%d].gw must be an IPv4 address", i);
+            if (!nic->dhcp && !addr)
+                fatal("bad config: net[%d] is static but has no addr", i);
+        }
+    }
+    free(json);
+    free(found);
+    /* doc is kept: cfg points into it for the life of init. */
+}
+
+static void load_image(struct image *img)
+{
+    memset(img, 0, sizeof *img);
+    size_t len;
+    char *text = read_file(IMAGE_JSON, 1 << 20, &len);
+    if (!text)
+        fatal("cannot read %s: %s", IMAGE_JSON, strerror(errno));
+    char err[128] = "";
+    struct jv *doc = json_parse(text, len, err, sizeof err);
+    free(text);
+    if (!doc || doc->type != J_OBJ)
+        fatal("bad %s: %s", IMAGE_JSON, doc ? "not a JSON object" : err);
+    img->entrypoint = opt(doc, "entrypoint");
+    if (!is_str_array(img->entrypoint) || !img->entrypoint->child || !img->entrypoint->child->len)
+        fatal("bad %s: \"entrypoint\" must be a non-empty array of strings", IMAGE_JSON);
+    if ((img->env = opt(doc, "env")) && !is_str_object(img->env))
+        fatal("bad %s: \"env\" must be an object of strings", IMAGE_JSON);
+    struct jv *w = opt(doc, "workdir");
+    if (w && w->type != J_STR)
+        fatal("bad %s: \"workdir\" must be a string", IMAGE_JSON);
+    img->workdir = w && w->len ? w->str : "/";
+    if ((img->modules = opt(doc, "modules")) && !is_str_array(img->modules))
+        fatal("bad %s: \"modules\" must be an array of strings", IMAGE_JSON);
+}
+
+/* ---- modules ---- */
+
+static void load_modules(const struct jv *mods)
+{
+    if (!mods || !mods->child)
+        return;
+    long long t0 = mono_ms();
+    int n = 0;
+    for (const struct jv *m = mods->child; m; m = m->next) {
+        const char *base = strrchr(m->str, '/');
+        base = base ? base + 1 : m->str;
+        char name[256];
+        snprintf(name, sizeof name, "%s", base);
+        char *ko = strstr(name, ".ko");
+        if (ko)
+            *ko = '\0';
+        normalize_modname(name);
+        char params[1024];
+        module_params(name, params, sizeof params);
+        int fd = open(m->str, O_RDONLY | O_CLOEXEC);
+        if (fd < 0) {
+            say("warning: module %s: %s", m->str, strerror(errno));
+            continue;
+        }
+        if (syscall(SYS_finit_module, fd, params, 0) < 0 && errno != EEXIST)
+            say("warning: module %s%s%s: %s", name, params[0] ? " " : "", params, strerror(errno));
+        else
+            n++;
+        close(fd);
+    }
+    say("loaded %d modules in %lld ms", n, mono_ms() - t0);
+}
+
+/* ---- clock ---- */
+
+static void set_clock_from_rtc(void)
+{
+    int fd = open("/dev/rtc0", O_RDONLY | O_CLOEXEC);
+    if (fd < 0) {
+        say("warning: no /dev/rtc0 (%s); clock left as the kernel set it", strerror(errno));
+        return;
+    }
+    struct rtc_time_uapi tm0, tm;
+    long long t0 = mono_ms();
+    if (ioctl(fd, RTC_RD_TIME, &tm0) < 0) {
+        say("warning: reading the RTC: %s; clock left as the kernel set it", strerror(errno));
+        close(fd);
+        return;
+    }
+    int ticked = 0;
+    struct timespec at; /* CLOCK_MONOTONIC when the tick was seen */
+    if (ioctl(fd, RTC_UIE_ON, 0) == 0) {
+        struct pollfd pfd = { fd, POLLIN, 0 };
+        int pr;
+        do
+            pr = poll(&pfd, 1, 1500);
+        while (pr < 0 && errno == EINTR);
+        clock_gettime(CLOCK_MONOTONIC, &at);
+        if (pr > 0) {
+            unsigned long data;
+            if (read(fd, &data, sizeof data) == (ssize_t)sizeof data)
+                ticked = 1;
+        }
+        ioctl(fd, RTC_UIE_OFF, 0);
+        if (ticked && ioctl(fd, RTC_RD_TIME, &tm) < 0)
+            ticked = 0;
+    }
+    if (!ticked) {
+        /* No update interrupt: poll the seconds register, as hwclock --directisa does. */
+        for (;;) {
+            if (ioctl(fd, RTC_RD_TIME, &tm) < 0)
+                break;
+            clock_gettime(CLOCK_MONOTONIC, &at);
+            if (tm.tm_sec != tm0.tm_sec) {
+                ticked = 1;
+                break;
+            }
+            if (mono_ms() - t0 > 1500)
+                break;
+            struct timespec ms = { 0, 1000000L };
+            nanosleep(&ms, NULL);
+        }
+    }
+    close(fd);
+    if (!ticked) {
+        say("warning: the RTC did not tick within 1.5 s; clock left as the kernel set it");
+        return;
+    }
+    struct tm t;
+    memset(&t, 0, sizeof t);
+    t.tm_sec = tm.tm_sec;
+    t.tm_min = tm.tm_min;
+    t.tm_hour = tm.tm_hour;
+    t.tm_mday = tm.tm_mday;
+    t.tm_mon = tm.tm_mon;
+    t.tm_year = tm.tm_year;
+    time_t secs = timegm(&t);
+    if (secs == (time_t)-1) {
+        say("warning: the RTC holds an invalid time; clock left as the kernel set it");
+        return;
+    }
+    /* Add the time spent since the tick was seen, so the setting is exact. */
+    struct timespec now, set;
+    clock_gettime(CLOCK_MONOTONIC, &now);
+    long long since = (long long)(now.tv_sec - at.tv_sec) * 1000000000LL + (now.tv_nsec - at.tv_nsec);
+    if (since < 0)
+        since = 0;
+    set.tv_sec = secs + (time_t)(since / 1000000000LL);
+    set.tv_nsec = (long)(since % 1000000000LL);
+    if (clock_settime(CLOCK_REALTIME, &set) < 0) {
+        say("warning: setting the clock: %s", strerror(errno));
+        return;
+    }
+    say("clock set from rtc (waited %lld ms)", mono_ms() - t0);
+}
+
+/* ---- network ---- */
+
+static void write_resolv_conf(const struct config *cfg, const struct in_addr *dns, int ndns)
+{
+    char buf[1024];
+    size_t n = 0;
+    const char *seen[32];
+    int nseen = 0;
+    char tmp[MAX_NETS * MAX_DNS][INET_ADDRSTRLEN];
+    int ntmp = 0;
+    if (cfg->dns)
+        for (const struct jv *d = cfg->dns->child; d && nseen < 32; d = d->next)
+            seen[nseen++] = d->str;
+    for (int i = 0; i < ndns && nseen < 32 && ntmp < MAX_NETS * MAX_DNS; i++) {
+        inet_ntop(AF_INET, &dns[i], tmp[ntmp], INET_ADDRSTRLEN);
+        seen[nseen++] = tmp[ntmp++];
+    }
+    for (int i = 0; i < nseen; i++) {
+        int dup = 0;
+        for (int j = 0; j < i; j++)
+            if (strcmp(seen[i], seen[j]) == 0)
+                dup = 1;
+        if (dup || strchr(seen[i], '\n'))
+            continue;
+        int w = snprintf(buf + n, sizeof buf - n, "nameserver %s\n", seen[i]);
+        if (w < 0 || (size_t)w >= sizeof buf - n)
+            break;
+        n += (size_t)w;
+    }
+    if (!n)
+        return;
+    mkdir("/etc", 0755);
+    int fd = open("/etc/resolv.conf", O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    if (fd < 0 || write(fd, buf, n) != (ssize_t)n)
+        say("warning: writing /etc/resolv.conf: %s", strerror(errno));
+    if (fd >= 0)
+        close(fd);
+}
+
+static void setup_network(const struct config *cfg)
+{
+    int rc = net_lo_up();
+    if (rc)
+        say("warning: bringing lo up: %s", strerror(-rc));
+    struct in_addr dns[MAX_NETS * MAX_DNS];
+    int ndns = 0;
+    for (int i = 0; i < cfg->nnets; i++) {
+        const struct nic *nic = &cfg->nets[i];
+        char ifname[IFNAMSIZ], err[160];
+        if (net_find_by_mac(nic->mac, ifname, 5000))
+            fatal("no network interface with MAC %s appeared within 5 s", nic->mac_str);
+        if ((rc = net_if_up(ifname)))
+            fatal("bringing %s up: %s", ifname, strerror(-rc));
+        struct lease l;
+        memset(&l, 0, sizeof l);
+        if (nic->dhcp) {
+            if (dhcp_run(ifname, nic->mac, cfg->name, 10000, &l, err, sizeof err))
+                fatal("dhcp on %s (%s): %s", ifname, nic->mac_str, err);
+            for (int k = 0; k < l.ndns && ndns < MAX_NETS * MAX_DNS; k++)
+                dns[ndns++] = l.dns[k];
+        } else {
+            l.addr = nic->addr;
+            l.prefix = nic->prefix;
+            l.gw = nic->gw;
+        }
+        if (net_apply(ifname, &l, err, sizeof err))
+            fatal("configuring %s: %s", ifname, err);
+        char a[INET_ADDRSTRLEN], g[INET_ADDRSTRLEN];
+        inet_ntop(AF_INET, &l.addr, a, sizeof a);
+        if (l.gw.s_addr)
+            inet_ntop(AF_INET, &l.gw, g, sizeof g);
+        else
+            strcpy(g, "none");
+        say("net %s %s %s/%d via %s gw %s", ifname, nic->mac_str, a, l.prefix,
+            nic->dhcp ? "dhcp" : "static", g);
+    }
+    write_resolv_conf(cfg, dns, ndns);
+}
+
+/* ---- the app ---- */
+
+static char **build_env(const struct image *img, const struct config *cfg)
+{
+    size_t cap = json_count(img->env) + json_count(cfg->env) + 2, n = 0;
+    char **env = calloc(cap, sizeof *env);
+    if (!env)
+        fatal("out of memory");
+    const struct jv *srcs[2] = { img->env, cfg->env };
+    for (int s = 0; s < 2; s++) {
+        for (const struct jv *e = srcs[s] ? srcs[s]->child : NULL; e; e = e->next) {
+            size_t kl = strlen(e->key);
+            char *kv = malloc(kl + 1 + e->len + 1);
+            if (!kv)
+                fatal("out of memory");
+            memcpy(kv, e->key, kl);
+            kv[kl] = '=';
+            memcpy(kv + kl + 1, e->str, e->len + 1);
+            size_t i;
+            for (i = 0; i < n; i++)
+                if (strncmp(env[i], kv, kl + 1) == 0)
+                    break;
+            if (i < n) {
+                free(env[i]);
+                env[i] = kv;
+            } else {
+                env[n++] = kv;
+            }
+        }
+    }
+    size_t i;
+    for (i = 0; i < n; i++)
+        if (strncmp(env[i], "PATH=", 5) == 0)
+            break;
+    if (i == n)
+        env[n++] = (char *)DEFAULT_PATH;
+    env[n] = NULL;
+    return env;
+}
+
+static char **build_argv(const struct image *img, const struct config *cfg)
+{
+    size_t n = json_count(img->entrypoint) + json_count(cfg->args), i = 0;
+    char **argv = calloc(n + 1, sizeof *argv);
+    if (!argv)
+        fatal("out of memory");
+    for (const struct jv *a = img->entrypoint->child; a; a = a->next)
+        argv[i++] = a->str;
+    for (const struct jv *a = cfg->args ? cfg->args->child : NULL; a; a = a->next)
+        argv[i++] = a->str;
+    argv[i] = NULL;
+    return argv;
+}
+
+/* execve, searching PATH (from the app's environment) when argv[0] has no slash. */
+static void exec_app(char **argv, char **envp)
+{
+    if (strchr(argv[0], '/')) {
+        execve(argv[0], argv, envp);
+        return;
+    }
+    const char *path = "/bin:/usr/bin:/sbin";
+    for (char **e = envp; *e; e++)
+        if (strncmp(*e, "PATH=", 5) == 0)
+            path = *e + 5;
+    int saved = ENOENT;
+    while (*path) {
+        const char *colon = strchrnul(path, ':');
+        char full[4096];
+        int l = snprintf(full, sizeof full, "%.*s/%s", (int)(colon - path), path, argv[0]);
+        if (l > 0 && (size_t)l < sizeof full) {
+            execve(full, argv, envp);
+            if (errno != ENOENT)
+                saved = errno;
+        }
+        path = *colon ? colon + 1 : colon;
+    }
+    errno = saved;
+}
+
+static void log_exec_line(char **argv)
+{
+    char line[900];
+    size_t n = 0;
+    for (char **a = argv; *a && n < sizeof line - 1; a++) {
+        int w = snprintf(line + n, sizeof line - n, "%s%s", a == argv ? "" : " ", *a);
+        if (w < 0)
+            break;
+        n += (size_t)w;
+        if (n >= sizeof line) {
+            n = sizeof line - 1;
+            break;
+        }
+    }
+    line[n] = '\0';
+    say("exec %s", line);
+}
+
+static void log_uptime(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_BOOTTIME, &ts);
+    say("ready-to-exec uptime=%ld.%03ld", (long)ts.tv_sec, ts.tv_nsec / 1000000L);
+}
+
+static int run_app(const struct image *img, const struct config *cfg)
+{
+    char **argv = build_argv(img, cfg);
+    char **envp = build_env(img, cfg);
+    log_uptime();
+    log_exec_line(argv);
+
+    sigset_t all, old;
+    sigfillset(&all);
+    sigprocmask(SIG_BLOCK, &all, &old);
+    pid_t pid = fork();
+    if (pid < 0)
+        fatal("fork: %s", strerror(errno));
+    if (pid == 0) {
+        sigset_t none;
+        sigemptyset(&none);
+        sigprocmask(SIG_SETMASK, &none, NULL);
+        setsid();
+        if (chdir(img->workdir) < 0) {
+            say("fatal: chdir %s: %s", img->workdir, strerror(errno));
+            _exit(126);
+        }
+        exec_app(argv, envp);
+        say("fatal: exec %s: %s", argv[0], strerror(errno));
+        _exit(127);
+    }
+
+    /* PID 1: wait for signals synchronously; reap everyone, forward TERM/INT to the app. */
+    for (;;) {
+        siginfo_t si;
+        int sig = sigwaitinfo(&all, &si);
+        if (sig < 0)
+            continue;
+        if (sig == SIGTERM || sig == SIGINT || sig == SIGHUP || sig == SIGQUIT) {
+            kill(pid, sig);
+            continue;
+        }
+        if (sig != SIGCHLD)
+            continue;
+        for (;;) {
+            int status;
+            pid_t r = waitpid(-1, &status, WNOHANG);
+            if (r <= 0)
+                break;
+            if (r != pid)
+                continue;
+            if (WIFEXITED(status))
+                say("app exited status %d", WEXITSTATUS(status));
+            else if (WIFSIGNALED(status))
+                say("app killed by signal %d", WTERMSIG(status));
+            return status;
+        }
+    }
+}
+
+int main(int argc, char **argv)
+{
+    (void)argc;
+    (void)argv;
+    if (getpid() != 1)
+        say("warning: not running as PID 1");
+    early_mounts();
+    say("start");
+    umask(022);
+    cmdline = read_file("/proc/cmdline", 65536, NULL);
+    if (!cmdline)
+        say("warning: cannot read /proc/cmdline: %s", strerror(errno));
+
+    struct config cfg;
+    struct image img;
+    load_config(&cfg);
+    load_image(&img);
+
+    if (sethostname(cfg.name, strlen(cfg.name)) < 0)
+        say("warning: sethostname: %s", strerror(errno));
+
+    load_modules(img.modules);
+    if (cfg.clock_rtc)
+        set_clock_from_rtc();
+    setup_network(&cfg);
+    run_app(&img, &cfg);
+    power_off();
+}

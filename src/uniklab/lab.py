@@ -1,0 +1,455 @@
+"""The core of uniklab: the verbs (bake, run, ps, ip, logs, check, destroy) over the store.
+
+The CLI, the Python API and the pytest plugin are thin faces over ``Lab``.  Every verb
+first reconciles the state store with what really runs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import re
+import secrets
+import shutil
+import socket
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from uniklab import validate
+from uniklab.backends.base import Backend, Handle, Inspection, InstanceSpec, NicSpec
+from uniklab.backends.hostinfo import choose_accel, tsc_khz
+from uniklab.backends.process import matches as pid_matches
+from uniklab.backends.qemu import QemuBackend
+from uniklab.bake import baker, recipe
+from uniklab.bake.image import ImageStore, Manifest
+from uniklab.errors import ConflictError, NotFoundError, ProbeTimeoutError, UniklabError
+from uniklab.guest.config import GuestConfig, Nic
+from uniklab.paths import Paths, default_paths
+from uniklab.probes import base as probes
+from uniklab.probes.kinds import from_spec
+from uniklab.state.store import CRASHED, CREATING, EXITED, RUNNING, InstanceRow, Store
+
+log = logging.getLogger(__name__)
+
+DEFAULT_WAIT = 120.0
+# Slirp's fixed guest address: what a user-mode guest gets from QEMU's built-in DHCP.
+SLIRP_GUEST = "10.0.2.15"
+_EXIT_RE = re.compile(r"uniklab-init: app (exited status \d+|killed by signal \d+)")
+_NET_RE = re.compile(r"uniklab-init: net (\S+) (\S+) (\S+) via (\S+)")
+
+
+@dataclass(frozen=True)
+class InstanceView:
+    """One row of ``ps``: the store's row joined with the backend's inspection."""
+
+    row: InstanceRow
+    inspection: Inspection | None
+
+    @property
+    def name(self) -> str:
+        return self.row.name
+
+    @property
+    def state(self) -> str:
+        return self.row.state
+
+    @property
+    def forwards(self) -> list[tuple[int, int]]:
+        return [(int(h), int(g)) for h, g in self.row.runtime.get("forwards", [])]
+
+    @property
+    def address(self) -> str:
+        fw = self.forwards
+        if fw:
+            return ",".join(f"127.0.0.1:{h}->{g}" for h, g in fw)
+        return str(self.row.runtime.get("address", ""))
+
+    def as_dict(self) -> dict[str, object]:
+        insp = self.inspection
+        return {
+            "name": self.row.name,
+            "id": self.row.id,
+            "image": self.row.image,
+            "digest": self.row.digest,
+            "backend": self.row.backend,
+            "host": self.row.host,
+            "state": self.row.state,
+            "memory_mb": self.row.memory_mb,
+            "vcpus": self.row.vcpus,
+            "pid": self.row.pid,
+            "cpu_seconds": insp.cpu_seconds if insp else None,
+            "uptime": insp.uptime if insp else None,
+            "rss_bytes": insp.rss_bytes if insp else None,
+            "address": self.address,
+            "ports": [{"host": h, "guest": g} for h, g in self.forwards],
+            "mac": self.row.runtime.get("mac"),
+            "accel": self.row.runtime.get("accel"),
+            "labels": self.row.labels,
+            "exit_reason": self.row.exit_reason,
+            "created": self.row.created,
+        }
+
+
+@dataclass(frozen=True)
+class AddressInfo:
+    host: str  # where a client connects from this machine
+    ports: list[tuple[int, int]]
+    source: str  # how it was found
+    guest_address: str | None = None
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    name: str | None = None
+    memory: str | int | None = None
+    vcpus: int = 1
+    publish: Sequence[tuple[int, int]] = ()
+    env: Mapping[str, str] = field(default_factory=dict)
+    args: Sequence[str] = ()
+    labels: Mapping[str, str] = field(default_factory=dict)
+    wait: bool = True
+    timeout: float = DEFAULT_WAIT
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _port_free(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def instance_mac(name: str, row_id: int) -> str:
+    """A stable, locally administered unicast MAC (QEMU's 52:54:00 prefix) per instance."""
+    h = hashlib.sha256(f"{name}/{row_id}".encode()).digest()
+    return "52:54:00:" + ":".join(f"{b:02x}" for b in h[:3])
+
+
+def exit_reason(console: str) -> tuple[str, str]:
+    """(state, reason) for a guest whose hypervisor process is gone, from its console."""
+    m = _EXIT_RE.findall(console)
+    if m:
+        reason = f"app {m[-1]}"
+        return (EXITED if m[-1] == "exited status 0" else CRASHED), reason
+    if "Kernel panic" in console:
+        line = next(ln for ln in console.splitlines() if "Kernel panic" in ln)
+        return CRASHED, line.strip()[:160]
+    if "uniklab-init: fatal:" in console:
+        line = next(ln for ln in console.splitlines() if "uniklab-init: fatal:" in ln)
+        return CRASHED, line.strip()[:160]
+    return CRASHED, "hypervisor process died"
+
+
+class Lab:
+    """The verbs of uniklab over one state store and image store."""
+
+    def __init__(self, paths: Paths | None = None) -> None:
+        self.paths = (paths or default_paths()).ensure()
+        self.store = Store(self.paths.db)
+        self.images = ImageStore(self.paths.images)
+        self._backends: dict[str, Backend] = {}
+
+    def close(self) -> None:
+        self.store.close()
+
+    # -- backends ---------------------------------------------------------------------
+    def backend(self, name: str = "qemu", kernel: Path | None = None) -> Backend:
+        if name not in self._backends:
+            if name != "qemu":
+                raise NotFoundError(f"unknown backend {name!r} (available: qemu)")
+            accel, why = choose_accel(self.paths.cache, kernel)
+            log.debug("qemu accelerator %s: %s", accel, why)
+            self._backends[name] = QemuBackend(accel=accel, tsc_khz=tsc_khz())
+        return self._backends[name]
+
+    @staticmethod
+    def handle(row: InstanceRow) -> Handle:
+        return Handle(pid=row.pid, runtime=row.runtime)
+
+    # -- reconcile --------------------------------------------------------------------
+    def reconcile(self) -> None:
+        """Make the store tell the truth: dead guests, debris of killed commands."""
+        self.images.sweep_staging()
+        for row in self.store.instances():
+            if row.state == CREATING:
+                self._reconcile_creating(row)
+            elif row.state == RUNNING:
+                backend = self.backend(row.backend)
+                if not backend.inspect(self.handle(row)).alive:
+                    state, reason = exit_reason(backend.console(self.handle(row)))
+                    log.info("instance %s is %s: %s", row.name, state, reason)
+                    self.store.update(row.id, state=state, exit_reason=reason)
+
+    def _reconcile_creating(self, row: InstanceRow) -> None:
+        owner = row.owner_pid
+        if owner == os.getpid() or (owner and Path(f"/proc/{owner}").exists()):
+            return
+        log.info("cleaning up %s, left half-created by a killed command", row.name)
+        self._teardown(row)
+        self.store.delete_instance(row.id)
+
+    def _teardown(self, row: InstanceRow) -> None:
+        rundir = row.runtime.get("rundir") or str(self.paths.run / str(row.id))
+        handle = Handle(
+            pid=row.pid or self._pid_from_rundir(Path(rundir)),
+            runtime={**row.runtime, "rundir": rundir},
+        )
+        self.backend(row.backend).destroy(handle)
+        shutil.rmtree(rundir, ignore_errors=True)
+
+    @staticmethod
+    def _pid_from_rundir(rundir: Path) -> int | None:
+        try:
+            pid = int((rundir / "qemu.pid").read_text().strip())
+        except (OSError, ValueError):
+            return None
+        return pid if pid_matches(pid, str(rundir)) else None
+
+    # -- images -----------------------------------------------------------------------
+    def bake(
+        self,
+        ref: str,
+        *,
+        tag: str = "latest",
+        progress: Callable[[str], None] | None = None,
+    ) -> baker.BakeResult:
+        rec, rec_dir = recipe.load(ref)
+        validate.image_ref(f"{rec.name}:{tag}")
+        result = baker.bake(
+            rec,
+            recipe_dir=rec_dir,
+            store=self.images,
+            cache=self.paths.cache,
+            tag=tag,
+            progress=progress,
+        )
+        self.store.put_image(rec.name, tag, result.manifest.digest)
+        return result
+
+    def image(self, ref: str, *, bake_missing: bool = False) -> Manifest:
+        name, tag = validate.image_ref(ref)
+        row = self.store.image(name, tag)
+        if row is None or not self.images.has(row.digest):
+            if bake_missing and name in recipe.builtin_names() and tag == "latest":
+                return self.bake(name).manifest
+            raise NotFoundError(f"no image {name}:{tag} (bake it first: uniklab bake {name})")
+        m = self.images.manifest(row.digest)
+        return m.model_copy(update={"name": name, "tag": tag})
+
+    def list_images(self) -> list[Manifest]:
+        out = []
+        for row in self.store.images():
+            if self.images.has(row.digest):
+                m = self.images.manifest(row.digest)
+                out.append(m.model_copy(update={"name": row.name, "tag": row.tag}))
+        return out
+
+    def rmi(self, ref: str, *, force: bool = False) -> Manifest:
+        m = self.image(ref)
+        self.reconcile()
+        users = [r.name for r in self.store.instances() if r.digest == m.digest]
+        if users and not force:
+            raise ConflictError(
+                f"image {m.ref} is used by: {', '.join(users)} (destroy them first)"
+            )
+        self.store.delete_image(m.name, m.tag)
+        if not self.store.digest_in_use(m.digest):
+            self.images.remove(m.digest)
+        return m
+
+    # -- instances --------------------------------------------------------------------
+    def run(self, image_ref: str, opts: RunOptions | None = None) -> InstanceView:
+        o = opts or RunOptions()
+        # Check everything the caller gave before any work (or bake) starts.
+        if o.name:
+            validate.name(o.name, "instance name")
+        if o.memory is not None:
+            validate.memory_mb(o.memory)
+        vcpus = validate.vcpus(o.vcpus)
+        env = dict(o.env)
+        for item in env.items():
+            validate.env_pair("=".join(item))
+        for _host, guest in o.publish:
+            validate.port(guest, "guest port")
+        validate.image_ref(image_ref)
+        self.reconcile()
+        if o.name and any(r.name == o.name for r in self.store.instances()):
+            raise ConflictError(f"an instance named {o.name!r} already exists")
+        m = self.image(image_ref, bake_missing=True)
+        name = o.name or self._new_name(m.name)
+        memory = validate.memory_mb(o.memory if o.memory is not None else m.memory)
+        forwards = self._forwards(m, o.publish)
+        backend_name = "qemu"
+        row = self.store.reserve(
+            name=name,
+            image=m.ref,
+            digest=m.digest,
+            backend=backend_name,
+            host="local",
+            memory_mb=memory,
+            vcpus=vcpus,
+            owner_pid=os.getpid(),
+            spec={"args": list(o.args), "env": env, "publish": forwards},
+            labels=dict(o.labels),
+        )
+        rundir = self.paths.run / str(row.id)
+        handle: Handle | None = None
+        try:
+            mac = instance_mac(name, row.id)
+            cfg = GuestConfig(name=name, args=list(o.args), env=env, net=[Nic(mac=mac)])
+            spec = InstanceSpec(
+                name=name,
+                kernel=self.images.kernel_path(m),
+                initrd=self.images.initrd_path(m),
+                cmdline=f"{m.cmdline} {cfg.encode()}",
+                memory_mb=memory,
+                vcpus=vcpus,
+                rundir=rundir,
+                nics=(NicSpec(mac=mac, mode="user", forwards=tuple(forwards)),),
+            )
+            self.store.update(row.id, runtime={"rundir": str(rundir)})
+            backend = self.backend(backend_name, spec.kernel)
+            handle = backend.create(spec)
+            runtime = {**handle.runtime, "forwards": forwards, "mac": mac}
+            self.store.update(
+                row.id,
+                state=RUNNING,
+                pid=handle.pid,
+                started=time.time(),
+                runtime=runtime,
+                owner_pid=None,
+            )
+            view = self.view(self.store.instance_by_id(row.id))
+            if o.wait:
+                self.wait_ready(view, m, timeout=o.timeout)
+            return self.view(self.store.instance_by_id(row.id))
+        except BaseException:
+            # Whatever this command created, it removes: process, runtime dir, row.
+            try:
+                self._teardown(self.store.instance_by_id(row.id))
+            finally:
+                self.store.delete_instance(row.id)
+            raise
+
+    def _new_name(self, image_name: str) -> str:
+        return f"{image_name}-{secrets.token_hex(3)}"
+
+    def _forwards(self, m: Manifest, publish: Sequence[tuple[int, int]]) -> list[tuple[int, int]]:
+        wanted = list(publish) or [(0, p) for p in m.ports]
+        out: list[tuple[int, int]] = []
+        seen: set[int] = set()
+        for host, guest in wanted:
+            validate.port(guest, "guest port")
+            if host == 0:
+                host = _free_port()
+            validate.port(host, "host port")
+            if host in seen:
+                raise ConflictError(f"host port {host} published twice")
+            seen.add(host)
+            if not _port_free(host):
+                raise ConflictError(f"port {host} on 127.0.0.1 is already in use")
+            out.append((host, guest))
+        return out
+
+    def view(self, row: InstanceRow) -> InstanceView:
+        insp = None
+        if row.state == RUNNING:
+            insp = self.backend(row.backend).inspect(self.handle(row))
+        return InstanceView(row, insp)
+
+    def get(self, name: str) -> InstanceView:
+        self.reconcile()
+        return self.view(self.store.instance(name))
+
+    def ps(
+        self, *, all: bool = True, labels: Mapping[str, str] | None = None
+    ) -> list[InstanceView]:
+        self.reconcile()
+        rows = self.store.instances()
+        if labels:
+            rows = [r for r in rows if all_items_in(labels, r.labels)]
+        if not all:
+            rows = [r for r in rows if r.state == RUNNING]
+        return [self.view(r) for r in rows]
+
+    def logs(self, name: str) -> str:
+        view = self.get(name)
+        return self.backend(view.row.backend).console(self.handle(view.row))
+
+    def ip(self, name: str) -> AddressInfo:
+        view = self.get(name)
+        guest = None
+        for m in _NET_RE.finditer(self.logs(name)):
+            guest = m.group(3).split("/")[0]
+        if view.forwards:
+            return AddressInfo(
+                "127.0.0.1",
+                view.forwards,
+                "user-mode networking (ports forwarded)",
+                guest or SLIRP_GUEST,
+            )
+        raise NotFoundError(f"{name} has no address reachable from this machine")
+
+    def endpoint(self, view: InstanceView, guest_port: int | None) -> probes.Endpoint:
+        for host, guest in view.forwards:
+            if guest_port is None or guest == guest_port:
+                return probes.Endpoint("127.0.0.1", host)
+        return probes.Endpoint("127.0.0.1", None)
+
+    def wait_ready(self, view: InstanceView, m: Manifest, *, timeout: float) -> probes.ProbeResult:
+        backend = self.backend(view.row.backend)
+        handle = self.handle(view.row)
+        probe = from_spec(m.probe, lambda: backend.console(handle))
+        port = m.probe.port or (m.ports[0] if m.ports else None)
+        return probes.wait(
+            probe,
+            lambda: self.endpoint(view, port),
+            timeout=timeout,
+            alive=lambda: backend.inspect(handle).alive,
+            console_tail=lambda: tail(backend.console(handle), 15),
+        )
+
+    def check(self, name: str, *, timeout: float = 5.0) -> probes.ProbeResult:
+        view = self.get(name)
+        if view.state != RUNNING:
+            raise UniklabError(f"{name} is {view.state}: {view.row.exit_reason or ''}".rstrip(": "))
+        m = self.images.manifest(view.row.digest)
+        backend = self.backend(view.row.backend)
+        probe = from_spec(m.probe, lambda: backend.console(self.handle(view.row)))
+        port = m.probe.port or (m.ports[0] if m.ports else None)
+        result = probes.once(probe, self.endpoint(view, port), timeout=timeout)
+        if not result.ok:
+            raise ProbeTimeoutError(
+                f"{name}: {probe.name} probe failed",
+                last_error=result.detail,
+                console_tail=tail(self.logs(name), 15),
+            )
+        return result
+
+    def destroy(self, name: str) -> InstanceRow:
+        self.reconcile()
+        row = self.store.instance(name)
+        try:
+            self._teardown(row)
+        finally:
+            self.store.delete_instance(row.id)
+        return row
+
+
+def all_items_in(want: Mapping[str, str], have: Mapping[str, str]) -> bool:
+    return all(have.get(k) == v for k, v in want.items())
+
+
+def tail(text: str, lines: int) -> str:
+    return "\n".join(text.rstrip().splitlines()[-lines:])

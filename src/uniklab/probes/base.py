@@ -1,0 +1,91 @@
+"""Readiness probes and the wait strategy around them (after testcontainers' waiting_utils).
+
+A probe makes one attempt and either returns a short success detail or raises.  ``wait``
+retries it until a deadline, treating the listed errors as transient, and on timeout
+raises ProbeTimeoutError carrying the last error and the console tail.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+from uniklab.errors import ProbeTimeoutError
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    host: str
+    port: int | None
+
+
+@dataclass(frozen=True)
+class ProbeResult:
+    ok: bool
+    detail: str
+    latency_ms: float
+
+
+class Probe(Protocol):
+    @property
+    def name(self) -> str: ...
+
+    def attempt(self, endpoint: Endpoint, timeout: float) -> str:
+        """One try; return a detail string or raise."""
+        ...
+
+
+TRANSIENT: tuple[type[BaseException], ...] = (OSError, ConnectionError, TimeoutError)
+
+
+def once(probe: Probe, endpoint: Endpoint, timeout: float = 3.0) -> ProbeResult:
+    start = time.monotonic()
+    try:
+        detail = probe.attempt(endpoint, timeout)
+    except Exception as exc:  # one attempt: report any failure as a result
+        return ProbeResult(False, f"{type(exc).__name__}: {exc}", _ms(start))
+    return ProbeResult(True, detail, _ms(start))
+
+
+def _ms(start: float) -> float:
+    return round((time.monotonic() - start) * 1000, 2)
+
+
+def wait(
+    probe: Probe,
+    endpoint: Callable[[], Endpoint],
+    *,
+    timeout: float,
+    interval: float = 0.1,
+    alive: Callable[[], bool] = lambda: True,
+    console_tail: Callable[[], str] = lambda: "",
+    transient: tuple[type[BaseException], ...] = TRANSIENT,
+) -> ProbeResult:
+    """Retry ``probe`` until it succeeds, the guest dies, or ``timeout`` passes."""
+    start = time.monotonic()
+    deadline = start + timeout
+    last = "not tried"
+    while True:
+        attempt_timeout = max(0.2, min(3.0, deadline - time.monotonic()))
+        try:
+            detail = probe.attempt(endpoint(), attempt_timeout)
+            return ProbeResult(True, detail, _ms(start))
+        except transient as exc:
+            last = f"{type(exc).__name__}: {exc}"
+        except Exception as exc:  # a probe that fails oddly is still not ready
+            last = f"{type(exc).__name__}: {exc}"
+        if not alive():
+            raise ProbeTimeoutError(
+                f"{probe.name} probe: the guest stopped before it was ready",
+                last_error=last,
+                console_tail=console_tail(),
+            )
+        if time.monotonic() >= deadline:
+            raise ProbeTimeoutError(
+                f"{probe.name} probe not ready after {timeout:.0f}s",
+                last_error=last,
+                console_tail=console_tail(),
+            )
+        time.sleep(interval)

@@ -1,0 +1,228 @@
+"""The state store: one SQLite database (WAL) that remembers images and instances.
+
+Every write is a short transaction; SQLite's locking plus a busy timeout lets several
+uniklab processes share the file.  Name uniqueness is enforced by the schema, so two
+concurrent ``run --name x`` cannot both win.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from uniklab.errors import ConflictError, NotFoundError
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS images (
+    name TEXT NOT NULL,
+    tag TEXT NOT NULL,
+    digest TEXT NOT NULL,
+    created REAL NOT NULL,
+    PRIMARY KEY (name, tag)
+);
+CREATE TABLE IF NOT EXISTS instances (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    name TEXT NOT NULL UNIQUE,
+    image TEXT NOT NULL,
+    digest TEXT NOT NULL,
+    backend TEXT NOT NULL,
+    host TEXT NOT NULL DEFAULT 'local',
+    state TEXT NOT NULL,
+    owner_pid INTEGER,
+    pid INTEGER,
+    memory_mb INTEGER NOT NULL,
+    vcpus INTEGER NOT NULL,
+    created REAL NOT NULL,
+    started REAL,
+    rundir TEXT,
+    spec TEXT NOT NULL DEFAULT '{}',
+    runtime TEXT NOT NULL DEFAULT '{}',
+    labels TEXT NOT NULL DEFAULT '{}',
+    exit_reason TEXT
+);
+"""
+
+# Instance states.  "creating" rows reserve a name while a CLI builds the instance; a
+# creating row whose owner process is gone is debris from a killed CLI.
+CREATING, RUNNING, EXITED, CRASHED = "creating", "running", "exited", "crashed"
+
+
+@dataclass
+class InstanceRow:
+    id: int
+    name: str
+    image: str
+    digest: str
+    backend: str
+    host: str
+    state: str
+    owner_pid: int | None
+    pid: int | None
+    memory_mb: int
+    vcpus: int
+    created: float
+    started: float | None
+    rundir: str | None
+    spec: dict[str, Any] = field(default_factory=dict)
+    runtime: dict[str, Any] = field(default_factory=dict)
+    labels: dict[str, str] = field(default_factory=dict)
+    exit_reason: str | None = None
+
+    @classmethod
+    def from_sql(cls, row: sqlite3.Row) -> InstanceRow:
+        data = dict(row)
+        for key in ("spec", "runtime", "labels"):
+            data[key] = json.loads(data[key] or "{}")
+        return cls(**data)
+
+
+@dataclass(frozen=True)
+class ImageRow:
+    name: str
+    tag: str
+    digest: str
+    created: float
+
+
+class Store:
+    """Thin typed access to the state database."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(path, timeout=30.0, isolation_level=None)
+        self._db.row_factory = sqlite3.Row
+        self._db.execute("PRAGMA busy_timeout = 30000")
+        self._db.execute("PRAGMA journal_mode = WAL")
+        self._db.execute("PRAGMA synchronous = NORMAL")
+        self._db.executescript(SCHEMA)
+        path.chmod(0o600)
+
+    def close(self) -> None:
+        self._db.close()
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            yield self._db
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        else:
+            self._db.execute("COMMIT")
+
+    # -- images -----------------------------------------------------------------------
+    def put_image(self, name: str, tag: str, digest: str) -> None:
+        with self.transaction() as db:
+            db.execute(
+                "INSERT INTO images(name, tag, digest, created) VALUES (?, ?, ?, ?) "
+                "ON CONFLICT(name, tag) DO UPDATE SET digest=excluded.digest, "
+                "created=CASE WHEN images.digest=excluded.digest THEN images.created "
+                "ELSE excluded.created END",
+                (name, tag, digest, time.time()),
+            )
+
+    def images(self) -> list[ImageRow]:
+        rows = self._db.execute("SELECT * FROM images ORDER BY name, tag").fetchall()
+        return [ImageRow(**dict(r)) for r in rows]
+
+    def image(self, name: str, tag: str) -> ImageRow | None:
+        row = self._db.execute(
+            "SELECT * FROM images WHERE name=? AND tag=?", (name, tag)
+        ).fetchone()
+        return ImageRow(**dict(row)) if row else None
+
+    def delete_image(self, name: str, tag: str) -> None:
+        with self.transaction() as db:
+            db.execute("DELETE FROM images WHERE name=? AND tag=?", (name, tag))
+
+    def digest_in_use(self, digest: str) -> bool:
+        row = self._db.execute(
+            "SELECT 1 FROM images WHERE digest=? UNION ALL SELECT 1 FROM instances WHERE digest=?",
+            (digest, digest),
+        ).fetchone()
+        return row is not None
+
+    # -- instances --------------------------------------------------------------------
+    def reserve(
+        self,
+        *,
+        name: str,
+        image: str,
+        digest: str,
+        backend: str,
+        host: str,
+        memory_mb: int,
+        vcpus: int,
+        owner_pid: int,
+        spec: dict[str, Any],
+        labels: dict[str, str],
+    ) -> InstanceRow:
+        """Insert a 'creating' row; the UNIQUE name makes this the point of no double-use."""
+        try:
+            with self.transaction() as db:
+                cur = db.execute(
+                    "INSERT INTO instances(name, image, digest, backend, host, state, owner_pid,"
+                    " memory_mb, vcpus, created, spec, labels)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (
+                        name,
+                        image,
+                        digest,
+                        backend,
+                        host,
+                        CREATING,
+                        owner_pid,
+                        memory_mb,
+                        vcpus,
+                        time.time(),
+                        json.dumps(spec),
+                        json.dumps(labels),
+                    ),
+                )
+                row_id = cur.lastrowid
+        except sqlite3.IntegrityError as exc:
+            raise ConflictError(f"an instance named {name!r} already exists") from exc
+        assert row_id is not None
+        return self.instance_by_id(row_id)
+
+    def update(self, row_id: int, **fields: Any) -> None:
+        if not fields:
+            return
+        for key in ("spec", "runtime", "labels"):
+            if key in fields:
+                fields[key] = json.dumps(fields[key])
+        cols = ", ".join(f"{k}=?" for k in fields)
+        with self.transaction() as db:
+            db.execute(f"UPDATE instances SET {cols} WHERE id=?", (*fields.values(), row_id))
+
+    def delete_instance(self, row_id: int) -> None:
+        with self.transaction() as db:
+            db.execute("DELETE FROM instances WHERE id=?", (row_id,))
+
+    def instances(self) -> list[InstanceRow]:
+        rows = self._db.execute("SELECT * FROM instances ORDER BY id").fetchall()
+        return [InstanceRow.from_sql(r) for r in rows]
+
+    def instance_by_id(self, row_id: int) -> InstanceRow:
+        row = self._db.execute("SELECT * FROM instances WHERE id=?", (row_id,)).fetchone()
+        if row is None:
+            raise NotFoundError(f"no instance with id {row_id}")
+        return InstanceRow.from_sql(row)
+
+    def instance(self, name_or_id: str) -> InstanceRow:
+        row = self._db.execute("SELECT * FROM instances WHERE name=?", (name_or_id,)).fetchone()
+        if row is None and name_or_id.isdigit():
+            row = self._db.execute(
+                "SELECT * FROM instances WHERE id=?", (int(name_or_id),)
+            ).fetchone()
+        if row is None:
+            raise NotFoundError(f"no such instance: {name_or_id}")
+        return InstanceRow.from_sql(row)

@@ -1,0 +1,75 @@
+"""End-to-end fixtures: one baked Redis image per module, a clean store per test."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from uniklab.lab import Lab
+from uniklab.paths import Paths
+
+
+def qemu_processes(marker: str) -> list[str]:
+    out = subprocess.run(["pgrep", "-a", "-f", "qemu-system"], capture_output=True, text=True)
+    return [ln for ln in out.stdout.splitlines() if marker in ln]
+
+
+def assert_nothing_left(home: Path) -> None:
+    """No QEMU, no runtime directory, no instance row under this UNIKLAB_HOME."""
+    assert qemu_processes(str(home)) == []
+    run = home / "run"
+    assert not run.exists() or list(run.iterdir()) == []
+    lab = Lab(Paths(home))
+    try:
+        assert lab.store.instances() == []
+    finally:
+        lab.close()
+
+
+@pytest.fixture(scope="session")
+def image_home() -> Iterator[Path]:
+    """A store holding a baked Redis image, shared by the session's tests."""
+    path = Path(tempfile.mkdtemp(prefix="ukl-img-", dir="/tmp"))
+    lab = Lab(Paths(path))
+    lab.bake("redis")
+    lab.close()
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture
+def lab_home(image_home: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """A fresh UNIKLAB_HOME whose image store and image index come from image_home."""
+    path = Path(tempfile.mkdtemp(prefix="ukl-", dir="/tmp"))
+    for sub in ("images", "cache"):
+        shutil.copytree(image_home / sub, path / sub, symlinks=True)
+    shutil.copy(image_home / "state.db", path / "state.db")
+    monkeypatch.setenv("UNIKLAB_HOME", str(path))
+    yield path
+    leftover = qemu_processes(str(path))
+    for line in leftover:
+        os.kill(int(line.split()[0]), 9)
+    shutil.rmtree(path, ignore_errors=True)
+    assert not leftover, f"test left QEMU running: {leftover}"
+
+
+@pytest.fixture
+def lab(lab_home: Path) -> Iterator[Lab]:
+    lab = Lab(Paths(lab_home))
+    yield lab
+    lab.close()
+
+
+def cli_json(capsys: pytest.CaptureFixture[str], *argv: str) -> object:
+    from uniklab.cli.main import main
+
+    capsys.readouterr()
+    assert main([*argv, "--json"]) == 0
+    return json.loads(capsys.readouterr().out)

@@ -1,0 +1,61 @@
+"""Golden test of the QEMU command line: a change to it must be a deliberate one."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from uniklab.backends.base import InstanceSpec, NicSpec
+from uniklab.backends.qemu_argv import build_argv
+
+GOLDEN = Path(__file__).parent.parent / "golden" / "qemu_argv.json"
+
+
+def _spec(rundir: str = "/run/ukl/7") -> InstanceSpec:
+    return InstanceSpec(
+        name="r1",
+        kernel=Path("/images/x/kernel"),
+        initrd=Path("/images/x/initrd"),
+        cmdline="console=ttyS0 reboot=t panic=-1 quiet uniklab.config=eyJ2IjoxfQ",
+        memory_mb=128,
+        vcpus=1,
+        rundir=Path(rundir),
+        nics=(NicSpec(mac="52:54:00:12:34:56", forwards=((16379, 6379), (18080, 80))),),
+    )
+
+
+def test_golden_tcg() -> None:
+    argv = build_argv(_spec(), accel="tcg", tsc_khz=2596130)
+    if os.environ.get("UNIKLAB_UPDATE_GOLDEN"):
+        GOLDEN.write_text(json.dumps(argv, indent=1) + "\n")
+    assert argv == json.loads(GOLDEN.read_text())
+
+
+def test_kvm_uses_host_cpu_and_no_tsc_hint() -> None:
+    argv = build_argv(_spec(), accel="kvm", tsc_khz=2596130)
+    assert argv[argv.index("-cpu") + 1] == "host"
+    assert "tsc_early_khz" not in argv[argv.index("-append") + 1]
+
+
+def test_commas_in_paths_are_escaped() -> None:
+    argv = build_argv(_spec("/tmp/a,b/7"), accel="tcg", tsc_khz=None)
+    qmp = argv[argv.index("-qmp") + 1]
+    assert qmp == "unix:/tmp/a,,b/7/qmp.sock,server=on,wait=off"
+
+
+def test_tap_nic() -> None:
+    spec = InstanceSpec(
+        name="r2",
+        kernel=Path("/k"),
+        initrd=Path("/i"),
+        cmdline="c",
+        memory_mb=64,
+        vcpus=2,
+        rundir=Path("/r"),
+        nics=(NicSpec(mac="00:11:22:33:44:55", mode="tap", tap="ukt1"),),
+    )
+    argv = build_argv(spec, accel="tcg", tsc_khz=None, daemonize=False)
+    assert "tap,id=n0,ifname=ukt1,script=no,downscript=no" in argv
+    assert "virtio-net-device,netdev=n0,mac=00:11:22:33:44:55" in argv
+    assert "-daemonize" not in argv
