@@ -23,10 +23,20 @@ from uniklab.backends.base import Backend, Handle, Inspection, InstanceSpec, Nic
 from uniklab.backends.hostinfo import choose_accel, tsc_khz
 from uniklab.backends.process import matches as pid_matches
 from uniklab.backends.qemu import QemuBackend
+from uniklab.backends.qemu_argv import TIME_SERVICE
 from uniklab.bake import baker, recipe
 from uniklab.bake.image import ImageStore, Manifest
-from uniklab.errors import ConflictError, NotFoundError, ProbeTimeoutError, UniklabError
+from uniklab.errors import (
+    ConflictError,
+    NotFoundError,
+    ProbeTimeoutError,
+    UniklabError,
+    UsageError,
+)
 from uniklab.guest.config import GuestConfig, Nic
+from uniklab.net import attach, discover
+from uniklab.net.attach import NicRequest, PlannedNic
+from uniklab.net.service import NetworkService
 from uniklab.paths import Paths, default_paths
 from uniklab.probes import base as probes
 from uniklab.probes.kinds import from_spec
@@ -65,6 +75,9 @@ class InstanceView:
         fw = self.forwards
         if fw:
             return ",".join(f"127.0.0.1:{h}->{g}" for h, g in fw)
+        nics = self.row.runtime.get("nics", [])
+        if nics and nics[0].get("addr"):
+            return str(nics[0]["addr"]).split("/")[0]
         return str(self.row.runtime.get("address", ""))
 
     def as_dict(self) -> dict[str, object]:
@@ -99,6 +112,7 @@ class AddressInfo:
     ports: list[tuple[int, int]]
     source: str  # how it was found
     guest_address: str | None = None
+    netns: str | None = None
 
 
 @dataclass(frozen=True)
@@ -110,6 +124,7 @@ class RunOptions:
     env: Mapping[str, str] = field(default_factory=dict)
     args: Sequence[str] = ()
     labels: Mapping[str, str] = field(default_factory=dict)
+    nets: Sequence[NicRequest] = ()  # bridged NICs; none means one user-mode NIC
     wait: bool = True
     timeout: float = DEFAULT_WAIT
 
@@ -130,9 +145,9 @@ def _port_free(port: int) -> bool:
     return True
 
 
-def instance_mac(name: str, row_id: int) -> str:
-    """A stable, locally administered unicast MAC (QEMU's 52:54:00 prefix) per instance."""
-    h = hashlib.sha256(f"{name}/{row_id}".encode()).digest()
+def instance_mac(name: str, row_id: int, nic: int = 0) -> str:
+    """A stable, locally administered unicast MAC (QEMU's 52:54:00 prefix) per NIC."""
+    h = hashlib.sha256(f"{name}/{row_id}/{nic}".encode()).digest()
     return "52:54:00:" + ":".join(f"{b:02x}" for b in h[:3])
 
 
@@ -158,6 +173,7 @@ class Lab:
         self.paths = (paths or default_paths()).ensure()
         self.store = Store(self.paths.db)
         self.images = ImageStore(self.paths.images)
+        self.networks = NetworkService(self.store, self.paths.home / "net")
         self._backends: dict[str, Backend] = {}
 
     def close(self) -> None:
@@ -181,6 +197,7 @@ class Lab:
     def reconcile(self) -> None:
         """Make the store tell the truth: dead guests, debris of killed commands."""
         self.images.sweep_staging()
+        self.networks.reconcile()
         for row in self.store.instances():
             if row.state == CREATING:
                 self._reconcile_creating(row)
@@ -205,8 +222,11 @@ class Lab:
             pid=row.pid or self._pid_from_rundir(Path(rundir)),
             runtime={**row.runtime, "rundir": rundir},
         )
-        self.backend(row.backend).destroy(handle)
-        shutil.rmtree(rundir, ignore_errors=True)
+        try:
+            self.backend(row.backend).destroy(handle)
+        finally:
+            shutil.rmtree(rundir, ignore_errors=True)
+            attach.detach(nics_of(row), self.networks, row.runtime.get("address"))
 
     @staticmethod
     def _pid_from_rundir(rundir: Path) -> int | None:
@@ -282,6 +302,8 @@ class Lab:
             validate.env_pair("=".join(item))
         for _host, guest in o.publish:
             validate.port(guest, "guest port")
+        if o.nets and o.publish:
+            raise UsageError("-p publishes ports of the user-mode network; not with --net")
         validate.image_ref(image_ref)
         self.reconcile()
         if o.name and any(r.name == o.name for r in self.store.instances()):
@@ -289,7 +311,7 @@ class Lab:
         m = self.image(image_ref, bake_missing=True)
         name = o.name or self._new_name(m.name)
         memory = validate.memory_mb(o.memory if o.memory is not None else m.memory)
-        forwards = self._forwards(m, o.publish)
+        forwards = [] if o.nets else self._forwards(m, o.publish)
         backend_name = "qemu"
         row = self.store.reserve(
             name=name,
@@ -306,8 +328,28 @@ class Lab:
         rundir = self.paths.run / str(row.id)
         handle: Handle | None = None
         try:
-            mac = instance_mac(name, row.id)
-            cfg = GuestConfig(name=name, args=list(o.args), env=env, net=[Nic(mac=mac)])
+            if o.nets:
+                macs = [instance_mac(name, row.id, i) for i in range(len(o.nets))]
+                others = [r for r in self.store.instances() if r.id != row.id]
+                planned = attach.plan(
+                    self.networks, o.nets, row_id=row.id, default_macs=macs, instances=others
+                )
+                guest_nics = [
+                    Nic(mac=p.mac, dhcp=p.addr is None, addr=p.addr, gw=p.gw) for p in planned
+                ]
+                nic_specs = tuple(
+                    NicSpec(mac=p.mac, mode="tap", tap=p.tap, bridge=p.bridge) for p in planned
+                )
+                mac = planned[0].mac
+            else:
+                planned = []
+                mac = instance_mac(name, row.id)
+                guest_nics = [Nic(mac=mac)]
+                nic_specs = (NicSpec(mac=mac, mode="user", forwards=tuple(forwards)),)
+            timesrc = None if planned else ":".join(map(str, TIME_SERVICE))
+            cfg = GuestConfig(
+                name=name, args=list(o.args), env=env, net=guest_nics, timesrc=timesrc
+            )
             spec = InstanceSpec(
                 name=name,
                 kernel=self.images.kernel_path(m),
@@ -316,12 +358,17 @@ class Lab:
                 memory_mb=memory,
                 vcpus=vcpus,
                 rundir=rundir,
-                nics=(NicSpec(mac=mac, mode="user", forwards=tuple(forwards)),),
+                nics=nic_specs,
+                netns=planned[0].netns if planned else None,
+                acpi=m.acpi,
             )
-            self.store.update(row.id, runtime={"rundir": str(rundir)})
+            nics_json = [p.to_json() for p in planned]
+            # Recorded before anything is made, so a crash leaves a plan to undo.
+            self.store.update(row.id, runtime={"rundir": str(rundir), "nics": nics_json})
+            attach.create_taps(planned)
             backend = self.backend(backend_name, spec.kernel)
             handle = backend.create(spec)
-            runtime = {**handle.runtime, "forwards": forwards, "mac": mac}
+            runtime = {**handle.runtime, "forwards": forwards, "mac": mac, "nics": nics_json}
             self.store.update(
                 row.id,
                 state=RUNNING,
@@ -366,7 +413,33 @@ class Lab:
         insp = None
         if row.state == RUNNING:
             insp = self.backend(row.backend).inspect(self.handle(row))
+            if nics_of(row) and "address" not in row.runtime:
+                self.bridged_address(row, timeout=0)
+                row = self.store.instance_by_id(row.id)
         return InstanceView(row, insp)
+
+    def bridged_address(self, row: InstanceRow, *, timeout: float) -> discover.Found | None:
+        """The first bridged NIC's address: static, cached, or found by MAC (and cached)."""
+        nics = nics_of(row)
+        if not nics:
+            return None
+        nic = nics[0]
+        if nic.addr:
+            return discover.Found(nic.addr.split("/")[0], "static")
+        if "address" in row.runtime:
+            return discover.Found(
+                str(row.runtime["address"]), str(row.runtime.get("address_source", ""))
+            )
+        net = self.store.network(nic.net)
+        if timeout > 0:
+            found: discover.Found | None = discover.find(nic.mac, net, timeout=timeout)
+        else:
+            found = discover.lookup(nic.mac, net)
+        if found:
+            self.store.update(
+                row.id, runtime={**row.runtime, "address": found.ip, "address_source": found.source}
+            )
+        return found
 
     def get(self, name: str) -> InstanceView:
         self.reconcile()
@@ -383,11 +456,18 @@ class Lab:
             rows = [r for r in rows if r.state == RUNNING]
         return [self.view(r) for r in rows]
 
+    def network_users(self) -> dict[str, list[str]]:
+        users: dict[str, list[str]] = {}
+        for row in self.store.instances():
+            for nic in nics_of(row):
+                users.setdefault(nic.net, []).append(row.name)
+        return users
+
     def logs(self, name: str) -> str:
         view = self.get(name)
         return self.backend(view.row.backend).console(self.handle(view.row))
 
-    def ip(self, name: str) -> AddressInfo:
+    def ip(self, name: str, *, timeout: float = 30.0) -> AddressInfo:
         view = self.get(name)
         guest = None
         for m in _NET_RE.finditer(self.logs(name)):
@@ -399,9 +479,20 @@ class Lab:
                 "user-mode networking (ports forwarded)",
                 guest or SLIRP_GUEST,
             )
+        if nics_of(view.row) and view.state == RUNNING:
+            found = self.bridged_address(view.row, timeout=timeout)
+            assert found is not None
+            return AddressInfo(found.ip, [], found.source, found.ip, nics_of(view.row)[0].netns)
         raise NotFoundError(f"{name} has no address reachable from this machine")
 
     def endpoint(self, view: InstanceView, guest_port: int | None) -> probes.Endpoint:
+        nics = nics_of(view.row)
+        if nics:
+            row = self.store.instance_by_id(view.row.id)
+            found = self.bridged_address(row, timeout=0)
+            if found is None:
+                raise NotFoundError(f"{view.name}: address of {nics[0].mac} not known yet")
+            return probes.Endpoint(found.ip, guest_port, nics[0].netns)
         for host, guest in view.forwards:
             if guest_port is None or guest == guest_port:
                 return probes.Endpoint("127.0.0.1", host)
@@ -445,6 +536,10 @@ class Lab:
         finally:
             self.store.delete_instance(row.id)
         return row
+
+
+def nics_of(row: InstanceRow) -> list[PlannedNic]:
+    return [PlannedNic.from_json(n) for n in row.runtime.get("nics", [])]
 
 
 def all_items_in(want: Mapping[str, str], have: Mapping[str, str]) -> bool:

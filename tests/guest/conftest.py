@@ -4,7 +4,6 @@ images, and a QEMU (microvm, TCG) guest that is always killed at the end."""
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 import socket
@@ -114,6 +113,20 @@ class Guest:
             time.sleep(0.05)
         raise AssertionError(f"QEMU did not exit within {timeout}s; tail:\n{self.text()[-2000:]}")
 
+    def query_time(self, cmd: bytes = b"t", timeout: float = 5.0) -> tuple[float, int, float]:
+        """(host time before, guest realtime ns, host time after) from the payload's server."""
+        with socket.create_connection(("127.0.0.1", self.port), timeout=timeout) as s:
+            t0 = time.time()
+            s.sendall(cmd)
+            data = b""
+            while not data.endswith(b"\n"):
+                chunk = s.recv(64)
+                if not chunk:
+                    break
+                data += chunk
+            t1 = time.time()
+        return t0, int(data.strip() or b"0"), t1
+
     def kill(self) -> None:
         if self.proc.poll() is None:
             self.proc.kill()
@@ -209,19 +222,4 @@ def guests(tmp_path: Path, init_binary: Path, payload_binary: Path) -> Iterator[
         f.close()
 
 
-def query_time(port: int, cmd: bytes = b"t", timeout: float = 5.0) -> tuple[float, int, float]:
-    """(host time before, guest realtime ns, host time after) from the payload's time server."""
-    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
-        t0 = time.time()
-        s.sendall(cmd)
-        data = b""
-        while not data.endswith(b"\n"):
-            chunk = s.recv(64)
-            if not chunk:
-                break
-            data += chunk
-        t1 = time.time()
-    return t0, int(data.strip() or b"0"), t1
-
-
-__all__ = ["Guest", "GuestFactory", "os", "query_time", "write_initramfs"]
+__all__ = ["Guest", "GuestFactory", "write_initramfs"]

@@ -19,7 +19,7 @@ def test_golden_json() -> None:
     assert cfg.to_json() == (
         '{"v":1,"name":"r1","args":["--maxmemory","10mb"],"env":{"A":"b c"},'
         '"net":[{"mac":"52:54:00:12:34:56","dhcp":true,"addr":null,"gw":null}],'
-        '"dns":["10.0.2.3"],"clock":"rtc"}'
+        '"dns":["10.0.2.3"],"clock":"rtc","timesrc":null}'
     )
 
 

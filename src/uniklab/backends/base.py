@@ -34,6 +34,11 @@ class InstanceSpec:
     rundir: Path
     nics: tuple[NicSpec, ...] = ()
     disks: tuple[Path, ...] = ()
+    netns: str | None = None  # run the hypervisor inside this network namespace
+    # Firmware tables: a kernel without VIRTIO_MMIO_CMDLINE_DEVICES (Debian's) finds
+    # virtio-mmio devices only through ACPI; a specialised kernel boots faster without.
+    acpi: bool = True
+    time_service: bool = True  # offer the host's clock to the guest (user-mode NICs)
 
 
 @dataclass(frozen=True)

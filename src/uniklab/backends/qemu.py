@@ -17,6 +17,7 @@ from uniklab.backends.base import Handle, Inspection, InstanceSpec
 from uniklab.backends.qemu_argv import RunFiles, build_argv
 from uniklab.errors import CommandError, LaunchError, UsageError
 from uniklab.executor import Executor, local
+from uniklab.net import netns
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +41,9 @@ class QemuBackend:
                 "(set UNIKLAB_HOME to a shorter path)"
             )
         spec.rundir.mkdir(mode=0o700, parents=True, exist_ok=True)
-        argv = build_argv(spec, accel=self.accel, tsc_khz=self.tsc_khz)
+        argv = netns.exec_prefix(spec.netns) + build_argv(
+            spec, accel=self.accel, tsc_khz=self.tsc_khz
+        )
         (spec.rundir / "argv.json").write_text(json.dumps(argv))
         try:
             self.executor.run(argv, timeout=30)

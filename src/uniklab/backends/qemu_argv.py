@@ -12,6 +12,8 @@ from pathlib import Path
 from uniklab.backends.base import InstanceSpec, NicSpec
 
 QEMU = "qemu-system-x86_64"
+# Where a user-mode guest finds the host's clock (see _netdev).
+TIME_SERVICE = ("10.0.2.100", 37)
 
 
 @dataclass(frozen=True)
@@ -46,11 +48,18 @@ def _opt(path: Path | str) -> str:
     return str(path).replace(",", ",,")
 
 
-def _netdev(index: int, nic: NicSpec) -> list[str]:
+def _netdev(index: int, nic: NicSpec, time_service: bool) -> list[str]:
     nid = f"n{index}"
     if nic.mode == "user":
         opts = [f"user,id={nid}"]
         opts += [f"hostfwd=tcp:127.0.0.1:{h}-:{g}" for h, g in nic.forwards]
+        if time_service and index == 0:
+            # The emulated RTC ticks in whole seconds with a phase set by QEMU's start,
+            # so a TCG guest cannot learn the time to the millisecond from it.  Each
+            # connection to this address runs `date` on the host: the init reads the
+            # host's clock there and corrects for the round trip.
+            host, port = TIME_SERVICE
+            opts.append(f"guestfwd=tcp:{host}:{port}-cmd:date +%s.%N")
         netdev = ",".join(opts)
     else:
         netdev = f"tap,id={nid},ifname={nic.tap},script=no,downscript=no"
@@ -69,7 +78,7 @@ def build_argv(
         "-name",
         f"uniklab-{spec.name},process=uniklab-{spec.name}",
         "-M",
-        "microvm,acpi=off,x-option-roms=off",
+        f"microvm,acpi={'on' if spec.acpi else 'off'},x-option-roms=off",
         "-accel",
         accel,
         # -cpu max offers RDRAND, so the guest does not wait ~1 s for entropy under TCG.
@@ -101,7 +110,7 @@ def build_argv(
         str(files.pidfile),
     ]
     for i, nic in enumerate(spec.nics):
-        argv += _netdev(i, nic)
+        argv += _netdev(i, nic, spec.time_service)
     for i, disk in enumerate(spec.disks):
         argv += [
             "-drive",

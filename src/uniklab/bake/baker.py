@@ -18,7 +18,7 @@ from pathlib import Path, PurePosixPath
 
 from uniklab.bake import cpio, elf, kmod
 from uniklab.bake.image import ImageStore, KernelInfo, Manifest
-from uniklab.bake.kernel import host_kernel
+from uniklab.bake.kernel import host_kernel, needs_acpi
 from uniklab.bake.recipe import Recipe
 from uniklab.errors import BakeError
 from uniklab.guest.build import build_init
@@ -177,6 +177,7 @@ def bake(
             kernel_size=len(kernel_bytes),
             initrd_size=len(initrd),
             cmdline=BASE_CMDLINE,
+            acpi=needs_acpi(inp.release),
             entrypoint=[recipe.image_binary_path, *recipe.args],
             ports=recipe.ports,
             probe=recipe.probe,

@@ -44,6 +44,7 @@ class Manifest(BaseModel):
     kernel_size: int
     initrd_size: int
     cmdline: str
+    acpi: bool = True  # the kernel finds virtio-mmio devices through ACPI tables
     entrypoint: list[str]
     ports: list[int]
     probe: ProbeSpec

@@ -16,6 +16,15 @@ def _version_key(release: str) -> list[int]:
     return [int(x) for x in re.findall(r"\d+", release)]
 
 
+def needs_acpi(release: str, boot: Path = BOOT) -> bool:
+    """Without VIRTIO_MMIO_CMDLINE_DEVICES a kernel finds microvm's devices only via ACPI."""
+    try:
+        config = (boot / f"config-{release}").read_text()
+    except OSError:
+        return True
+    return "CONFIG_VIRTIO_MMIO_CMDLINE_DEVICES=y" not in config
+
+
 def host_kernel(boot: Path = BOOT, modules: Path = MODULES) -> tuple[Path, str]:
     """The newest /boot/vmlinuz-* that has a matching module tree: (path, release)."""
     found = []

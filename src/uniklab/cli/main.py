@@ -17,6 +17,7 @@ from uniklab.cli.destroy import destroy
 from uniklab.cli.images import images
 from uniklab.cli.ip import ip
 from uniklab.cli.logs import logs
+from uniklab.cli.net import net
 from uniklab.cli.ps import ps
 from uniklab.cli.recipes import recipes
 from uniklab.cli.rmi import rmi
@@ -41,7 +42,7 @@ def cli(ctx: click.Context, verbose: int) -> None:
     )
 
 
-for command in (bake, images, rmi, recipes, run, ps, ip, logs, check, destroy, demo):
+for command in (bake, images, rmi, recipes, run, ps, ip, logs, check, destroy, demo, net):
     cli.add_command(command)
 
 

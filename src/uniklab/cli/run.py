@@ -6,7 +6,9 @@ import click
 
 from uniklab import validate
 from uniklab.cli import common
+from uniklab.errors import UsageError
 from uniklab.lab import DEFAULT_WAIT, RunOptions
+from uniklab.net.attach import NicRequest, parse_net_option
 
 
 @click.command(context_settings={"ignore_unknown_options": False})
@@ -32,6 +34,16 @@ from uniklab.lab import DEFAULT_WAIT, RunOptions
     help="Environment variable for the app (repeatable).",
 )
 @click.option("-l", "--label", "labels", multiple=True, metavar="KEY=VALUE", help="Label.")
+@click.option(
+    "--net",
+    "nets",
+    multiple=True,
+    metavar="NET[,mac=M][,ip=CIDR][,gw=IP]",
+    help="Attach a NIC to a managed network (repeatable); default: user-mode.",
+)
+@click.option("--mac", help="MAC of the first --net NIC.")
+@click.option("--ip", "ip_addr", metavar="CIDR", help="Static address of the first --net NIC.")
+@click.option("--gateway", help="Gateway for --ip.")
 @click.option("--wait/--no-wait", default=False, help="Wait until the image's probe passes.")
 @click.option(
     "--timeout",
@@ -52,12 +64,25 @@ def run(
     publish: tuple[str, ...],
     env: tuple[str, ...],
     labels: tuple[str, ...],
+    nets: tuple[str, ...],
+    mac: str | None,
+    ip_addr: str | None,
+    gateway: str | None,
     wait: bool,
     timeout: float,
     as_json: bool,
 ) -> None:
     """Run IMAGE; ARGS after '--' are appended to the app's command line."""
+    requests = [parse_net_option(n) for n in nets]
+    if (mac or ip_addr or gateway) and not requests:
+        raise UsageError("--mac, --ip and --gateway go with --net")
+    if requests:
+        first = requests[0]
+        requests[0] = NicRequest(
+            first.network, mac or first.mac, ip_addr or first.ip, gateway or first.gateway
+        )
     opts = RunOptions(
+        nets=requests,
         name=name,
         memory=memory,
         vcpus=vcpus,

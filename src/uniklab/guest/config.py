@@ -54,6 +54,9 @@ class GuestConfig(BaseModel):
     net: list[Nic] = Field(default_factory=list)
     dns: list[str] = Field(default_factory=list)
     clock: Literal["rtc", "none"] = "rtc"
+    # "IP:PORT" of a host clock service (one line "SECONDS.NANOS" per TCP connection);
+    # tried first, the RTC is the fallback.
+    timesrc: str | None = None
 
     @field_validator("env")
     @classmethod

@@ -301,9 +301,10 @@ static void load_config(struct config *cfg)
     if (v && !(v->type == J_NUM && v->is_int && v->num == 1))
         fatal("bad config: unsupported version (expected \"v\":1)");
     if ((v = opt(doc, "name"))) {
-        if (v->type != J_STR || !v->len || v->len > 64)
-            fatal("bad config: \"name\" must be a string of 1..64 bytes");
-        cfg->name = v->str;
+        if (v->type != J_STR)
+            fatal("bad config: \"name\" must be a string");
+        if (v->len)
+            cfg->name = v->str;
     }
     if ((v = opt(doc, "args")) && !is_str_array(v))
         fatal("bad config: \"args\" must be an array of strings");
@@ -752,7 +753,9 @@ int main(int argc, char **argv)
     load_config(&cfg);
     load_image(&img);
 
-    if (sethostname(cfg.name, strlen(cfg.name)) < 0)
+    /* The kernel caps hostnames at 64 bytes; a longer name is cut, not refused. */
+    size_t hl = strlen(cfg.name);
+    if (sethostname(cfg.name, hl > 64 ? 64 : hl) < 0)
         say("warning: sethostname: %s", strerror(errno));
 
     load_modules(img.modules);
@@ -760,5 +763,12 @@ int main(int argc, char **argv)
         set_clock_from_rtc();
     setup_network(&cfg);
     run_app(&img, &cfg);
+    /* Rebooting while a NIC still has traffic in flight (the app's sockets closing) has
+     * been seen to soft-lock the kernel in ksoftirqd under TCG; end everything and quiesce
+     * the NICs first. */
+    kill(-1, SIGKILL);
+    while (waitpid(-1, NULL, WNOHANG) > 0)
+        ;
+    net_all_down();
     power_off();
 }

@@ -75,6 +75,31 @@ int net_if_up(const char *ifname)
     return rc;
 }
 
+void net_all_down(void)
+{
+    int s = ifreq_sock();
+    DIR *d = opendir("/sys/class/net");
+    if (s < 0 || !d) {
+        if (s >= 0) close(s);
+        if (d) closedir(d);
+        return;
+    }
+    struct dirent *e;
+    while ((e = readdir(d))) {
+        if (e->d_name[0] == '.' || strcmp(e->d_name, "lo") == 0 || strlen(e->d_name) >= IFNAMSIZ)
+            continue;
+        struct ifreq ifr;
+        memset(&ifr, 0, sizeof ifr);
+        strcpy(ifr.ifr_name, e->d_name);
+        if (ioctl(s, SIOCGIFFLAGS, &ifr) == 0 && (ifr.ifr_flags & IFF_UP)) {
+            ifr.ifr_flags &= ~IFF_UP;
+            ioctl(s, SIOCSIFFLAGS, &ifr);
+        }
+    }
+    closedir(d);
+    close(s);
+}
+
 static int set_addr(int s, const char *ifname, unsigned long req, struct in_addr a)
 {
     struct ifreq ifr;
@@ -144,13 +169,11 @@ int net_lo_up(void)
     memset(&l, 0, sizeof l);
     l.addr.s_addr = htonl(0x7f000001);
     l.prefix = 8;
-    char err[128];
     int s = ifreq_sock();
     if (s < 0) return -errno;
     int rc = set_addr(s, "lo", SIOCSIFADDR, l.addr);
     if (!rc) rc = set_addr(s, "lo", SIOCSIFNETMASK, prefix_mask(8));
     close(s);
-    (void)err;
     if (rc) return rc;
     return net_if_up("lo");
 }

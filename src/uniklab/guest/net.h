@@ -20,6 +20,8 @@ int net_lo_up(void);
 /* Find the interface with this MAC (case-insensitive), waiting up to timeout_ms. 0 on success. */
 int net_find_by_mac(const uint8_t mac[6], char ifname[IFNAMSIZ], int timeout_ms);
 int net_if_up(const char *ifname);
+/* Take every interface but lo down (quiesces NIC drivers before a reboot). */
+void net_all_down(void);
 /* Address, netmask, broadcast and (if gw set) a default route. 0 on success, else -errno. */
 int net_apply(const char *ifname, const struct lease *l, char *err, size_t errlen);
 /* Full DISCOVER/OFFER/REQUEST/ACK exchange over AF_PACKET. 0 on success. */

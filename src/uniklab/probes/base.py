@@ -13,12 +13,14 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from uniklab.errors import ProbeTimeoutError
+from uniklab.net import netns
 
 
 @dataclass(frozen=True)
 class Endpoint:
     host: str
     port: int | None
+    netns: str | None = None  # connect from inside this network namespace
 
 
 @dataclass(frozen=True)
@@ -43,10 +45,15 @@ TRANSIENT: tuple[type[BaseException], ...] = (OSError, ConnectionError, TimeoutE
 def once(probe: Probe, endpoint: Endpoint, timeout: float = 3.0) -> ProbeResult:
     start = time.monotonic()
     try:
-        detail = probe.attempt(endpoint, timeout)
+        detail = _attempt(probe, endpoint, timeout)
     except Exception as exc:  # one attempt: report any failure as a result
         return ProbeResult(False, f"{type(exc).__name__}: {exc}", _ms(start))
     return ProbeResult(True, detail, _ms(start))
+
+
+def _attempt(probe: Probe, endpoint: Endpoint, timeout: float) -> str:
+    with netns.inside(endpoint.netns):
+        return probe.attempt(endpoint, timeout)
 
 
 def _ms(start: float) -> float:
@@ -70,7 +77,7 @@ def wait(
     while True:
         attempt_timeout = max(0.2, min(3.0, deadline - time.monotonic()))
         try:
-            detail = probe.attempt(endpoint(), attempt_timeout)
+            detail = _attempt(probe, endpoint(), attempt_timeout)
             return ProbeResult(True, detail, _ms(start))
         except transient as exc:
             last = f"{type(exc).__name__}: {exc}"

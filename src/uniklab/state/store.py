@@ -46,6 +46,21 @@ CREATE TABLE IF NOT EXISTS instances (
     labels TEXT NOT NULL DEFAULT '{}',
     exit_reason TEXT
 );
+CREATE TABLE IF NOT EXISTS networks (
+    name TEXT PRIMARY KEY,
+    state TEXT NOT NULL,
+    owner_pid INTEGER,
+    subnet TEXT,
+    gateway TEXT,
+    bridge TEXT NOT NULL,
+    netns TEXT,
+    dhcp INTEGER NOT NULL,
+    made_bridge INTEGER NOT NULL DEFAULT 0,
+    made_netns INTEGER NOT NULL DEFAULT 0,
+    dnsmasq_pid INTEGER,
+    rundir TEXT NOT NULL,
+    created REAL NOT NULL
+);
 """
 
 # Instance states.  "creating" rows reserve a name while a CLI builds the instance; a
@@ -88,6 +103,30 @@ class ImageRow:
     tag: str
     digest: str
     created: float
+
+
+@dataclass
+class NetworkRow:
+    name: str
+    state: str
+    owner_pid: int | None
+    subnet: str | None
+    gateway: str | None
+    bridge: str
+    netns: str | None
+    dhcp: bool
+    made_bridge: bool
+    made_netns: bool
+    dnsmasq_pid: int | None
+    rundir: str
+    created: float
+
+    @classmethod
+    def from_sql(cls, row: sqlite3.Row) -> NetworkRow:
+        data = dict(row)
+        for key in ("dhcp", "made_bridge", "made_netns"):
+            data[key] = bool(data[key])
+        return cls(**data)
 
 
 class Store:
@@ -226,3 +265,49 @@ class Store:
         if row is None:
             raise NotFoundError(f"no such instance: {name_or_id}")
         return InstanceRow.from_sql(row)
+
+    # -- networks ---------------------------------------------------------------------
+    def reserve_network(self, row: NetworkRow) -> None:
+        try:
+            with self.transaction() as db:
+                db.execute(
+                    "INSERT INTO networks(name, state, owner_pid, subnet, gateway, bridge, netns,"
+                    " dhcp, made_bridge, made_netns, dnsmasq_pid, rundir, created)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (
+                        row.name,
+                        row.state,
+                        row.owner_pid,
+                        row.subnet,
+                        row.gateway,
+                        row.bridge,
+                        row.netns,
+                        int(row.dhcp),
+                        int(row.made_bridge),
+                        int(row.made_netns),
+                        row.dnsmasq_pid,
+                        row.rundir,
+                        row.created,
+                    ),
+                )
+        except sqlite3.IntegrityError as exc:
+            raise ConflictError(f"a network named {row.name!r} already exists") from exc
+
+    def update_network(self, name: str, **fields: Any) -> None:
+        cols = ", ".join(f"{k}=?" for k in fields)
+        with self.transaction() as db:
+            db.execute(f"UPDATE networks SET {cols} WHERE name=?", (*fields.values(), name))
+
+    def delete_network(self, name: str) -> None:
+        with self.transaction() as db:
+            db.execute("DELETE FROM networks WHERE name=?", (name,))
+
+    def networks(self) -> list[NetworkRow]:
+        rows = self._db.execute("SELECT * FROM networks ORDER BY name").fetchall()
+        return [NetworkRow.from_sql(r) for r in rows]
+
+    def network(self, name: str) -> NetworkRow:
+        row = self._db.execute("SELECT * FROM networks WHERE name=?", (name,)).fetchone()
+        if row is None:
+            raise NotFoundError(f"no such network: {name}")
+        return NetworkRow.from_sql(row)

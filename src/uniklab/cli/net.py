@@ -1,0 +1,96 @@
+"""uniklab net: managed networks (bridge + DHCP, optionally in a namespace)."""
+
+from __future__ import annotations
+
+import click
+
+from uniklab.cli import common
+from uniklab.net.service import NetworkSpec
+
+
+@click.group()
+def net() -> None:
+    """Create, list and remove bridged networks."""
+
+
+@net.command("create")
+@click.argument("name")
+@click.option("--subnet", help="IPv4 subnet, e.g. 10.77.0.0/24 (needed to create a bridge).")
+@click.option(
+    "--bridge",
+    help="Bridge name (default ukb<hash>-NAME); an existing bridge is "
+    "used as it is, with no DHCP server of ours.",
+)
+@click.option("--netns", help="Put the bridge (and dnsmasq) in this network namespace.")
+@click.option("--dhcp/--no-dhcp", default=True, show_default=True, help="Serve DHCP.")
+@common.json_option
+@click.pass_context
+def create(
+    ctx: click.Context,
+    name: str,
+    subnet: str | None,
+    bridge: str | None,
+    netns: str | None,
+    dhcp: bool,
+    as_json: bool,
+) -> None:
+    """Create network NAME."""
+    lab = common.lab(ctx)
+    lab.reconcile()
+    row = lab.networks.create(NetworkSpec(name, subnet, bridge, netns, dhcp))
+    if as_json:
+        common.print_json(row.__dict__)
+        return
+    where = f" in namespace {row.netns}" if row.netns else ""
+    dhcp_text = "DHCP by uniklab" if row.dhcp else "no DHCP of ours"
+    common.out.print(
+        f"network {row.name}: bridge {row.bridge}{where}, "
+        f"{row.subnet or 'subnet unknown'}, {dhcp_text}"
+    )
+
+
+@net.command("ls")
+@common.json_option
+@click.pass_context
+def ls(ctx: click.Context, as_json: bool) -> None:
+    """List networks."""
+    lab = common.lab(ctx)
+    lab.reconcile()
+    rows = lab.networks.store.networks()
+    users = lab.network_users()
+    if as_json:
+        common.print_json(
+            [
+                {**r.__dict__, "status": lab.networks.status(r), "instances": users.get(r.name, [])}
+                for r in rows
+            ]
+        )
+        return
+    common.table(
+        ["NAME", "BRIDGE", "NETNS", "SUBNET", "GATEWAY", "DHCP", "STATUS", "INSTANCES"],
+        [
+            (
+                r.name,
+                r.bridge,
+                r.netns or "",
+                r.subnet or "",
+                r.gateway or "",
+                "yes" if r.dhcp else "no",
+                lab.networks.status(r),
+                ",".join(users.get(r.name, [])),
+            )
+            for r in rows
+        ],
+    )
+
+
+@net.command("rm")
+@click.argument("names", nargs=-1, required=True)
+@click.pass_context
+def rm(ctx: click.Context, names: tuple[str, ...]) -> None:
+    """Remove networks (refused while instances use them)."""
+    lab = common.lab(ctx)
+    lab.reconcile()
+    for name in names:
+        lab.networks.rm(name, lab.network_users().get(name, []))
+        common.out.print(f"removed network {name}")
