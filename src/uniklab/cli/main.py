@@ -21,6 +21,7 @@ from uniklab.cli.net import net
 from uniklab.cli.ps import ps
 from uniklab.cli.recipes import recipes
 from uniklab.cli.rmi import rmi
+from uniklab.cli.rumprun import rumprun
 from uniklab.cli.run import run
 from uniklab.errors import LaunchError, ProbeTimeoutError, UniklabError
 
@@ -42,7 +43,7 @@ def cli(ctx: click.Context, verbose: int) -> None:
     )
 
 
-for command in (bake, images, rmi, recipes, run, ps, ip, logs, check, destroy, demo, net):
+for command in (bake, images, rmi, recipes, run, ps, ip, logs, check, destroy, demo, net, rumprun):
     cli.add_command(command)
 
 

@@ -10,6 +10,7 @@
 #include "util.h"
 
 #include <arpa/inet.h>
+#include <netinet/in.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <poll.h>
@@ -20,6 +21,7 @@
 #include <string.h>
 #include <sys/ioctl.h>
 #include <sys/mount.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/time.h>
@@ -55,6 +57,7 @@ struct config {
     int nnets;
     struct jv *dns;     /* J_ARR of J_STR or NULL */
     int clock_rtc;
+    const char *timesrc; /* "IP:PORT" of a host clock service, or NULL */
 };
 
 struct image {
@@ -323,6 +326,11 @@ static void load_config(struct config *cfg)
         else
             fatal("bad config: \"clock\" must be \"rtc\" or \"none\"");
     }
+    if ((v = opt(doc, "timesrc")) && v->type != J_NULL) {
+        if (v->type != J_STR)
+            fatal("bad config: \"timesrc\" must be a string \"IP:PORT\"");
+        cfg->timesrc = v->str;
+    }
     if ((v = opt(doc, "net"))) {
         if (v->type != J_ARR)
             fatal("bad config: \"net\" must be an array");
@@ -497,6 +505,100 @@ static void set_clock_from_rtc(void)
 }
 
 /* ---- network ---- */
+
+/* One exchange with the host clock service: connect, read "SECONDS.NANOS\n".
+ * Returns 0 and the host time at the exchange's monotonic midpoint. */
+static int host_time_once(const struct sockaddr_in *sa, struct timespec *host,
+                          struct timespec *mid, long long *rtt_us)
+{
+    int fd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (fd < 0)
+        return -1;
+    struct timespec t1, t2;
+    clock_gettime(CLOCK_MONOTONIC, &t1);
+    int rc = connect(fd, (const struct sockaddr *)sa, sizeof *sa);
+    if (rc < 0 && errno != EINPROGRESS) {
+        close(fd);
+        return -1;
+    }
+    char buf[64];
+    size_t got = 0;
+    while (got < sizeof buf - 1) {
+        struct pollfd p = {.fd = fd, .events = POLLIN};
+        if (poll(&p, 1, 1000) <= 0)
+            break;
+        ssize_t n = read(fd, buf + got, sizeof buf - 1 - got);
+        if (n <= 0)
+            break;
+        got += (size_t)n;
+        if (memchr(buf, '\n', got))
+            break;
+    }
+    clock_gettime(CLOCK_MONOTONIC, &t2);
+    close(fd);
+    buf[got] = 0;
+    char *dot = strchr(buf, '.');
+    if (!got || !dot)
+        return -1;
+    char *end;
+    long long sec = strtoll(buf, &end, 10);
+    if (end != dot || sec <= 0)
+        return -1;
+    long long nsec = strtoll(dot + 1, &end, 10);
+    if (end == dot + 1 || nsec < 0 || nsec > 999999999)
+        return -1;
+    host->tv_sec = (time_t)sec;
+    host->tv_nsec = (long)nsec;
+    long long a = (long long)t1.tv_sec * 1000000000LL + t1.tv_nsec;
+    long long b = (long long)t2.tv_sec * 1000000000LL + t2.tv_nsec;
+    long long m = a + (b - a) / 2;
+    mid->tv_sec = (time_t)(m / 1000000000LL);
+    mid->tv_nsec = (long)(m % 1000000000LL);
+    *rtt_us = (b - a) / 1000;
+    return 0;
+}
+
+/* The emulated RTC ticks with a phase set when QEMU started, so it can be up to a second
+ * off; a host clock service read over the network, corrected by half the round trip,
+ * is good to a few milliseconds.  Best of three exchanges (shortest round trip). */
+static int set_clock_from_host(const char *spec)
+{
+    char ip[32];
+    const char *colon = strrchr(spec, ':');
+    if (!colon || (size_t)(colon - spec) >= sizeof ip)
+        return -1;
+    memcpy(ip, spec, (size_t)(colon - spec));
+    ip[colon - spec] = 0;
+    struct sockaddr_in sa = {.sin_family = AF_INET};
+    long port = strtol(colon + 1, NULL, 10);
+    if (port <= 0 || port > 65535 || inet_pton(AF_INET, ip, &sa.sin_addr) != 1)
+        return -1;
+    sa.sin_port = htons((uint16_t)port);
+    struct timespec best_host = {0}, best_mid = {0};
+    long long best_rtt = -1;
+    for (int i = 0; i < 3; i++) {
+        struct timespec host, mid;
+        long long rtt;
+        if (host_time_once(&sa, &host, &mid, &rtt) == 0 && (best_rtt < 0 || rtt < best_rtt)) {
+            best_host = host;
+            best_mid = mid;
+            best_rtt = rtt;
+        }
+    }
+    if (best_rtt < 0)
+        return -1;
+    struct timespec now;
+    clock_gettime(CLOCK_MONOTONIC, &now);
+    long long since = ((long long)now.tv_sec - best_mid.tv_sec) * 1000000000LL +
+                      (now.tv_nsec - best_mid.tv_nsec);
+    long long t = (long long)best_host.tv_sec * 1000000000LL + best_host.tv_nsec + since;
+    struct timespec set = {.tv_sec = (time_t)(t / 1000000000LL),
+                           .tv_nsec = (long)(t % 1000000000LL)};
+    if (clock_settime(CLOCK_REALTIME, &set) < 0)
+        return -1;
+    say("clock set from host %s (rtt %lld us)", spec, best_rtt);
+    return 0;
+}
 
 static void write_resolv_conf(const struct config *cfg, const struct in_addr *dns, int ndns)
 {
@@ -759,9 +861,14 @@ int main(int argc, char **argv)
         say("warning: sethostname: %s", strerror(errno));
 
     load_modules(img.modules);
-    if (cfg.clock_rtc)
+    if (cfg.clock_rtc && !cfg.timesrc)
         set_clock_from_rtc();
     setup_network(&cfg);
+    if (cfg.timesrc && set_clock_from_host(cfg.timesrc) < 0) {
+        say("warning: no answer from the host clock at %s; using the RTC", cfg.timesrc);
+        if (cfg.clock_rtc)
+            set_clock_from_rtc();
+    }
     run_app(&img, &cfg);
     /* Rebooting while a NIC still has traffic in flight (the app's sockets closing) has
      * been seen to soft-lock the kernel in ksoftirqd under TCG; end everything and quiesce

@@ -47,7 +47,11 @@ class RedisProbe:
             if client.ping() is not True:
                 raise ValueError("PING did not answer PONG")
             key, value = f"uniklab:probe:{secrets.token_hex(4)}", secrets.token_hex(8)
-            client.set(key, value, ex=60)
+            try:
+                client.set(key, value, ex=60)
+            except redis.ReadOnlyError:
+                # A replica (--replicaof) answers but refuses writes: it is serving.
+                return "PONG (read-only replica)"
             got = client.get(key)
             client.delete(key)
             if got != value.encode():

@@ -1,0 +1,57 @@
+"""uniklab rumprun: rumprun's launcher command line, run by uniklab."""
+
+from __future__ import annotations
+
+import sys
+import time
+
+import click
+
+from uniklab.cli import common
+from uniklab.errors import NotFoundError
+from uniklab.lab import Lab
+from uniklab.net import rumprun_args
+from uniklab.rumprun_compat import translate
+from uniklab.state.store import RUNNING
+
+
+@click.command(
+    context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False},
+    add_help_option=False,
+)
+@click.argument("argv", nargs=-1, type=click.UNPROCESSED)
+@click.pass_context
+def rumprun(ctx: click.Context, argv: tuple[str, ...]) -> None:
+    """rumprun PLATFORM [-N name] [-M mem] [-I if,kind,mac=..,bridge=..] [-W if,inet,dhcp]
+    [-e VAR=VAL] IMAGE [ARGS]: launch like rumprun's own launcher."""
+    inv = rumprun_args.parse(list(argv))
+    lab = common.lab(ctx)
+    lab.reconcile()
+    t = translate(inv, lab.store.networks())
+    if t.backend == "xen":
+        raise NotFoundError(
+            "no Xen here: this machine is not a Xen dom0 (use 'uniklab rumprun qemu …')"
+        )
+    view = lab.run(t.image, t.options)
+    if t.interactive:
+        _follow(lab, view.name)
+        return
+    # rumprun prints PLATFORM:ID of a detached guest.
+    common.out.print(f"{inv.platform}:{view.row.pid} {view.name}")
+
+
+def _follow(lab: Lab, name: str) -> None:
+    """-i: show the console until the guest stops; Ctrl-C destroys it, as rumprun's does."""
+    shown = 0
+    try:
+        while True:
+            text = lab.logs(name)
+            sys.stdout.write(text[shown:])
+            sys.stdout.flush()
+            shown = len(text)
+            if lab.get(name).state != RUNNING:
+                return
+            time.sleep(0.2)
+    except KeyboardInterrupt:
+        lab.destroy(name)
+        raise

@@ -1,0 +1,67 @@
+from __future__ import annotations
+
+import pytest
+
+from uniklab.errors import NotFoundError, UsageError
+from uniklab.net.attach import NicRequest
+from uniklab.net.rumprun_args import parse
+from uniklab.rumprun_compat import translate
+from uniklab.state.store import NetworkRow
+
+RUNBOOK = (
+    "xen -N redis -I xen0,xenif,mac=00:11:22:33:44:55,bridge=xenbr0 "
+    "-W xen0,inet,dhcp -d bin/redis-server.bin"
+)
+
+
+def _net(name: str, bridge: str) -> NetworkRow:
+    return NetworkRow(
+        name=name,
+        state="ready",
+        owner_pid=None,
+        subnet="10.77.0.0/24",
+        gateway="10.77.0.1",
+        bridge=bridge,
+        netns="ns",
+        dhcp=True,
+        made_bridge=True,
+        made_netns=True,
+        dnsmasq_pid=1,
+        rundir="/x",
+        created=0.0,
+    )
+
+
+def test_runbook_line_maps_to_the_bridge_network() -> None:
+    t = translate(parse(RUNBOOK.split()), [_net("lab", "xenbr0")])
+    assert t.backend == "xen" and t.image == "bin/redis-server.bin"
+    assert t.options.name == "redis"
+    assert list(t.options.nets) == [NicRequest("lab", "00:11:22:33:44:55", None, None)]
+
+
+def test_qemu_static_env_memory_args() -> None:
+    argv = (
+        "qemu -N r2 -M 128 -I n0,vioif,mac=00:11:22:33:44:66,bridge=xenbr0 "
+        "-W n0,inet,static,10.77.0.20/24,10.77.0.1 -e A=b redis -- --maxmemory 10mb"
+    )
+    t = translate(parse(argv.split()), [_net("lab", "xenbr0")])
+    assert t.backend == "qemu" and t.options.memory == 128
+    assert t.options.env == {"A": "b"} and list(t.options.args) == ["--maxmemory", "10mb"]
+    [nic] = t.options.nets
+    assert (nic.ip, nic.gateway, nic.mac) == ("10.77.0.20/24", "10.77.0.1", "00:11:22:33:44:66")
+
+
+@pytest.mark.parametrize(
+    "argv,err,msg",
+    [
+        (RUNBOOK, NotFoundError, "no uniklab network uses bridge xenbr0"),
+        ("qemu -b disk.img redis", UsageError, "block devices"),
+        ("qemu -g -nographic redis", UsageError, "raw backend"),
+        ("qemu -p redis", UsageError, "paused"),
+        ("qemu -I n0,vioif,-net,tap -W n0,inet,dhcp redis", UsageError, "raw QEMU"),
+        ("qemu -I n0,vioif,mac=00:11:22:33:44:55 -W n0,inet,dhcp redis", UsageError, "bridge"),
+    ],
+)
+def test_refused(argv: str, err: type[Exception], msg: str) -> None:
+    with pytest.raises(err, match=msg):
+        translate(parse(argv.split()), [])
