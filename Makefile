@@ -5,7 +5,8 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN     = $(VENV)/bin
 APT_PACKAGES = qemu-system-x86 linux-image-amd64 redis-server redis-tools musl-tools \
-               lz4 cpio kmod iproute2 dnsmasq-base procps python3-venv python3-pip
+               lz4 cpio kmod iproute2 dnsmasq-base procps python3-venv python3-pip \
+               apache2 nginx memcached media-types apache2-utils
 
 .PHONY: deps venv demo test lint unit e2e bench clean
 
@@ -14,8 +15,10 @@ deps:
 	  export DEBIAN_FRONTEND=noninteractive; \
 	  apt-get update -q && apt-get install -y -q --no-install-recommends $(APT_PACKAGES); \
 	else echo "not root: skipping apt-get (needs: $(APT_PACKAGES))"; fi
-	# Redis runs inside the guests; the host's own service only gets in the way.
-	-systemctl disable --now redis-server >/dev/null 2>&1 || true
+	# The apps run inside the guests; the host's own services only get in the way (the
+	# bench starts its native copies by hand, on free ports).
+	-systemctl disable --now redis-server apache2 nginx memcached >/dev/null 2>&1 || true
+	-for s in redis-server apache2 nginx memcached; do service $$s stop >/dev/null 2>&1; done; true
 
 venv: $(BIN)/uniklab
 $(BIN)/uniklab: pyproject.toml

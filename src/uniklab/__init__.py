@@ -1,6 +1,41 @@
-"""uniklab: bake applications into unikernel-style images and run them on QEMU (and Xen)."""
+"""uniklab: bake applications into unikernel-style images and run them on QEMU (and Xen).
 
-from uniklab.errors import UniklabError
+The Python API (``uniklab.run``, ``bake``, ``ps``, ``destroy``, ``images``) lives in
+``uniklab.api`` and is re-exported here.
+"""
 
-__all__ = ["UniklabError", "__version__"]
+from uniklab.api import Client, Image, Instance, Stats, bake, destroy, images, ps, run
+from uniklab.errors import (
+    BakeError,
+    CommandError,
+    ConflictError,
+    LaunchError,
+    NotFoundError,
+    ProbeTimeoutError,
+    UniklabError,
+    UsageError,
+)
+from uniklab.net.attach import NicRequest
+
+__all__ = [
+    "BakeError",
+    "Client",
+    "CommandError",
+    "ConflictError",
+    "Image",
+    "Instance",
+    "LaunchError",
+    "NicRequest",
+    "NotFoundError",
+    "ProbeTimeoutError",
+    "Stats",
+    "UniklabError",
+    "UsageError",
+    "__version__",
+    "bake",
+    "destroy",
+    "images",
+    "ps",
+    "run",
+]
 __version__ = "0.1.0"

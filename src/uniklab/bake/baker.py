@@ -19,17 +19,24 @@ from pathlib import Path, PurePosixPath
 from uniklab.bake import cpio, elf, kmod
 from uniklab.bake.image import ImageStore, KernelInfo, Manifest
 from uniklab.bake.kernel import host_kernel, needs_acpi
-from uniklab.bake.recipe import Recipe
+from uniklab.bake.recipe import Recipe, builtin_dir
 from uniklab.errors import BakeError
 from uniklab.guest.build import build_init
 
 log = logging.getLogger(__name__)
 
 # Bump when the image layout changes, so old cached images are not reused.
-FORMAT = 1
+FORMAT = 2
 # What every image needs to reach the network on QEMU's microvm (virtio-mmio).
 BASE_MODULES = ("virtio_mmio", "virtio_net")
 BASE_CMDLINE = "console=ttyS0 reboot=t panic=-1 quiet"
+# glibc >= 2.34 has the "files" NSS service built in, so getpwnam() needs no dlopen'd
+# libnss_files.so.2 once this file names it (older glibc: list libnss_files.so.2 in libs).
+# glibc dlopens libgcc_s for pthread_exit and cancellation, and abort()s without it
+# ("libgcc_s.so.1 must be installed for pthread_exit to work"): a threaded server (Apache's
+# event MPM) dies at its first idle-thread exit.  Every glibc image gets it.
+GLIBC_DLOPENS = ("libgcc_s.so.1",)
+NSSWITCH = b"passwd: files\ngroup: files\nshadow: files\nhosts: files dns\n"
 
 Progress = Callable[[str], None]
 
@@ -85,10 +92,17 @@ class _Inputs:
         return hashlib.sha256((content or "").encode()).hexdigest()
 
     def resolve_src(self, src: str) -> Path:
-        base = self.recipe_dir or Path("/")
-        path = (base / src).resolve()
-        if self.recipe_dir is not None and not path.is_relative_to(self.recipe_dir):
-            raise BakeError(f"recipe file {src!r} escapes the recipe's directory")
+        """The host file behind a recipe's ``src``: relative to the recipe's directory (and
+        staying in it, symlinks resolved), or absolute for a built-in recipe."""
+        if Path(src).is_absolute():
+            if self.recipe_dir is not None:
+                raise BakeError(f"recipe file {src!r}: host paths only in built-in recipes")
+            path = Path(src).resolve()
+        else:
+            base = (self.recipe_dir or builtin_dir()).resolve()
+            path = (base / src).resolve()
+            if not path.is_relative_to(base):
+                raise BakeError(f"recipe file {src!r} escapes the recipe's directory")
         if not path.is_file():
             raise BakeError(f"recipe file {src!r} not found ({path})")
         return path
@@ -97,12 +111,16 @@ class _Inputs:
 def _resolve(recipe: Recipe, recipe_dir: Path | None, cache: Path, compression: str) -> _Inputs:
     binary = Path(recipe.binary)
     if not binary.exists():
-        hint = f" (apt-get install {recipe.package})" if recipe.package else ""
-        raise BakeError(f"{recipe.name}: binary {binary} not found{hint}")
+        hint = f" (install the Debian package: apt-get install {recipe.package})"
+        raise BakeError(f"{recipe.name}: binary {binary} not found{hint if recipe.package else ''}")
     binary = binary.resolve()
     kernel, release = host_kernel()
     modules = kmod.module_closure([*BASE_MODULES, *recipe.modules], kernel_release=release)
     libs = elf.elf_closure([binary], extra_libs=recipe.libs)
+    if any(p.name == "libc.so.6" for p in libs):
+        extra = [lib for lib in GLIBC_DLOPENS if not any(p.name == lib for p in libs)]
+        if extra:
+            libs = elf.elf_closure([binary], extra_libs=[*recipe.libs, *extra])
     init = build_init(cache)
     return _Inputs(recipe, recipe_dir, binary, kernel, release, libs, modules, init, compression)
 
@@ -119,13 +137,21 @@ def _initramfs(inp: _Inputs) -> tuple[bytes, int]:
         arc.add_file_from(str(dest), src)
     for m in inp.modules:
         arc.add_file(str(m.image_path), kmod.module_bytes(m))
-    for f in inp.recipe.files:
+    rec = inp.recipe
+    for dspec in rec.dirs:
+        arc.add_dir(dspec.path, mode=dspec.mode)
+    if rec.docroot is not None:
+        arc.add_dir(rec.docroot)
+        if rec.page is not None:
+            arc.add_file(str(PurePosixPath(rec.docroot) / "index.html"), rec.page.encode())
+    for f in rec.files:
         if f.src is not None:
             arc.add_file_from(f.dest, inp.resolve_src(f.src), mode=f.mode)
         else:
             arc.add_file(f.dest, (f.content or "").encode(), mode=f.mode)
-    arc.add_file("/etc/passwd", b"root:x:0:0:root:/:/bin/false\n")
-    arc.add_file("/etc/group", b"root:x:0:\n")
+    arc.add_file("/etc/passwd", rec.passwd().encode())
+    arc.add_file("/etc/group", rec.group().encode())
+    arc.add_file("/etc/nsswitch.conf", NSSWITCH)
     image_doc = {
         "entrypoint": [inp.recipe.image_binary_path, *inp.recipe.args],
         "env": {"HOME": "/", "PATH": "/bin:/usr/bin", **inp.recipe.env},
@@ -133,7 +159,7 @@ def _initramfs(inp: _Inputs) -> tuple[bytes, int]:
         "modules": [str(m.image_path) for m in inp.modules],
     }
     arc.add_file("/uniklab/image.json", json.dumps(image_doc, indent=1).encode())
-    files = 2 + len(inp.libs) + len(inp.modules) + len(inp.recipe.files)
+    files = 2 + len(inp.libs) + len(inp.modules) + len(rec.files) + (rec.page is not None)
     return cpio.compress(arc.to_bytes(), inp.compression), files  # type: ignore[arg-type]
 
 

@@ -1,22 +1,80 @@
-"""uniklab bake: a recipe (built-in name or .toml file) becomes an image."""
+"""uniklab bake: a recipe (built-in name or .toml file), or a bare binary, becomes an image."""
 
 from __future__ import annotations
 
 import click
 
+from uniklab import validate
+from uniklab.bake import baker
+from uniklab.bake import recipe as recipe_mod
 from uniklab.cli import common
+from uniklab.errors import UsageError
 
 
 @click.command()
-@click.argument("recipe")
+@click.argument("recipe", required=False)
 @click.option("-t", "--tag", default="latest", show_default=True, help="Image tag.")
+@click.option(
+    "--binary",
+    metavar="PATH",
+    help="Bake this binary instead of a recipe (its libraries are found from its ELF headers).",
+)
+@click.option("--port", type=int, help="With --binary: the TCP port it serves (probed with tcp).")
+@click.option(
+    "--name", "image_name", help="With --binary: the image name (default: its file name)."
+)
+@click.option(
+    "--arg", "args", multiple=True, metavar="ARG", help="With --binary: an argument (repeatable)."
+)
+@click.option("--memory", default="128M", show_default=True, help="With --binary: default memory.")
 @common.json_option
 @click.pass_context
-def bake(ctx: click.Context, recipe: str, tag: str, as_json: bool) -> None:
-    """Bake RECIPE (a built-in name such as 'redis', or a recipe .toml) into an image."""
+def bake(
+    ctx: click.Context,
+    recipe: str | None,
+    tag: str,
+    binary: str | None,
+    port: int | None,
+    image_name: str | None,
+    args: tuple[str, ...],
+    memory: str,
+    as_json: bool,
+) -> None:
+    """Bake RECIPE (a built-in name such as 'redis', or a recipe .toml) into an image.
+
+    Or bake a binary: uniklab bake --binary /usr/local/bin/myd --port 9000 --name myd
+    """
+    if binary is None:
+        if recipe is None:
+            raise UsageError("give a RECIPE (name or .toml file) or --binary PATH")
+        if port is not None or image_name or args:
+            raise UsageError("--port, --name and --arg go with --binary, not with a recipe")
+    elif recipe is not None:
+        raise UsageError("give a RECIPE or --binary, not both")
     lab = common.lab(ctx)
-    with common.err.status(f"baking {recipe}") as status:
-        result = lab.bake(recipe, tag=tag, progress=lambda msg: status.update(f"{recipe}: {msg}"))
+    what = recipe or binary or ""
+    with common.err.status(f"baking {what}") as status:
+
+        def progress(msg: str) -> None:
+            status.update(f"{what}: {msg}")
+
+        if binary is None:
+            result = lab.bake(what, tag=tag, progress=progress)
+        else:
+            # Lab.bake takes recipe references; a synthesized recipe goes to the baker here.
+            rec = recipe_mod.from_binary(
+                binary, port=port, name=image_name, args=list(args), memory=memory
+            )
+            validate.image_ref(f"{rec.name}:{tag}")
+            result = baker.bake(
+                rec,
+                recipe_dir=None,
+                store=lab.images,
+                cache=lab.paths.cache,
+                tag=tag,
+                progress=progress,
+            )
+            lab.store.put_image(rec.name, tag, result.manifest.digest)
     m = result.manifest
     if as_json:
         common.print_json(

@@ -23,6 +23,7 @@ from uniklab.cli.recipes import recipes
 from uniklab.cli.rmi import rmi
 from uniklab.cli.rumprun import rumprun
 from uniklab.cli.run import run
+from uniklab.cli.test import test
 from uniklab.errors import LaunchError, ProbeTimeoutError, UniklabError
 
 
@@ -43,7 +44,22 @@ def cli(ctx: click.Context, verbose: int) -> None:
     )
 
 
-for command in (bake, images, rmi, recipes, run, ps, ip, logs, check, destroy, demo, net, rumprun):
+for command in (
+    bake,
+    images,
+    rmi,
+    recipes,
+    run,
+    ps,
+    ip,
+    logs,
+    check,
+    destroy,
+    demo,
+    net,
+    rumprun,
+    test,
+):
     cli.add_command(command)
 
 

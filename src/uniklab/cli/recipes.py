@@ -1,31 +1,46 @@
-"""uniklab recipes: the built-in catalog."""
+"""uniklab recipes: the built-in catalog, with what each needs and what it exposes."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import click
 
 from uniklab.bake import recipe as recipes_mod
+from uniklab.bake.recipe import Recipe
 from uniklab.cli import common
+
+
+def _probe(r: Recipe) -> str:
+    p = r.probe
+    if p.kind == "http":
+        return f"http GET {p.path} -> {p.status} :{r.probe_port}"
+    if p.kind == "console":
+        return f"console /{p.marker or 'uniklab-init: exec'}/"
+    return f"{p.kind} :{r.probe_port}"
 
 
 @click.command()
 @common.json_option
 def recipes(as_json: bool) -> None:
-    """List the built-in recipes."""
+    """List the built-in recipes: the Debian package each needs, its ports and probe."""
     found = [recipes_mod.load(n)[0] for n in recipes_mod.builtin_names()]
     if as_json:
-        common.print_json([r.model_dump(mode="json") for r in found])
+        common.print_json(
+            [{**r.model_dump(mode="json"), "installed": Path(r.binary).exists()} for r in found]
+        )
         return
     common.table(
-        ["NAME", "BINARY", "PACKAGE", "PORTS", "PROBE", "MEMORY", "DESCRIPTION"],
+        ["NAME", "PACKAGE", "INSTALLED", "PORTS", "PROBE", "MEMORY", "MIN", "DESCRIPTION"],
         [
             (
                 r.name,
-                r.binary,
                 r.package or "",
+                "yes" if Path(r.binary).exists() else f"no ({r.binary})",
                 ",".join(map(str, r.ports)),
-                r.probe.kind,
+                _probe(r),
                 r.memory,
+                r.min_memory or "",
                 r.description,
             )
             for r in found

@@ -1,1 +1,1 @@
-"""testing"""
+"""Testing with unikernels: the pytest plugin, session ownership, and `uniklab test`."""

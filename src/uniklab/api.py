@@ -1,0 +1,449 @@
+"""The Python API: the CLI's verbs as typed functions, and ``Instance``, a friendly model.
+
+Two layers, after docker-py: ``Client`` holds one ``Lab`` (one state store) and offers the
+verbs; ``Instance`` wraps one running guest.  The module-level functions use a client of
+the default ``UNIKLAB_HOME``::
+
+    import uniklab
+    with uniklab.run("redis", memory="128M") as vm:
+        vm.redis().set("k", "v")
+    # destroyed here, even on error or Ctrl-C
+
+``run`` cleans up whatever it started when it fails (like testcontainers' ``__enter__``);
+``Instance.destroy`` is safe to call twice.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import signal
+import threading
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from types import FrameType, TracebackType
+from typing import Any
+
+import redis
+
+from uniklab import validate
+from uniklab.bake.image import Manifest
+from uniklab.errors import NotFoundError, UniklabError, UsageError
+from uniklab.lab import DEFAULT_WAIT, InstanceView, Lab, RunOptions, nics_of
+from uniklab.net import netns as _netns
+from uniklab.net.attach import NicRequest, parse_net_option
+from uniklab.paths import Paths, default_paths
+
+log = logging.getLogger(__name__)
+
+NetArg = str | NicRequest
+"""A NIC on a managed network: ``NicRequest`` or the CLI's ``NET[,mac=M][,ip=CIDR][,gw=IP]``."""
+
+
+@dataclass(frozen=True)
+class Image:
+    """A baked image, as ``uniklab images`` lists it."""
+
+    name: str
+    tag: str
+    digest: str
+    kind: str
+    size: int
+    created: float
+    ports: tuple[int, ...]
+    memory: str
+
+    @property
+    def ref(self) -> str:
+        return f"{self.name}:{self.tag}"
+
+    @classmethod
+    def from_manifest(cls, m: Manifest) -> Image:
+        return cls(m.name, m.tag, m.digest, m.kind, m.size, m.created, tuple(m.ports), m.memory)
+
+
+@dataclass(frozen=True)
+class Stats:
+    """What the hypervisor says about an instance right now."""
+
+    state: str  # running | exited | crashed | creating
+    uptime: float | None  # seconds since the hypervisor started
+    cpu_seconds: float | None  # user + system time of the hypervisor process
+    rss_bytes: int | None  # resident memory of the hypervisor process
+    memory_mb: int  # guest memory
+    vcpus: int
+
+
+def _nic(value: NetArg) -> NicRequest:
+    return value if isinstance(value, NicRequest) else parse_net_option(value)
+
+
+def nic_requests(net: NetArg | Sequence[NetArg] | None) -> list[NicRequest]:
+    """``net=`` as the API takes it (one NIC or several, parsed or CLI-style) as requests."""
+    if net is None:
+        return []
+    if isinstance(net, str | NicRequest):
+        return [_nic(net)]
+    return [_nic(n) for n in net]
+
+
+class Instance:
+    """One instance: where it is, its console, its numbers, a Redis client; destroy.
+
+    Also a context manager that destroys the instance on exit, whatever the exit.
+    """
+
+    def __init__(self, client: Client, view: InstanceView) -> None:
+        self._client = client
+        self._view = view
+        self._destroyed = False
+
+    # -- identity -----------------------------------------------------------------------
+    @property
+    def name(self) -> str:
+        return self._view.name
+
+    @property
+    def id(self) -> int:
+        return self._view.row.id
+
+    @property
+    def image(self) -> str:
+        return self._view.row.image
+
+    @property
+    def labels(self) -> dict[str, str]:
+        return dict(self._view.row.labels)
+
+    @property
+    def pid(self) -> int | None:
+        """The hypervisor's process id."""
+        return self._view.row.pid
+
+    @property
+    def destroyed(self) -> bool:
+        return self._destroyed
+
+    def __repr__(self) -> str:
+        return f"<Instance {self.name} {self.image} {self._view.state}>"
+
+    # -- where ----------------------------------------------------------------------------
+    @property
+    def address(self) -> str:
+        """The host to connect to from this machine (127.0.0.1 for user-mode networking)."""
+        view = self.reload()
+        return self._client.lab.endpoint(view, None).host
+
+    @property
+    def netns(self) -> str | None:
+        """The network namespace the address is reachable from (None: this one)."""
+        nics = nics_of(self._view.row)
+        return nics[0].netns if nics else None
+
+    def port(self, guest_port: int) -> int:
+        """The port to connect to for the guest's ``guest_port`` (a forward, or itself)."""
+        validate.port(guest_port, "guest port")
+        view = self.reload()
+        if nics_of(view.row):
+            return guest_port
+        for host, guest in view.forwards:
+            if guest == guest_port:
+                return host
+        published = ", ".join(str(g) for _h, g in view.forwards) or "none"
+        raise NotFoundError(
+            f"{self.name} does not publish port {guest_port} (published: {published})"
+        )
+
+    def endpoint(self, guest_port: int) -> tuple[str, int]:
+        """``(host, port)`` to reach the guest's ``guest_port``."""
+        return self.address, self.port(guest_port)
+
+    # -- clients --------------------------------------------------------------------------
+    def redis(self, port: int = 6379, **kwargs: Any) -> redis.Redis:
+        """A redis-py client bound to the instance.
+
+        For an instance in another network namespace its connections are created inside
+        that namespace (a socket belongs to the namespace it was made in).
+        """
+        host, hport = self.endpoint(port)
+        kwargs.setdefault("socket_timeout", 10)
+        kwargs.setdefault("socket_connect_timeout", 10)
+        ns = self.netns
+        if ns is None:
+            return redis.Redis(host=host, port=hport, **kwargs)
+        conn_class = type("NetnsConnection", (_NetnsConnection,), {"netns": ns})
+        pool = redis.ConnectionPool(connection_class=conn_class, host=host, port=hport, **kwargs)
+        return redis.Redis(connection_pool=pool)
+
+    # -- state ----------------------------------------------------------------------------
+    def reload(self) -> InstanceView:
+        """Refresh from the store (reconciled with the backend)."""
+        self._alive_or_raise()
+        self._view = self._client.lab.get(self.name)
+        return self._view
+
+    def logs(self) -> str:
+        """The guest's console so far."""
+        self._alive_or_raise()
+        return self._client.lab.logs(self.name)
+
+    def stats(self) -> Stats:
+        view = self.reload()
+        insp = view.inspection
+        return Stats(
+            state=view.state,
+            uptime=insp.uptime if insp else None,
+            cpu_seconds=insp.cpu_seconds if insp else None,
+            rss_bytes=insp.rss_bytes if insp else None,
+            memory_mb=view.row.memory_mb,
+            vcpus=view.row.vcpus,
+        )
+
+    @property
+    def state(self) -> str:
+        return "destroyed" if self._destroyed else self.reload().state
+
+    def check(self, timeout: float = 5.0) -> str:
+        """Run the image's probe once; return its detail or raise ProbeTimeoutError."""
+        self._alive_or_raise()
+        return self._client.lab.check(self.name, timeout=timeout).detail
+
+    def as_dict(self) -> dict[str, object]:
+        return self.reload().as_dict()
+
+    def _alive_or_raise(self) -> None:
+        if self._destroyed:
+            raise NotFoundError(f"instance {self.name} was destroyed")
+
+    # -- end --------------------------------------------------------------------------------
+    def destroy(self) -> None:
+        """Stop the guest and remove everything it had.  Safe to call twice.
+
+        Ctrl-C during the teardown is held until it is done, then re-raised.
+        """
+        if self._destroyed:
+            return
+        with sigint_deferred():
+            try:
+                self._client.lab.destroy(self.name)
+            except NotFoundError:
+                pass  # already gone (destroyed elsewhere, or reaped)
+            finally:
+                self._destroyed = True
+
+    def __enter__(self) -> Instance:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.destroy()
+
+
+class _NetnsConnection(redis.Connection):
+    netns: str | None = None
+
+    def _connect(self) -> Any:
+        with _netns.inside(self.netns):
+            return super()._connect()  # type: ignore[no-untyped-call]
+
+
+@contextlib.contextmanager
+def sigint_deferred() -> Iterator[None]:
+    """Hold SIGINT while the body runs (main thread only); re-raise it afterwards."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    got: list[int] = []
+
+    def hold(signum: int, _frame: FrameType | None) -> None:
+        got.append(signum)
+
+    previous = signal.signal(signal.SIGINT, hold)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if got:
+        raise KeyboardInterrupt
+
+
+class Client:
+    """The verbs over one state store (``home``: a UNIKLAB_HOME; default: the environment's)."""
+
+    def __init__(self, home: str | Path | None = None) -> None:
+        paths = Paths(Path(home).expanduser().resolve()) if home else default_paths()
+        self.lab = Lab(paths)
+
+    @property
+    def home(self) -> Path:
+        return self.lab.paths.home
+
+    def close(self) -> None:
+        self.lab.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def bake(self, recipe: str, *, tag: str = "latest") -> Image:
+        """Bake a built-in recipe (by name) or a recipe file (by path); cached by content."""
+        return Image.from_manifest(self.lab.bake(recipe, tag=tag).manifest)
+
+    def images(self) -> list[Image]:
+        return [Image.from_manifest(m) for m in self.lab.list_images()]
+
+    def image(self, ref: str) -> Image:
+        return Image.from_manifest(self.lab.image(ref))
+
+    def run(
+        self,
+        image: str,
+        *,
+        name: str | None = None,
+        memory: str | int | None = None,
+        vcpus: int = 1,
+        publish: Sequence[tuple[int, int]] = (),
+        env: Mapping[str, str] | None = None,
+        args: Sequence[str] = (),
+        labels: Mapping[str, str] | None = None,
+        net: NetArg | Sequence[NetArg] | None = None,
+        wait: bool = True,
+        timeout: float = DEFAULT_WAIT,
+    ) -> Instance:
+        """Start an instance of ``image`` (baking a built-in recipe if needed); by default
+        wait until the image's probe passes.  Whatever it started is removed if it fails."""
+        if isinstance(args, str):
+            raise UsageError("args is a list of arguments, not one string")
+        opts = RunOptions(
+            name=name,
+            memory=memory,
+            vcpus=vcpus,
+            publish=list(publish),
+            env=dict(env or {}),
+            args=list(args),
+            labels=dict(labels or {}),
+            nets=nic_requests(net),
+            wait=wait,
+            timeout=timeout,
+        )
+        # Lab.run removes what it made if it fails, KeyboardInterrupt included.
+        view = self.lab.run(image, opts)
+        try:
+            return Instance(self, view)
+        except BaseException:
+            with sigint_deferred():
+                self.lab.destroy(view.name)
+            raise
+
+    def get(self, name: str) -> Instance:
+        return Instance(self, self.lab.get(name))
+
+    def ps(self, *, all: bool = True, labels: Mapping[str, str] | None = None) -> list[Instance]:
+        """Instances (``all=False``: running ones only), optionally those with ``labels``."""
+        return [Instance(self, v) for v in self.lab.ps(all=all, labels=labels)]
+
+    def destroy(self, name: str) -> None:
+        self.lab.destroy(name)
+
+
+class _OwnedInstance(Instance):
+    """An instance from a module-level ``run``: its client closes when it is destroyed."""
+
+    def destroy(self) -> None:
+        try:
+            super().destroy()
+        finally:
+            self._client.close()
+
+
+def bake(recipe: str, *, tag: str = "latest", home: str | Path | None = None) -> Image:
+    """Bake ``recipe`` (a built-in name or a recipe file) into an image; see ``Client.bake``."""
+    with Client(home) as c:
+        return c.bake(recipe, tag=tag)
+
+
+def images(*, home: str | Path | None = None) -> list[Image]:
+    """The baked images."""
+    with Client(home) as c:
+        return c.images()
+
+
+def ps(
+    *, all: bool = True, labels: Mapping[str, str] | None = None, home: str | Path | None = None
+) -> list[Instance]:
+    """Instances (``all=False``: running ones only), optionally those with ``labels``.
+
+    They share one client, whose store connection closes when the last is dropped.
+    """
+    return Client(home).ps(all=all, labels=labels)
+
+
+def destroy(name: str, *, home: str | Path | None = None) -> None:
+    """Destroy an instance by name: process, runtime files and state row."""
+    with Client(home) as c:
+        c.destroy(name)
+
+
+def run(
+    image: str,
+    *,
+    name: str | None = None,
+    memory: str | int | None = None,
+    vcpus: int = 1,
+    publish: Sequence[tuple[int, int]] = (),
+    env: Mapping[str, str] | None = None,
+    args: Sequence[str] = (),
+    labels: Mapping[str, str] | None = None,
+    net: NetArg | Sequence[NetArg] | None = None,
+    wait: bool = True,
+    timeout: float = DEFAULT_WAIT,
+    home: str | Path | None = None,
+) -> Instance:
+    """Run ``image`` and return a ready ``Instance``; use it in ``with`` to destroy it.
+
+    ``memory``: "128M", "1G" or MB; ``publish``: (host, guest) port pairs on 127.0.0.1
+    (default: every port of the image on a free port); ``net``: NICs on managed networks
+    instead of user-mode networking; ``args`` are appended to the app's command line.
+    """
+    client = Client(home)
+    try:
+        inst = client.run(
+            image,
+            name=name,
+            memory=memory,
+            vcpus=vcpus,
+            publish=publish,
+            env=env,
+            args=args,
+            labels=labels,
+            net=net,
+            wait=wait,
+            timeout=timeout,
+        )
+    except BaseException:
+        client.close()
+        raise
+    return _OwnedInstance(client, inst._view)
+
+
+__all__ = [
+    "Client",
+    "Image",
+    "Instance",
+    "NetArg",
+    "Stats",
+    "UniklabError",
+    "bake",
+    "destroy",
+    "images",
+    "nic_requests",
+    "ps",
+    "run",
+]
