@@ -1,10 +1,15 @@
 """uniklab: bake applications into unikernel-style images and run them on QEMU (and Xen).
 
-The Python API (``uniklab.run``, ``bake``, ``ps``, ``destroy``, ``images``) lives in
-``uniklab.api`` and is re-exported here.
+The Python API (``uniklab.run``, ``bake``, ``ps``, ``destroy``, ``images``, ``Instance``)
+lives in ``uniklab.api`` and is re-exported here; it is imported on first use, so that
+``import uniklab.errors`` (and the pytest plugin, loaded by every pytest run) stay cheap.
 """
 
-from uniklab.api import Client, Image, Instance, Stats, bake, destroy, images, ps, run
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from uniklab.errors import (
     BakeError,
     CommandError,
@@ -15,7 +20,32 @@ from uniklab.errors import (
     UniklabError,
     UsageError,
 )
-from uniklab.net.attach import NicRequest
+
+if TYPE_CHECKING:
+    from uniklab.api import Client, Image, Instance, Stats, bake, destroy, images, ps, run
+    from uniklab.net.attach import NicRequest
+
+_LAZY = {
+    "Client": "uniklab.api",
+    "Image": "uniklab.api",
+    "Instance": "uniklab.api",
+    "Stats": "uniklab.api",
+    "bake": "uniklab.api",
+    "destroy": "uniklab.api",
+    "images": "uniklab.api",
+    "ps": "uniklab.api",
+    "run": "uniklab.api",
+    "NicRequest": "uniklab.net.attach",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'uniklab' has no attribute {name!r}")
+
 
 __all__ = [
     "BakeError",

@@ -18,7 +18,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from uniklab import validate
+from uniklab import faults, validate
 from uniklab.backends.base import Backend, Handle, Inspection, InstanceSpec, NicSpec
 from uniklab.backends.hostinfo import choose_accel, tsc_khz
 from uniklab.backends.process import matches as pid_matches
@@ -268,6 +268,7 @@ class Lab:
         return m.model_copy(update={"name": name, "tag": tag})
 
     def list_images(self) -> list[Manifest]:
+        self.images.sweep_staging()
         out = []
         for row in self.store.images():
             if self.images.has(row.digest):
@@ -365,9 +366,12 @@ class Lab:
             nics_json = [p.to_json() for p in planned]
             # Recorded before anything is made, so a crash leaves a plan to undo.
             self.store.update(row.id, runtime={"rundir": str(rundir), "nics": nics_json})
+            faults.point("run.before_taps")
             attach.create_taps(planned)
+            faults.point("run.after_taps")
             backend = self.backend(backend_name, spec.kernel)
             handle = backend.create(spec)
+            faults.point("run.after_create")
             runtime = {**handle.runtime, "forwards": forwards, "mac": mac, "nics": nics_json}
             self.store.update(
                 row.id,

@@ -85,7 +85,7 @@ def test_runbook_dhcp_flow(
     assert info.host in capsys.readouterr().out
     print(f"run-to-ready with DHCP: {ready:.1f}s")
     lab.destroy("redis")
-    assert links.taps("uk", NS) == []
+    assert links.taps("ukt", NS) == []
     lease_file = Path(lab.store.network("lab").rundir) / "dnsmasq.leases"
     deadline = time.monotonic() + 5
     while "00:11:22:33:44:55" in lease_file.read_text() and time.monotonic() < deadline:
@@ -143,7 +143,7 @@ def test_network_bad_input(lab_net: Lab, capsys: pytest.CaptureFixture[str]) -> 
         assert message in err, (argv, err)
     assert [n.name for n in lab_net.store.networks()] == ["lab"]
     assert lab_net.store.instances() == []
-    assert links.taps("uk", NS) == []
+    assert links.taps("ukt", NS) == []
 
 
 def test_duplicate_mac_and_rm_in_use(lab_net: Lab, capsys: pytest.CaptureFixture[str]) -> None:

@@ -16,6 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
+from uniklab import faults
 from uniklab.bake import cpio, elf, kmod
 from uniklab.bake.image import ImageStore, KernelInfo, Manifest
 from uniklab.bake.kernel import host_kernel, needs_acpi
@@ -190,6 +191,7 @@ def bake(
     try:
         initrd, files = _initramfs(inp)
         (staging / "initrd").write_bytes(initrd)
+        faults.point("bake.after_initrd")
         kernel_bytes = inp.kernel.read_bytes()
         (staging / "kernel").write_bytes(kernel_bytes)
         manifest = Manifest(

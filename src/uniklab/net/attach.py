@@ -117,7 +117,7 @@ def plan(
         if addr and addr.split("/")[0] in used_ips.get(net.name, set()):
             raise ConflictError(f"address {addr} is already used on network {net.name}")
         out.append(
-            PlannedNic(net.name, mac, f"uk{tag}{row_id}n{i}", net.bridge, net.netns, addr, gw)
+            PlannedNic(net.name, mac, f"ukt{tag}{row_id}n{i}", net.bridge, net.netns, addr, gw)
         )
     if len({p.netns for p in out}) > 1:
         raise UsageError("all networks of one instance must live in the same namespace")

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from pyroute2 import IPRoute
 
-from uniklab import validate
+from uniklab import faults, validate
 from uniklab.errors import ConflictError, UsageError
 from uniklab.net import dnsmasq, links, netns
 from uniklab.state.store import NetworkRow, Store
@@ -143,15 +143,18 @@ class NetworkService:
             if spec.netns and not ns_exists:
                 self.store.update_network(spec.name, made_netns=1)
                 netns.create(spec.netns)
+                faults.point("net.after_netns")
             if not existing:
                 assert subnet is not None
                 self.store.update_network(spec.name, made_bridge=1)
                 gw = ipaddress.IPv4Interface(f"{row.gateway}/{subnet.prefixlen}")
                 links.create_bridge(bridge, gw, spec.netns)
+                faults.point("net.after_bridge")
             if row.dhcp:
                 assert subnet is not None
                 pid = dnsmasq.start(bridge, subnet, dnsmasq.DnsmasqFiles(rundir), spec.netns)
                 self.store.update_network(spec.name, dnsmasq_pid=pid)
+                faults.point("net.after_dnsmasq")
             self.store.update_network(spec.name, state=READY, owner_pid=None)
         except BaseException:
             self._teardown(self.store.network(spec.name))

@@ -20,16 +20,17 @@ import re
 import secrets
 from collections.abc import Callable, Generator, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import pytest
 
-from uniklab.api import Client, Instance, NetArg
-from uniklab.bake import recipe
 from uniklab.errors import NotFoundError, ProbeTimeoutError, UniklabError
-from uniklab.lab import DEFAULT_WAIT, tail
-from uniklab.paths import default_paths
 from uniklab.testing import session as owner
+
+# The API (QEMU backend, pyroute2, redis) is imported when a test first needs it: this
+# module is loaded by every pytest run on a machine where uniklab is installed.
+if TYPE_CHECKING:
+    from uniklab.api import Client, Instance, NetArg
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +52,7 @@ class UnikernelFactory(Protocol):
         env: Mapping[str, str] | None = None,
         publish: Sequence[tuple[int, int]] = (),
         labels: Mapping[str, str] | None = None,
-        timeout: float = DEFAULT_WAIT,
+        timeout: float | None = None,  # seconds to be ready (default: uniklab's, 120)
     ) -> Instance: ...
 
 
@@ -76,6 +77,8 @@ class UniklabSession:
     @property
     def client(self) -> Client:
         if self._client is None:
+            from uniklab.api import Client
+
             self._client = Client(self.home)
         return self._client
 
@@ -89,6 +92,8 @@ class UniklabSession:
     def image(self, ref: str) -> str:
         """The image for ``ref``: a recipe (name or .toml path) is baked once per session."""
         if ref not in self._images:
+            from uniklab.bake import recipe
+
             if ":" not in ref and (ref.endswith(".toml") or ref in recipe.builtin_names()):
                 self._images[ref] = self.client.bake(ref).ref
             else:
@@ -103,6 +108,8 @@ class UniklabSession:
 
     def reap(self) -> None:
         """Remove what crashed sessions left (only if a store exists: never create one)."""
+        from uniklab.paths import default_paths
+
         home = self.home or default_paths().home
         if self.unavailable or not (home / "state.db").exists():
             return
@@ -133,7 +140,7 @@ class UniklabSession:
 
 
 SESSION_KEY = pytest.StashKey[UniklabSession]()
-INSTANCES_KEY = pytest.StashKey[list[Instance]]()
+INSTANCES_KEY = pytest.StashKey["list[Instance]"]()
 REPORTS_KEY = pytest.StashKey[dict[str, pytest.TestReport]]()
 
 
@@ -203,7 +210,7 @@ def pytest_runtest_makereport(
         if inst.destroyed:
             continue
         try:
-            text = tail(inst.logs(), CONSOLE_LINES)
+            text = "\n".join(inst.logs().rstrip().splitlines()[-CONSOLE_LINES:])
         except UniklabError as err:
             text = f"(console not available: {err})"
         rep.sections.append((f"uniklab console {inst.name} ({rep.when})", text))
@@ -266,8 +273,10 @@ def unikernel(
         env: Mapping[str, str] | None = None,
         publish: Sequence[tuple[int, int]] = (),
         labels: Mapping[str, str] | None = None,
-        timeout: float = DEFAULT_WAIT,
+        timeout: float | None = None,
     ) -> Instance:
+        from uniklab.lab import DEFAULT_WAIT
+
         ref = us.image(image)
         inst = us.client.run(
             ref,
@@ -279,7 +288,7 @@ def unikernel(
             env=env,
             publish=publish,
             labels={**(labels or {}), **us.labels(request.node.nodeid)},
-            timeout=timeout,
+            timeout=DEFAULT_WAIT if timeout is None else timeout,
         )
         instances.append(inst)
         us.live.append(inst)
@@ -295,7 +304,7 @@ def unikernel(
 def _finish(us: UniklabSession, instances: list[Instance], *, keep: bool) -> None:
     errors: list[str] = []
     for inst in reversed(instances):
-        act: Callable[[Instance], None] = us.keep_instance if keep else Instance.destroy
+        act: Callable[[Instance], None] = us.keep_instance if keep else type(inst).destroy
         try:
             act(inst)
         except NotFoundError:

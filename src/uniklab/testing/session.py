@@ -12,11 +12,14 @@ import logging
 import os
 import shutil
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from uniklab.backends.hostinfo import QEMU
 from uniklab.bake.kernel import host_kernel
 from uniklab.errors import NotFoundError, UniklabError
-from uniklab.lab import Lab
+
+if TYPE_CHECKING:
+    from uniklab.lab import Lab
 
 log = logging.getLogger(__name__)
 
