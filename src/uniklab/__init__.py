@@ -8,6 +8,7 @@ lives in ``uniklab.api`` and is re-exported here; it is imported on first use, s
 from __future__ import annotations
 
 import importlib
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from uniklab.errors import (
@@ -22,15 +23,26 @@ from uniklab.errors import (
 )
 
 if TYPE_CHECKING:
-    from uniklab.api import Client, Image, Instance, Stats, bake, destroy, images, ps, run
+    from uniklab.api import Client, Image, Instance, Stats, destroy, images, ps, run
     from uniklab.net.attach import NicRequest
+
+# ``uniklab.bake`` is both a subpackage and the API's verb.  The subpackage is loaded here,
+# first, so that importing it later does not rebind ``uniklab.bake`` to the module.
+importlib.import_module("uniklab.bake")
+
+
+def bake(recipe: str, *, tag: str = "latest", home: str | Path | None = None) -> Image:
+    """Bake ``recipe`` (a built-in name or a recipe file) into an image; see ``uniklab.api``."""
+    from uniklab import api
+
+    return api.bake(recipe, tag=tag, home=home)
+
 
 _LAZY = {
     "Client": "uniklab.api",
     "Image": "uniklab.api",
     "Instance": "uniklab.api",
     "Stats": "uniklab.api",
-    "bake": "uniklab.api",
     "destroy": "uniklab.api",
     "images": "uniklab.api",
     "ps": "uniklab.api",

@@ -34,6 +34,7 @@ from uniklab.errors import (
     UsageError,
 )
 from uniklab.guest.config import GuestConfig, Nic
+from uniklab.hosts.service import HostService
 from uniklab.net import attach, discover
 from uniklab.net.attach import NicRequest, PlannedNic
 from uniklab.net.service import NetworkService
@@ -174,6 +175,7 @@ class Lab:
         self.store = Store(self.paths.db)
         self.images = ImageStore(self.paths.images)
         self.networks = NetworkService(self.store, self.paths.home / "net")
+        self.hosts = HostService(self.store)
         self._backends: dict[str, Backend] = {}
 
     def close(self) -> None:

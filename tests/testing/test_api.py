@@ -85,3 +85,12 @@ def test_real_guest(home: Path) -> None:
     assert store_names(home) == []
     ps = subprocess.run(["pgrep", "-af", "qemu-system"], capture_output=True, text=True)
     assert str(home) not in ps.stdout
+
+
+def test_public_names() -> None:
+    import uniklab.bake.recipe  # the subpackage of the same name must not shadow the verb
+
+    assert callable(uniklab.bake) and uniklab.bake.__module__ == "uniklab"
+    for name in uniklab.__all__:
+        assert getattr(uniklab, name) is not None
+    assert issubclass(uniklab.ProbeTimeoutError, uniklab.UniklabError)

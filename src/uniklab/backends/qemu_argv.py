@@ -121,3 +121,75 @@ def build_argv(
     if daemonize:
         argv.append("-daemonize")
     return argv
+
+
+@dataclass(frozen=True)
+class XenHostSpec:
+    """A virtual Xen host: Xen as a multiboot kernel, a PV dom0 kernel and initramfs as
+    its modules, one user-mode NIC that forwards a 127.0.0.1 port to dom0's sshd."""
+
+    name: str
+    xen: Path  # the decompressed hypervisor (a 32-bit multiboot ELF)
+    xen_args: str
+    dom0_kernel: Path
+    dom0_args: str
+    dom0_initrd: Path
+    rundir: Path
+    ssh_port: int
+    memory_mb: int = 2048
+    cpus: int = 2
+    mac: str = "52:54:00:58:45:4e"
+
+
+def build_xenhost_argv(spec: XenHostSpec, *, daemonize: bool = True) -> list[str]:
+    """QEMU (TCG, ``-M pc``) booting Xen with the dom0 kernel and initramfs as modules.
+
+    ``-cpu max`` without SMAP: with SMAP offered, Xen 4.17's PV dom0 faults at its first
+    iretq under TCG.  Xen drops the first word of a module's string (the "file name"),
+    so the dom0 kernel's module string is "<path> <dom0 args>"; QEMU separates modules by
+    commas, hence the ``_opt`` escaping.
+    """
+    files = RunFiles(spec.rundir)
+    modules = f"{_opt(spec.dom0_kernel)} {_opt(spec.dom0_args)},{_opt(spec.dom0_initrd)}"
+    argv = [
+        QEMU,
+        "-name",
+        f"uniklab-lab-{spec.name},process=uniklab-lab-{spec.name}",
+        "-M",
+        "pc",
+        "-accel",
+        "tcg",
+        "-cpu",
+        "max,-smap",
+        "-m",
+        f"{spec.memory_mb}M",
+        "-smp",
+        str(spec.cpus),
+        "-nodefaults",
+        "-no-user-config",
+        "-display",
+        "none",
+        "-no-reboot",
+        "-kernel",
+        str(spec.xen),
+        "-append",
+        spec.xen_args,
+        "-initrd",
+        modules,
+        "-chardev",
+        f"socket,id=con0,path={_opt(files.console_sock)},server=on,wait=off,"
+        f"logfile={_opt(files.console_log)},logappend=on",
+        "-serial",
+        "chardev:con0",
+        "-qmp",
+        f"unix:{_opt(files.qmp)},server=on,wait=off",
+        "-pidfile",
+        str(files.pidfile),
+        "-netdev",
+        f"user,id=n0,hostfwd=tcp:127.0.0.1:{spec.ssh_port}-:22",
+        "-device",
+        f"virtio-net-pci,netdev=n0,mac={spec.mac}",
+    ]
+    if daemonize:
+        argv.append("-daemonize")
+    return argv

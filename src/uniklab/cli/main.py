@@ -14,6 +14,7 @@ from uniklab.cli.bake import bake
 from uniklab.cli.check import check
 from uniklab.cli.demo import demo
 from uniklab.cli.destroy import destroy
+from uniklab.cli.host import host
 from uniklab.cli.images import images
 from uniklab.cli.ip import ip
 from uniklab.cli.logs import logs
@@ -59,6 +60,7 @@ for command in (
     net,
     rumprun,
     test,
+    host,
 ):
     cli.add_command(command)
 

@@ -46,6 +46,11 @@ CREATE TABLE IF NOT EXISTS instances (
     labels TEXT NOT NULL DEFAULT '{}',
     exit_reason TEXT
 );
+CREATE TABLE IF NOT EXISTS hosts (
+    name TEXT PRIMARY KEY,
+    doc TEXT NOT NULL,
+    created REAL NOT NULL
+);
 CREATE TABLE IF NOT EXISTS networks (
     name TEXT PRIMARY KEY,
     state TEXT NOT NULL,
@@ -311,3 +316,29 @@ class Store:
         if row is None:
             raise NotFoundError(f"no such network: {name}")
         return NetworkRow.from_sql(row)
+
+    # -- hosts (the inventory keeps each host as one validated JSON document) ----------
+    def put_host(self, name: str, doc: str, *, replace: bool = False) -> None:
+        verb = "INSERT OR REPLACE" if replace else "INSERT"
+        try:
+            with self.transaction() as db:
+                db.execute(
+                    f"{verb} INTO hosts(name, doc, created) VALUES (?, ?, ?)",
+                    (name, doc, time.time()),
+                )
+        except sqlite3.IntegrityError as exc:
+            raise ConflictError(f"a host named {name!r} already exists") from exc
+
+    def hosts(self) -> list[tuple[str, str]]:
+        rows = self._db.execute("SELECT name, doc FROM hosts ORDER BY name").fetchall()
+        return [(r["name"], r["doc"]) for r in rows]
+
+    def host_doc(self, name: str) -> str:
+        row = self._db.execute("SELECT doc FROM hosts WHERE name=?", (name,)).fetchone()
+        if row is None:
+            raise NotFoundError(f"no such host: {name}")
+        return str(row["doc"])
+
+    def delete_host(self, name: str) -> None:
+        with self.transaction() as db:
+            db.execute("DELETE FROM hosts WHERE name=?", (name,))

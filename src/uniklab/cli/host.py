@@ -1,0 +1,125 @@
+"""uniklab host: the inventory of lab hosts, and `doctor` to check one is prepped."""
+
+from __future__ import annotations
+
+import click
+
+from uniklab.cli import common
+from uniklab.errors import UniklabError
+from uniklab.hosts.doctor import doctor as run_doctor
+
+
+@click.group()
+def host() -> None:
+    """Add, list, show, remove and check lab hosts."""
+
+
+@host.command("add")
+@click.argument("name")
+@click.option("--ssh", "ssh", help="SSH target USER@ADDRESS (the host's data address).")
+@click.option("--port", type=int, default=22, show_default=True, help="SSH port.")
+@click.option("-i", "--identity", help="SSH private key file.")
+@click.option("--known-hosts", help="A known_hosts file for this host (strict checking).")
+@click.option("--data", help="Data-plane address (default: the SSH address).")
+@click.option("--bmc", help="BMC / iLO address (inventory only; never contacted).")
+@click.option("--hypervisor", type=click.Choice(["xen", "qemu"]), default="xen", show_default=True)
+@click.option("-l", "--label", "labels", multiple=True, metavar="KEY=VALUE")
+@click.option("--replace", is_flag=True, help="Replace an existing entry of that name.")
+@click.pass_context
+def add(
+    ctx: click.Context,
+    name: str,
+    ssh: str | None,
+    port: int,
+    identity: str | None,
+    known_hosts: str | None,
+    data: str | None,
+    bmc: str | None,
+    hypervisor: str,
+    labels: tuple[str, ...],
+    replace: bool,
+) -> None:
+    """Add host NAME to the inventory."""
+    if data is None and ssh:
+        data = ssh.rpartition("@")[2]
+    kv = dict(item.split("=", 1) for item in labels if "=" in item)
+    h = common.lab(ctx).hosts.add(
+        name=name,
+        ssh=ssh,
+        port=port,
+        identity=identity,
+        known_hosts=known_hosts,
+        data=data,
+        bmc=bmc,
+        hypervisor=hypervisor,
+        labels=kv,
+        replace=replace,
+    )
+    common.out.print(f"added host {h.name} ({h.hypervisor}, ssh {h.ssh}:{h.port})")
+
+
+@host.command("ls")
+@common.json_option
+@click.pass_context
+def ls(ctx: click.Context, as_json: bool) -> None:
+    """List hosts."""
+    hosts = common.lab(ctx).hosts.ls()
+    if as_json:
+        common.print_json([h.model_dump() for h in hosts])
+        return
+    common.table(
+        ["NAME", "HYPERVISOR", "SSH", "DATA", "BMC", "LABELS"],
+        [
+            (
+                h.name,
+                h.hypervisor,
+                f"{h.ssh}:{h.port}" if h.ssh else "",
+                h.data or "",
+                h.bmc or "",
+                ",".join(f"{k}={v}" for k, v in h.labels.items()),
+            )
+            for h in hosts
+        ],
+    )
+
+
+@host.command("show")
+@click.argument("name")
+@click.pass_context
+def show(ctx: click.Context, name: str) -> None:
+    """Show one host's entry as JSON."""
+    common.print_json(common.lab(ctx).hosts.get(name).model_dump())
+
+
+@host.command("rm")
+@click.argument("name")
+@click.pass_context
+def rm(ctx: click.Context, name: str) -> None:
+    """Remove a host from the inventory (refused while instances run on it)."""
+    lab = common.lab(ctx)
+    users = [r.name for r in lab.store.instances() if r.host == name]
+    lab.hosts.rm(name, users)
+    common.out.print(f"removed host {name}")
+
+
+@host.command("doctor")
+@click.argument("name")
+@click.option("--bridge", default="xenbr0", show_default=True)
+@common.json_option
+@click.pass_context
+def doctor(ctx: click.Context, name: str, bridge: str, as_json: bool) -> None:
+    """Check that host NAME is prepped to run unikernels; print what to fix."""
+    lab = common.lab(ctx)
+    h = lab.hosts.get(name)
+    checks = run_doctor(lab.hosts.executor(h), bridge=bridge)
+    if as_json:
+        common.print_json([c.__dict__ for c in checks])
+    else:
+        for c in checks:
+            mark = "[green]ok[/green]  " if c.ok else "[red]FAIL[/red]"
+            common.out.print(f"{mark} {c.name}: {c.detail}", markup=True)
+            if not c.ok and c.fix:
+                common.out.print(f"       fix: {c.fix}", markup=False)
+    failed = [c.name for c in checks if not c.ok]
+    if failed:
+        raise UniklabError(f"{name} is not prepped: {', '.join(failed)}")

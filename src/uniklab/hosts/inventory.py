@@ -1,0 +1,92 @@
+"""The inventory of lab hosts: name, SSH target, data and BMC (iLO) addresses, hypervisor.
+
+As in the runbook's "Labs Hardware": each integration host has a data address and an iLO
+address.  Everything here is validated, since it ends up on ssh command lines.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from uniklab import validate
+from uniklab.errors import UsageError
+
+HOSTNAME_RE = re.compile(
+    r"^(?=.{1,253}$)[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+    r"(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$"
+)
+USER_RE = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
+
+
+def address(value: str, what: str) -> str:
+    """An IP address or a DNS host name; nothing a shell or ssh could misread."""
+    try:
+        return str(ipaddress.ip_address(value))
+    except ValueError:
+        pass
+    if not HOSTNAME_RE.match(value):
+        raise ValueError(f"invalid {what} {value!r}: an IP address or host name")
+    return value
+
+
+class Host(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    name: str
+    ssh: str | None = None  # user@address; None for the local machine
+    port: int = 22
+    identity: str | None = None  # private key file
+    known_hosts: str | None = None  # a known_hosts file of its own (else the user's)
+    data: str | None = None  # data-plane address
+    bmc: str | None = None  # BMC / iLO address (inventory data: never contacted)
+    hypervisor: Literal["xen", "qemu"] = "xen"
+    labels: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        try:
+            return validate.name(v, "host name")
+        except UsageError as exc:
+            raise ValueError(str(exc)) from None
+
+    @field_validator("ssh")
+    @classmethod
+    def _ssh(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
+        user, sep, host = v.rpartition("@")
+        if not sep or not USER_RE.match(user):
+            raise ValueError(f"invalid SSH target {v!r}: use USER@ADDRESS, e.g. root@10.0.0.5")
+        return f"{user}@{address(host, 'SSH address')}"
+
+    @field_validator("data", "bmc")
+    @classmethod
+    def _addr(cls, v: str | None) -> str | None:
+        return None if v is None else address(v, "address")
+
+    @field_validator("port")
+    @classmethod
+    def _port(cls, v: int) -> int:
+        if not 1 <= v <= 65535:
+            raise ValueError(f"invalid SSH port {v}")
+        return v
+
+    @field_validator("identity", "known_hosts")
+    @classmethod
+    def _file(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
+        path = Path(v).expanduser()
+        if not path.is_file():
+            raise ValueError(f"no such file: {v}")
+        return str(path.resolve())
+
+    @property
+    def is_local(self) -> bool:
+        return self.ssh is None

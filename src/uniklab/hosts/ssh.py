@@ -1,0 +1,117 @@
+"""Running commands on a remote host with OpenSSH: the same Executor protocol as local.
+
+Each argv is quoted with shlex.join into the one string ssh hands to the remote shell, so
+an argument reaches the remote program verbatim whatever it contains.  Host keys are
+checked as an SSH user expects: against the user's known_hosts, or the host's own
+known_hosts file when the inventory names one (StrictHostKeyChecking=yes then).
+"""
+
+from __future__ import annotations
+
+import logging
+import shlex
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+from uniklab.errors import CommandError, HostUnreachableError
+from uniklab.executor import DEFAULT_TIMEOUT, Result, local
+from uniklab.hosts.inventory import Host
+
+log = logging.getLogger(__name__)
+
+SSH_UNREACHABLE = 255
+
+
+class SshExecutor:
+    def __init__(self, host: Host, *, connect_timeout: int = 10) -> None:
+        if host.ssh is None:
+            raise ValueError(f"host {host.name} has no SSH target")
+        self.host = host
+        self.name = host.name
+        self.connect_timeout = connect_timeout
+
+    def _options(self) -> list[str]:
+        opts = [
+            "-o",
+            "BatchMode=yes",
+            "-o",
+            f"ConnectTimeout={self.connect_timeout}",
+            "-o",
+            "ServerAliveInterval=5",
+            "-o",
+            "ServerAliveCountMax=3",
+        ]
+        if self.host.known_hosts:
+            opts += [
+                "-o",
+                f"UserKnownHostsFile={self.host.known_hosts}",
+                "-o",
+                "StrictHostKeyChecking=yes",
+            ]
+        else:
+            opts += ["-o", "StrictHostKeyChecking=accept-new"]
+        if self.host.identity:
+            opts += ["-i", self.host.identity, "-o", "IdentitiesOnly=yes"]
+        return opts
+
+    def ssh_argv(self, remote: Sequence[str | Path]) -> list[str]:
+        assert self.host.ssh is not None
+        return [
+            "ssh",
+            *self._options(),
+            "-p",
+            str(self.host.port),
+            self.host.ssh,
+            "--",
+            shlex.join(str(a) for a in remote),
+        ]
+
+    def run(
+        self,
+        argv: Sequence[str | Path],
+        *,
+        timeout: float = DEFAULT_TIMEOUT,
+        check: bool = True,
+        input: str | None = None,
+        env: Mapping[str, str] | None = None,
+        cwd: Path | None = None,
+    ) -> Result:
+        remote = [str(a) for a in argv]
+        if env:
+            remote = ["env", *(f"{k}={v}" for k, v in env.items()), *remote]
+        if cwd:
+            remote = ["sh", "-c", 'cd "$1" && shift && exec "$@"', "sh", str(cwd), *remote]
+        try:
+            r = local.run(self.ssh_argv(remote), timeout=timeout, check=False, input=input)
+        except CommandError as exc:
+            if exc.timed_out:
+                raise HostUnreachableError(
+                    f"{self.name}: {remote[0]} did not finish within {timeout:.0f}s"
+                ) from exc
+            raise
+        if r.returncode == SSH_UNREACHABLE:
+            raise HostUnreachableError(
+                f"{self.name}: ssh failed: {r.stderr.strip().splitlines()[-1:] or ['?']}"[:300]
+            )
+        result = Result(remote, r.returncode, r.stdout, r.stderr)
+        if check and r.returncode != 0:
+            raise CommandError(remote, r.returncode, r.stderr, host=self.name)
+        return result
+
+    def upload(self, source: Path, dest: str, *, timeout: float = 300) -> None:
+        """Copy one file to the host (scp over SFTP: the path is not shell-parsed)."""
+        assert self.host.ssh is not None
+        argv = [
+            "scp",
+            "-q",
+            *self._options(),
+            "-P",
+            str(self.host.port),
+            str(source),
+            f"{self.host.ssh}:{dest}",
+        ]
+        r = local.run(argv, timeout=timeout, check=False)
+        if r.returncode != 0:
+            raise HostUnreachableError(
+                f"{self.name}: copying {source.name} failed: {r.stderr.strip()[:200]}"
+            )
