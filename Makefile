@@ -6,7 +6,8 @@ VENV   ?= .venv
 BIN     = $(VENV)/bin
 APT_PACKAGES = qemu-system-x86 linux-image-amd64 redis-server redis-tools musl-tools \
                lz4 cpio kmod iproute2 dnsmasq-base procps python3-venv python3-pip \
-               apache2 nginx memcached media-types apache2-utils
+               apache2 nginx memcached media-types apache2-utils dnsmasq-utils \
+               openssh-server openssh-client
 
 .PHONY: deps venv demo test lint unit e2e bench clean
 
@@ -17,8 +18,8 @@ deps:
 	else echo "not root: skipping apt-get (needs: $(APT_PACKAGES))"; fi
 	# The apps run inside the guests; the host's own services only get in the way (the
 	# bench starts its native copies by hand, on free ports).
-	-systemctl disable --now redis-server apache2 nginx memcached >/dev/null 2>&1 || true
-	-for s in redis-server apache2 nginx memcached; do service $$s stop >/dev/null 2>&1; done; true
+	-systemctl disable --now redis-server apache2 nginx memcached ssh >/dev/null 2>&1 || true
+	-for s in redis-server apache2 nginx memcached ssh; do service $$s stop >/dev/null 2>&1; done; true
 
 venv: $(BIN)/uniklab
 $(BIN)/uniklab: pyproject.toml
@@ -31,7 +32,7 @@ demo: deps venv
 	$(BIN)/uniklab demo
 
 lint: venv
-	$(BIN)/ruff check src tests bench
+	$(BIN)/ruff check src tests bench examples
 	$(BIN)/mypy
 
 unit: venv
@@ -45,6 +46,9 @@ test: deps venv lint
 
 bench: deps venv
 	$(BIN)/python bench/bench_redis.py
+	$(BIN)/python bench/bench_network.py
+	$(BIN)/python bench/bench_apps.py
+	$(BIN)/python bench/bench_pytest.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -6,6 +6,7 @@ first reconciles the state store with what really runs.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
@@ -24,6 +25,7 @@ from uniklab.backends.hostinfo import choose_accel, tsc_khz
 from uniklab.backends.process import matches as pid_matches
 from uniklab.backends.qemu import QemuBackend
 from uniklab.backends.qemu_argv import TIME_SERVICE
+from uniklab.backends.xen import XenBackend, xen_plan
 from uniklab.bake import baker, recipe
 from uniklab.bake.image import ImageStore, Manifest
 from uniklab.errors import (
@@ -35,7 +37,8 @@ from uniklab.errors import (
 )
 from uniklab.guest.config import GuestConfig, Nic
 from uniklab.hosts.service import HostService
-from uniklab.net import attach, discover
+from uniklab.hosts.ssh import SshExecutor
+from uniklab.net import attach, discover, remote
 from uniklab.net.attach import NicRequest, PlannedNic
 from uniklab.net.service import NetworkService
 from uniklab.paths import Paths, default_paths
@@ -126,6 +129,7 @@ class RunOptions:
     args: Sequence[str] = ()
     labels: Mapping[str, str] = field(default_factory=dict)
     nets: Sequence[NicRequest] = ()  # bridged NICs; none means one user-mode NIC
+    host: str = "local"  # an inventory host; a Xen host's --net names its bridges
     wait: bool = True
     timeout: float = DEFAULT_WAIT
 
@@ -176,20 +180,35 @@ class Lab:
         self.images = ImageStore(self.paths.images)
         self.networks = NetworkService(self.store, self.paths.home / "net")
         self.hosts = HostService(self.store)
+        self._stack = contextlib.ExitStack()
+        self._tunnels: dict[tuple[str, str, int], int] = {}
         self._backends: dict[str, Backend] = {}
 
     def close(self) -> None:
+        self._stack.close()
         self.store.close()
 
     # -- backends ---------------------------------------------------------------------
-    def backend(self, name: str = "qemu", kernel: Path | None = None) -> Backend:
-        if name not in self._backends:
-            if name != "qemu":
-                raise NotFoundError(f"unknown backend {name!r} (available: qemu)")
-            accel, why = choose_accel(self.paths.cache, kernel)
-            log.debug("qemu accelerator %s: %s", accel, why)
-            self._backends[name] = QemuBackend(accel=accel, tsc_khz=tsc_khz())
-        return self._backends[name]
+    def backend(
+        self, name: str = "qemu", kernel: Path | None = None, host: str = "local"
+    ) -> Backend:
+        key = f"{name}@{host}"
+        if key not in self._backends:
+            if name == "xen":
+                h = self.hosts.get(host)
+                self._backends[key] = XenBackend(
+                    self.hosts.executor(h), vif_script=h.labels.get("vif-script")
+                )
+            elif name == "qemu" and host == "local":
+                accel, why = choose_accel(self.paths.cache, kernel)
+                log.debug("qemu accelerator %s: %s", accel, why)
+                self._backends[key] = QemuBackend(accel=accel, tsc_khz=tsc_khz())
+            else:
+                raise NotFoundError(f"no backend {name!r} on host {host!r} (qemu: local only)")
+        return self._backends[key]
+
+    def backend_of(self, row: InstanceRow) -> Backend:
+        return self.backend(row.backend, host=row.host)
 
     @staticmethod
     def handle(row: InstanceRow) -> Handle:
@@ -204,7 +223,7 @@ class Lab:
             if row.state == CREATING:
                 self._reconcile_creating(row)
             elif row.state == RUNNING:
-                backend = self.backend(row.backend)
+                backend = self.backend_of(row)
                 if not backend.inspect(self.handle(row)).alive:
                     state, reason = exit_reason(backend.console(self.handle(row)))
                     log.info("instance %s is %s: %s", row.name, state, reason)
@@ -225,7 +244,7 @@ class Lab:
             runtime={**row.runtime, "rundir": rundir},
         )
         try:
-            self.backend(row.backend).destroy(handle)
+            self.backend_of(row).destroy(handle)
         finally:
             shutil.rmtree(rundir, ignore_errors=True)
             attach.detach(nics_of(row), self.networks, row.runtime.get("address"))
@@ -311,17 +330,22 @@ class Lab:
         self.reconcile()
         if o.name and any(r.name == o.name for r in self.store.instances()):
             raise ConflictError(f"an instance named {o.name!r} already exists")
+        host = self.hosts.get(o.host)
+        backend_name = "xen" if host.hypervisor == "xen" else "qemu"
+        if backend_name == "xen" and (o.publish or not o.nets):
+            raise UsageError(
+                f"a Xen guest on {host.name} joins a bridge there: give --net BRIDGE (and no -p)"
+            )
         m = self.image(image_ref, bake_missing=True)
         name = o.name or self._new_name(m.name)
         memory = validate.memory_mb(o.memory if o.memory is not None else m.memory)
         forwards = [] if o.nets else self._forwards(m, o.publish)
-        backend_name = "qemu"
         row = self.store.reserve(
             name=name,
             image=m.ref,
             digest=m.digest,
             backend=backend_name,
-            host="local",
+            host=host.name,
             memory_mb=memory,
             vcpus=vcpus,
             owner_pid=os.getpid(),
@@ -331,7 +355,21 @@ class Lab:
         rundir = self.paths.run / str(row.id)
         handle: Handle | None = None
         try:
-            if o.nets:
+            xen_nics: list[dict[str, str | None]] = []
+            if backend_name == "xen":
+                planned = []
+                xen_nics = xen_plan(
+                    o.nets, [instance_mac(name, row.id, i) for i in range(len(o.nets))]
+                )
+                guest_nics = [
+                    Nic(mac=str(n["mac"]), dhcp=n["addr"] is None, addr=n["addr"], gw=n["gw"])
+                    for n in xen_nics
+                ]
+                nic_specs = tuple(
+                    NicSpec(mac=str(n["mac"]), mode="tap", bridge=n["bridge"]) for n in xen_nics
+                )
+                mac = str(xen_nics[0]["mac"])
+            elif o.nets:
                 macs = [instance_mac(name, row.id, i) for i in range(len(o.nets))]
                 others = [r for r in self.store.instances() if r.id != row.id]
                 planned = attach.plan(
@@ -349,7 +387,7 @@ class Lab:
                 mac = instance_mac(name, row.id)
                 guest_nics = [Nic(mac=mac)]
                 nic_specs = (NicSpec(mac=mac, mode="user", forwards=tuple(forwards)),)
-            timesrc = None if planned else ":".join(map(str, TIME_SERVICE))
+            timesrc = None if (planned or xen_nics) else ":".join(map(str, TIME_SERVICE))
             cfg = GuestConfig(
                 name=name, args=list(o.args), env=env, net=guest_nics, timesrc=timesrc
             )
@@ -367,14 +405,28 @@ class Lab:
             )
             nics_json = [p.to_json() for p in planned]
             # Recorded before anything is made, so a crash leaves a plan to undo.
-            self.store.update(row.id, runtime={"rundir": str(rundir), "nics": nics_json})
+            self.store.update(
+                row.id,
+                runtime={
+                    "rundir": str(rundir),
+                    "nics": nics_json,
+                    "xen_nics": xen_nics,
+                    "domain": name,
+                },
+            )
             faults.point("run.before_taps")
             attach.create_taps(planned)
             faults.point("run.after_taps")
-            backend = self.backend(backend_name, spec.kernel)
+            backend = self.backend(backend_name, spec.kernel, host.name)
             handle = backend.create(spec)
             faults.point("run.after_create")
-            runtime = {**handle.runtime, "forwards": forwards, "mac": mac, "nics": nics_json}
+            runtime = {
+                **handle.runtime,
+                "forwards": forwards,
+                "mac": mac,
+                "nics": nics_json,
+                "xen_nics": xen_nics,
+            }
             self.store.update(
                 row.id,
                 state=RUNNING,
@@ -418,14 +470,16 @@ class Lab:
     def view(self, row: InstanceRow) -> InstanceView:
         insp = None
         if row.state == RUNNING:
-            insp = self.backend(row.backend).inspect(self.handle(row))
-            if nics_of(row) and "address" not in row.runtime:
+            insp = self.backend_of(row).inspect(self.handle(row))
+            if (nics_of(row) or row.runtime.get("xen_nics")) and "address" not in row.runtime:
                 self.bridged_address(row, timeout=0)
                 row = self.store.instance_by_id(row.id)
         return InstanceView(row, insp)
 
     def bridged_address(self, row: InstanceRow, *, timeout: float) -> discover.Found | None:
         """The first bridged NIC's address: static, cached, or found by MAC (and cached)."""
+        if row.runtime.get("xen_nics"):
+            return self._xen_address(row, timeout=timeout)
         nics = nics_of(row)
         if not nics:
             return None
@@ -462,6 +516,32 @@ class Lab:
             rows = [r for r in rows if r.state == RUNNING]
         return [self.view(r) for r in rows]
 
+    def _xen_address(self, row: InstanceRow, *, timeout: float) -> discover.Found | None:
+        nic = row.runtime["xen_nics"][0]
+        if nic.get("addr"):
+            return discover.Found(str(nic["addr"]).split("/")[0], "static")
+        if "address" in row.runtime:
+            return discover.Found(
+                str(row.runtime["address"]), str(row.runtime.get("address_source", ""))
+            )
+        h = self.hosts.get(row.host)
+        ex = self.hosts.executor(h)
+        leases = [h.labels["leases"]] if "leases" in h.labels else list(remote.DEFAULT_LEASES)
+        deadline = time.monotonic() + timeout
+        while True:
+            found = remote.lookup(ex, str(nic["mac"]), str(nic["bridge"]), leases)
+            if found:
+                self.store.update(
+                    row.id,
+                    runtime={**row.runtime, "address": found.ip, "address_source": found.source},
+                )
+                return found
+            if time.monotonic() >= deadline:
+                if timeout > 0:
+                    raise NotFoundError(f"no address for MAC {nic['mac']} on {row.host}")
+                return None
+            time.sleep(0.5)
+
     def network_users(self) -> dict[str, list[str]]:
         users: dict[str, list[str]] = {}
         for row in self.store.instances():
@@ -471,7 +551,7 @@ class Lab:
 
     def logs(self, name: str) -> str:
         view = self.get(name)
-        return self.backend(view.row.backend).console(self.handle(view.row))
+        return self.backend_of(view.row).console(self.handle(view.row))
 
     def ip(self, name: str, *, timeout: float = 30.0) -> AddressInfo:
         view = self.get(name)
@@ -485,13 +565,15 @@ class Lab:
                 "user-mode networking (ports forwarded)",
                 guest or SLIRP_GUEST,
             )
-        if nics_of(view.row) and view.state == RUNNING:
+        if (nics_of(view.row) or view.row.runtime.get("xen_nics")) and view.state == RUNNING:
             found = self.bridged_address(view.row, timeout=timeout)
             assert found is not None
             return AddressInfo(found.ip, [], found.source, found.ip, nics_of(view.row)[0].netns)
         raise NotFoundError(f"{name} has no address reachable from this machine")
 
     def endpoint(self, view: InstanceView, guest_port: int | None) -> probes.Endpoint:
+        if view.row.runtime.get("xen_nics"):
+            return self._xen_endpoint(self.store.instance_by_id(view.row.id), guest_port)
         nics = nics_of(view.row)
         if nics:
             row = self.store.instance_by_id(view.row.id)
@@ -504,8 +586,22 @@ class Lab:
                 return probes.Endpoint("127.0.0.1", host)
         return probes.Endpoint("127.0.0.1", None)
 
+    def _xen_endpoint(self, row: InstanceRow, port: int | None) -> probes.Endpoint:
+        """A Xen guest sits on its host's bridge: reach it through an SSH tunnel, kept
+        open for this Lab's lifetime (or directly when this machine is the dom0)."""
+        found = self._xen_address(row, timeout=0)
+        if found is None or port is None:
+            raise NotFoundError(f"{row.name}: address not known yet")
+        ex = self.hosts.executor(self.hosts.get(row.host))
+        if not isinstance(ex, SshExecutor):
+            return probes.Endpoint(found.ip, port)
+        key = (row.host, found.ip, port)
+        if key not in self._tunnels:
+            self._tunnels[key] = self._stack.enter_context(ex.tunnel(found.ip, port))
+        return probes.Endpoint("127.0.0.1", self._tunnels[key])
+
     def wait_ready(self, view: InstanceView, m: Manifest, *, timeout: float) -> probes.ProbeResult:
-        backend = self.backend(view.row.backend)
+        backend = self.backend_of(view.row)
         handle = self.handle(view.row)
         probe = from_spec(m.probe, lambda: backend.console(handle))
         port = m.probe.port or (m.ports[0] if m.ports else None)
@@ -522,7 +618,7 @@ class Lab:
         if view.state != RUNNING:
             raise UniklabError(f"{name} is {view.state}: {view.row.exit_reason or ''}".rstrip(": "))
         m = self.images.manifest(view.row.digest)
-        backend = self.backend(view.row.backend)
+        backend = self.backend_of(view.row)
         probe = from_spec(m.probe, lambda: backend.console(self.handle(view.row)))
         port = m.probe.port or (m.ports[0] if m.ports else None)
         result = probes.once(probe, self.endpoint(view, port), timeout=timeout)

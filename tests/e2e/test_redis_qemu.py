@@ -48,17 +48,21 @@ def test_run_ping_set_get_destroy(lab: Lab, lab_home: Path) -> None:
 
 
 def test_guest_clock_agrees_with_host(lab: Lab) -> None:
-    """Redis TIME is the guest's wall clock; corrected for half the round trip."""
+    """Redis TIME is the guest's wall clock.  The server read it between our `before` and
+    `after`, so the smallest disagreement that sample allows is its distance outside that
+    window; the best of 20 samples must be under 50 ms (a loaded host only widens windows,
+    it cannot make a wrong clock look right)."""
     lab.run("redis", RunOptions(name="clock"))
     r = _client(lab, "clock")
-    skews = []
-    for _ in range(5):
+    bounds = []
+    for _ in range(20):
         before = time.time()
         sec, usec = r.time()
         after = time.time()
-        skews.append(abs((sec + usec / 1e6) - (before + after) / 2))
+        guest = sec + usec / 1e6
+        bounds.append(max(0.0, guest - after, before - guest))
     lab.destroy("clock")
-    assert min(skews) < 0.050, f"guest clock off by {min(skews) * 1000:.1f} ms"
+    assert min(bounds) < 0.050, f"guest clock off by at least {min(bounds) * 1000:.1f} ms"
 
 
 def test_cli_flow(lab_home: Path, capsys: pytest.CaptureFixture[str]) -> None:

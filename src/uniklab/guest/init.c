@@ -560,7 +560,7 @@ static int host_time_once(const struct sockaddr_in *sa, struct timespec *host,
 
 /* The emulated RTC ticks with a phase set when QEMU started, so it can be up to a second
  * off; a host clock service read over the network, corrected by half the round trip,
- * is good to a few milliseconds.  Best of three exchanges (shortest round trip). */
+ * is good to a few milliseconds.  Best of five exchanges (shortest round trip). */
 static int set_clock_from_host(const char *spec)
 {
     char ip[32];
@@ -576,7 +576,7 @@ static int set_clock_from_host(const char *spec)
     sa.sin_port = htons((uint16_t)port);
     struct timespec best_host = {0}, best_mid = {0};
     long long best_rtt = -1;
-    for (int i = 0; i < 3; i++) {
+    for (int i = 0; i < 5; i++) {
         struct timespec host, mid;
         long long rtt;
         if (host_time_once(&sa, &host, &mid, &rtt) == 0 && (best_rtt < 0 || rtt < best_rtt)) {

@@ -8,9 +8,13 @@ known_hosts file when the inventory names one (StrictHostKeyChecking=yes then).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import shlex
-from collections.abc import Mapping, Sequence
+import socket
+import subprocess
+import time
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
 from uniklab.errors import CommandError, HostUnreachableError
@@ -115,3 +119,49 @@ class SshExecutor:
             raise HostUnreachableError(
                 f"{self.name}: copying {source.name} failed: {r.stderr.strip()[:200]}"
             )
+
+    @contextlib.contextmanager
+    def tunnel(self, dest: str, dest_port: int, *, timeout: float = 15.0) -> Iterator[int]:
+        """Forward a free 127.0.0.1 port to ``dest:dest_port`` as seen from the host."""
+        assert self.host.ssh is not None
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            local_port = int(s.getsockname()[1])
+        argv = [
+            "ssh",
+            *self._options(),
+            "-p",
+            str(self.host.port),
+            "-N",
+            "-o",
+            "ExitOnForwardFailure=yes",
+            "-L",
+            f"127.0.0.1:{local_port}:{dest}:{dest_port}",
+            self.host.ssh,
+        ]
+        log.debug("tunnel: %s", shlex.join(argv))
+        proc = subprocess.Popen(
+            argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+        )
+        try:
+            deadline = time.monotonic() + timeout
+            while True:
+                if proc.poll() is not None:
+                    err = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
+                    raise HostUnreachableError(
+                        f"{self.name}: ssh tunnel failed: {err.strip()[:200]}"
+                    )
+                with socket.socket() as s:
+                    if s.connect_ex(("127.0.0.1", local_port)) == 0:
+                        break
+                if time.monotonic() > deadline:
+                    raise HostUnreachableError(f"{self.name}: ssh tunnel did not come up")
+                time.sleep(0.05)
+            yield local_port
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(5)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(5)

@@ -26,7 +26,15 @@ class TcpProbe:
     name: str = "tcp"
 
     def attempt(self, endpoint: Endpoint, timeout: float) -> str:
-        with socket.create_connection((endpoint.host, _need_port(endpoint)), timeout=timeout):
+        with socket.create_connection((endpoint.host, _need_port(endpoint)), timeout=timeout) as s:
+            # QEMU's user-mode forwarder accepts on the host before the guest listens, then
+            # closes when the guest refuses: an immediate EOF means "not yet".
+            s.settimeout(0.3)
+            try:
+                if s.recv(1, socket.MSG_PEEK) == b"":
+                    raise ConnectionError("connection closed at once (nothing listening yet)")
+            except TimeoutError:
+                pass
             return f"connected to {endpoint.host}:{endpoint.port}"
 
 
