@@ -67,11 +67,11 @@ class LocalExecutor:
         log.debug("run: %s", shlex.join(args))
         full_env = None if env is None else {**os.environ, **env}
         try:
+            # Bytes, decoded by hand: text mode would turn a '\r' of the output into '\n'.
             proc = subprocess.run(
                 args,
-                input=input,
+                input=None if input is None else input.encode(),
                 capture_output=True,
-                text=True,
                 timeout=timeout,
                 env=full_env,
                 cwd=cwd,
@@ -82,9 +82,11 @@ class LocalExecutor:
             raise CommandError(args, None, err, timed_out=True) from exc
         except FileNotFoundError as exc:
             raise CommandError(args, 127, f"{args[0]}: command not found") from exc
+        stdout = proc.stdout.decode(errors="replace")
+        stderr = proc.stderr.decode(errors="replace")
         if check and proc.returncode != 0:
-            raise CommandError(args, proc.returncode, proc.stderr)
-        return Result(args, proc.returncode, proc.stdout, proc.stderr)
+            raise CommandError(args, proc.returncode, stderr)
+        return Result(args, proc.returncode, stdout, stderr)
 
 
 def spawn_detached(

@@ -82,7 +82,9 @@ _original = Lab.backend
 _original_bake = Client.bake
 
 
-def _backend(self: Lab, name: str = "qemu", kernel: Path | None = None) -> FakeBackend:
+def _backend(
+    self: Lab, name: str = "qemu", kernel: Path | None = None, host: str = "local"
+) -> FakeBackend:
     return FAKE
 
 

@@ -17,7 +17,7 @@ def _spec(rundir: str = "/run/ukl/7") -> InstanceSpec:
         name="r1",
         kernel=Path("/images/x/kernel"),
         initrd=Path("/images/x/initrd"),
-        cmdline="console=ttyS0 reboot=t panic=-1 quiet uniklab.config=eyJ2IjoxfQ",
+        cmdline="reboot=t panic=-1 quiet uniklab.config=eyJ2IjoxfQ",
         memory_mb=128,
         vcpus=1,
         rundir=Path(rundir),

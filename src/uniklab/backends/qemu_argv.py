@@ -70,7 +70,7 @@ def build_argv(
     spec: InstanceSpec, *, accel: str, tsc_khz: int | None, daemonize: bool = True
 ) -> list[str]:
     files = RunFiles(spec.rundir)
-    cmdline = spec.cmdline
+    cmdline = f"console=ttyS0 {spec.cmdline}"
     if accel == "tcg" and tsc_khz:
         cmdline = f"{cmdline} tsc_early_khz={tsc_khz}"
     argv = [

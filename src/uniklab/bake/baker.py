@@ -27,10 +27,13 @@ from uniklab.guest.build import build_init
 log = logging.getLogger(__name__)
 
 # Bump when the image layout changes, so old cached images are not reused.
-FORMAT = 2
+FORMAT = 3
 # What every image needs to reach the network on QEMU's microvm (virtio-mmio).
-BASE_MODULES = ("virtio_mmio", "virtio_net")
-BASE_CMDLINE = "console=ttyS0 reboot=t panic=-1 quiet"
+# The same image boots on both backends: virtio for QEMU's microvm, netfront for Xen PV
+# (each driver refuses to load where its bus is absent, and the init only warns).
+BASE_MODULES = ("virtio_mmio", "virtio_net", "xen_netfront")
+# Each backend adds its own console= (ttyS0 on QEMU, hvc0 on Xen).
+BASE_CMDLINE = "reboot=t panic=-1 quiet"
 # glibc >= 2.34 has the "files" NSS service built in, so getpwnam() needs no dlopen'd
 # libnss_files.so.2 once this file names it (older glibc: list libnss_files.so.2 in libs).
 # glibc dlopens libgcc_s for pthread_exit and cancellation, and abort()s without it

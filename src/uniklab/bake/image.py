@@ -35,7 +35,7 @@ class Manifest(BaseModel):
     tag: str
     digest: str
     kind: str = "linux-initramfs"
-    platforms: list[str] = Field(default_factory=lambda: ["qemu"])
+    platforms: list[str] = Field(default_factory=lambda: ["qemu", "xen"])
     created: float
     kernel: KernelInfo
     initrd: str = "initrd"

@@ -401,7 +401,8 @@ def pv_initrd(image_initrd: Path, *, release: str) -> bytes:
     Baked images load virtio modules (listed in /uniklab/image.json); a PV domU needs
     xen-netfront instead.  The kernel unpacks concatenated cpio archives in order, later
     files replacing earlier ones, so an uncompressed archive appended to the decompressed
-    image adds the module and a new image.json that lists it."""
+    image adds the module and a new image.json that lists it; the result is compressed
+    again as a whole."""
     data = image_initrd.read_bytes()
     if data[:4] == b"\x02\x21\x4c\x18":  # lz4 legacy frame
         with tempfile.TemporaryDirectory(prefix="uniklab-pv-") as tmp:
@@ -425,7 +426,8 @@ def pv_initrd(image_initrd: Path, *, release: str) -> bytes:
     doc["modules"] = [str(m.image_path) for m in mods] + kept
     overlay.add_file("/uniklab/image.json", json.dumps(doc, indent=1).encode())
     pad = b"\0" * (-len(data) % 4)
-    return data + pad + overlay.to_bytes()
+    # One compressed stream: the kernel's cpio reader goes on past the first trailer.
+    return cpio.compress(data + pad + overlay.to_bytes())
 
 
 def _image_json(newc: bytes) -> dict[str, object]:
