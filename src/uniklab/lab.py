@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from uniklab import faults, validate
+from uniklab.backends import xl_parse
 from uniklab.backends.base import Backend, Handle, Inspection, InstanceSpec, NicSpec
 from uniklab.backends.hostinfo import choose_accel, tsc_khz
 from uniklab.backends.process import matches as pid_matches
@@ -542,6 +543,23 @@ class Lab:
                 return None
             time.sleep(0.5)
 
+    def place(self) -> str:
+        """`--host auto`: the reachable host with the most free memory (local included)."""
+        best, best_free = "local", _local_free_mb()
+        for h in self.hosts.ls():
+            if h.hypervisor != "xen":
+                continue
+            try:
+                out = self.hosts.executor(h).run(["xl", "info"], timeout=20).stdout
+                free = int(xl_parse.parse_info(out).get("free_memory", "0"))
+            except (UniklabError, ValueError) as exc:
+                log.info("host %s not a candidate: %s", h.name, exc)
+                continue
+            if free > best_free:
+                best, best_free = h.name, free
+        log.info("placing on %s (%d MB free)", best, best_free)
+        return best
+
     def network_users(self) -> dict[str, list[str]]:
         users: dict[str, list[str]] = {}
         for row in self.store.instances():
@@ -638,6 +656,13 @@ class Lab:
         finally:
             self.store.delete_instance(row.id)
         return row
+
+
+def _local_free_mb() -> int:
+    for line in Path("/proc/meminfo").read_text().splitlines():
+        if line.startswith("MemAvailable:"):
+            return int(line.split()[1]) // 1024
+    return 0
 
 
 def nics_of(row: InstanceRow) -> list[PlannedNic]:

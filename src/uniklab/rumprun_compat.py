@@ -88,9 +88,12 @@ def translate(inv: RumprunInvocation, networks: Sequence[NetworkRow]) -> Transla
             raise UsageError(f"-W {iface.tag}: only inet (IPv4) is supported")
         if "bridge" not in kv:
             raise UsageError(f"-I {iface.tag}: name the bridge (bridge=…) to attach to")
+        # On Xen the bridge is the host's own; elsewhere it names a uniklab network.
+        bridge = kv["bridge"]
+        network = bridge if inv.platform == "xen" else _network_for(bridge, networks)
         requests.append(
             NicRequest(
-                network=_network_for(kv["bridge"], networks),
+                network=network,
                 mac=kv.get("mac"),
                 ip=spec.address if spec.method == "static" else None,
                 gateway=spec.gateway if spec.method == "static" else None,

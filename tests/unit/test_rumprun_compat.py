@@ -33,9 +33,13 @@ def _net(name: str, bridge: str) -> NetworkRow:
 
 
 def test_runbook_line_maps_to_the_bridge_network() -> None:
-    t = translate(parse(RUNBOOK.split()), [_net("lab", "xenbr0")])
+    t = translate(parse(RUNBOOK.split()), [])
     assert t.backend == "xen" and t.image == "bin/redis-server.bin"
     assert t.options.name == "redis"
+    # on Xen the bridge is the dom0's own
+    assert list(t.options.nets) == [NicRequest("xenbr0", "00:11:22:33:44:55", None, None)]
+    qemu = RUNBOOK.replace("xen ", "qemu ", 1).replace("xenif", "vioif").replace(" -d", "")
+    t = translate(parse(qemu.split()), [_net("lab", "xenbr0")])
     assert list(t.options.nets) == [NicRequest("lab", "00:11:22:33:44:55", None, None)]
 
 
@@ -54,7 +58,11 @@ def test_qemu_static_env_memory_args() -> None:
 @pytest.mark.parametrize(
     "argv,err,msg",
     [
-        (RUNBOOK, NotFoundError, "no uniklab network uses bridge xenbr0"),
+        (
+            "qemu -I n0,vioif,bridge=xenbr0 -W n0,inet,dhcp redis",
+            NotFoundError,
+            "no uniklab network uses bridge xenbr0",
+        ),
         ("qemu -b disk.img redis", UsageError, "block devices"),
         ("qemu -g -nographic redis", UsageError, "raw backend"),
         ("qemu -p redis", UsageError, "paused"),

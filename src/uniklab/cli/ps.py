@@ -17,12 +17,18 @@ from uniklab.cli import common
     metavar="KEY=VALUE",
     help="Only instances with this label.",
 )
+@click.option("--host", help="Only instances on this host.")
 @common.json_option
 @click.pass_context
-def ps(ctx: click.Context, show_all: bool, labels: tuple[str, ...], as_json: bool) -> None:
+def ps(
+    ctx: click.Context, show_all: bool, labels: tuple[str, ...], host: str | None, as_json: bool
+) -> None:
     """List instances: Name ID Mem VCPUs State Time(s) Address Image Backend."""
     want = dict(item.split("=", 1) for item in labels if "=" in item)
     views = common.lab(ctx).ps(labels=want)
+    if host:
+        common.lab(ctx).hosts.get(host)
+        views = [v for v in views if v.row.host == host]
     if as_json:
         common.print_json([v.as_dict() for v in views])
         return

@@ -9,6 +9,7 @@ import click
 
 from uniklab.cli import common
 from uniklab.errors import NotFoundError
+from uniklab.hosts.service import local_is_dom0
 from uniklab.lab import Lab
 from uniklab.net import rumprun_args
 from uniklab.rumprun_compat import translate
@@ -28,9 +29,10 @@ def rumprun(ctx: click.Context, argv: tuple[str, ...]) -> None:
     lab = common.lab(ctx)
     lab.reconcile()
     t = translate(inv, lab.store.networks())
-    if t.backend == "xen":
+    if t.backend == "xen" and not local_is_dom0():
         raise NotFoundError(
-            "no Xen here: this machine is not a Xen dom0 (use 'uniklab rumprun qemu …')"
+            "no Xen here: this machine is not a Xen dom0 (use 'uniklab rumprun qemu …', "
+            "or 'uniklab run --host HOST' for a Xen host in the inventory)"
         )
     view = lab.run(t.image, t.options)
     if t.interactive:

@@ -41,6 +41,13 @@ from uniklab.net.attach import NicRequest, parse_net_option
     metavar="NET[,mac=M][,ip=CIDR][,gw=IP]",
     help="Attach a NIC to a managed network (repeatable); default: user-mode.",
 )
+@click.option(
+    "--host",
+    "host",
+    default="local",
+    show_default=True,
+    help="Inventory host to run on (a Xen dom0), or 'auto': most free memory.",
+)
 @click.option("--mac", help="MAC of the first --net NIC.")
 @click.option("--ip", "ip_addr", metavar="CIDR", help="Static address of the first --net NIC.")
 @click.option("--gateway", help="Gateway for --ip.")
@@ -65,6 +72,7 @@ def run(
     env: tuple[str, ...],
     labels: tuple[str, ...],
     nets: tuple[str, ...],
+    host: str,
     mac: str | None,
     ip_addr: str | None,
     gateway: str | None,
@@ -81,7 +89,11 @@ def run(
         requests[0] = NicRequest(
             first.network, mac or first.mac, ip_addr or first.ip, gateway or first.gateway
         )
+    lab = common.lab(ctx)
+    if host == "auto":
+        host = lab.place()
     opts = RunOptions(
+        host=host,
         nets=requests,
         name=name,
         memory=memory,
@@ -93,7 +105,6 @@ def run(
         wait=wait,
         timeout=timeout,
     )
-    lab = common.lab(ctx)
     status = f"starting {image}" + (" and waiting for it to be ready" if wait else "")
     with common.err.status(status):
         view = lab.run(image, opts)

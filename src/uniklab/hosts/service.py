@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from pydantic import ValidationError
 
 from uniklab.errors import ConflictError, UsageError
@@ -11,6 +13,14 @@ from uniklab.hosts.ssh import SshExecutor
 from uniklab.state.store import Store
 
 LOCAL = "local"
+
+
+def local_is_dom0(capabilities: Path = Path("/proc/xen/capabilities")) -> bool:
+    """This machine is a Xen dom0 (as kraftkit detects it)."""
+    try:
+        return "control_d" in capabilities.read_text()
+    except OSError:
+        return False
 
 
 class HostService:
@@ -32,7 +42,7 @@ class HostService:
 
     def get(self, name: str) -> Host:
         if name == LOCAL:
-            return Host(name=LOCAL, hypervisor="qemu")
+            return Host(name=LOCAL, hypervisor="xen" if local_is_dom0() else "qemu")
         return Host.model_validate_json(self.store.host_doc(name))
 
     def ls(self) -> list[Host]:
