@@ -267,6 +267,17 @@ class Lab:
         progress: Callable[[str], None] | None = None,
     ) -> baker.BakeResult:
         rec, rec_dir = recipe.load(ref)
+        return self.bake_recipe(rec, rec_dir, tag=tag, progress=progress)
+
+    def bake_recipe(
+        self,
+        rec: recipe.Recipe,
+        rec_dir: Path | None = None,
+        *,
+        tag: str = "latest",
+        progress: Callable[[str], None] | None = None,
+    ) -> baker.BakeResult:
+        """Bake a recipe object (e.g. one made from a bare binary) and index the image."""
         validate.image_ref(f"{rec.name}:{tag}")
         result = baker.bake(
             rec,

@@ -8,7 +8,6 @@ Executor, so the same code drives this machine (when it is a dom0) and remote ho
 
 from __future__ import annotations
 
-import hashlib
 import ipaddress
 import logging
 import shutil
@@ -19,6 +18,7 @@ from uniklab import validate
 from uniklab.backends import xl_parse
 from uniklab.backends.base import Handle, Inspection, InstanceSpec
 from uniklab.backends.xen_config import XenDomain, XenVif, build_config
+from uniklab.digest import sha256_file
 from uniklab.errors import CommandError, LaunchError, UniklabError, UsageError
 from uniklab.executor import Executor
 from uniklab.hosts.ssh import SshExecutor
@@ -29,14 +29,6 @@ log = logging.getLogger(__name__)
 
 REMOTE_ROOT = PurePosixPath("/var/lib/uniklab")
 CONSOLE_DIR = PurePosixPath("/var/log/xen/console")
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 class XenBackend:
@@ -63,7 +55,7 @@ class XenBackend:
 
     def ensure_image(self, kernel: Path, initrd: Path) -> tuple[PurePosixPath, PurePosixPath]:
         """Copy kernel and initrd to the host once; verify both by digest."""
-        want = {"kernel": _sha256(kernel), "initrd": _sha256(initrd)}
+        want = {"kernel": sha256_file(kernel), "initrd": sha256_file(initrd)}
         folder = REMOTE_ROOT / "images" / want["initrd"][:32]
         targets = {k: folder / k for k in want}
         have = self._remote_hashes(list(targets.values()))

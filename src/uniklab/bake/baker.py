@@ -21,6 +21,7 @@ from uniklab.bake import cpio, elf, kmod
 from uniklab.bake.image import ImageStore, KernelInfo, Manifest
 from uniklab.bake.kernel import host_kernel, needs_acpi
 from uniklab.bake.recipe import Recipe, builtin_dir
+from uniklab.digest import sha256_file
 from uniklab.errors import BakeError
 from uniklab.guest.build import build_init
 
@@ -52,14 +53,6 @@ class BakeResult:
     seconds: float
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 @dataclass(frozen=True)
 class _Inputs:
     """Everything that decides an image's bytes, resolved on the host."""
@@ -79,11 +72,11 @@ class _Inputs:
         doc = {
             "format": FORMAT,
             "recipe": self.recipe.model_dump(mode="json"),
-            "binary": _sha256(self.binary),
-            "kernel": _sha256(self.kernel),
-            "init": _sha256(self.init),
-            "libs": {str(k): _sha256(v) for k, v in sorted(self.libs.items())},
-            "modules": [(str(m.image_path), _sha256(m.source)) for m in self.modules],
+            "binary": sha256_file(self.binary),
+            "kernel": sha256_file(self.kernel),
+            "init": sha256_file(self.init),
+            "libs": {str(k): sha256_file(v) for k, v in sorted(self.libs.items())},
+            "modules": [(str(m.image_path), sha256_file(m.source)) for m in self.modules],
             "files": [self._file_digest(f.src, f.content) for f in self.recipe.files],
             "compression": self.compression,
         }
@@ -92,7 +85,7 @@ class _Inputs:
 
     def _file_digest(self, src: str | None, content: str | None) -> str:
         if src is not None:
-            return _sha256(self.resolve_src(src))
+            return sha256_file(self.resolve_src(src))
         return hashlib.sha256((content or "").encode()).hexdigest()
 
     def resolve_src(self, src: str) -> Path:

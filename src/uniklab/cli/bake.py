@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import click
 
-from uniklab import validate
-from uniklab.bake import baker
 from uniklab.bake import recipe as recipe_mod
 from uniklab.cli import common
 from uniklab.errors import UsageError
@@ -61,20 +59,10 @@ def bake(
         if binary is None:
             result = lab.bake(what, tag=tag, progress=progress)
         else:
-            # Lab.bake takes recipe references; a synthesized recipe goes to the baker here.
             rec = recipe_mod.from_binary(
                 binary, port=port, name=image_name, args=list(args), memory=memory
             )
-            validate.image_ref(f"{rec.name}:{tag}")
-            result = baker.bake(
-                rec,
-                recipe_dir=None,
-                store=lab.images,
-                cache=lab.paths.cache,
-                tag=tag,
-                progress=progress,
-            )
-            lab.store.put_image(rec.name, tag, result.manifest.digest)
+            result = lab.bake_recipe(rec, tag=tag, progress=progress)
     m = result.manifest
     if as_json:
         common.print_json(

@@ -396,9 +396,10 @@ def build_dom0_initrd(
 
 
 def pv_initrd(image_initrd: Path, *, release: str) -> bytes:
-    """A Xen PV flavour of a baked image's initramfs (a stopgap until the baker makes one).
+    """A Xen PV flavour of a baked image's initramfs, for images baked before the baker
+    added xen-netfront to every image; such an image comes back unchanged.
 
-    Baked images load virtio modules (listed in /uniklab/image.json); a PV domU needs
+    Older images load only virtio modules (listed in /uniklab/image.json); a PV domU needs
     xen-netfront instead.  The kernel unpacks concatenated cpio archives in order, later
     files replacing earlier ones, so an uncompressed archive appended to the decompressed
     image adds the module and a new image.json that lists it; the result is compressed
@@ -414,6 +415,9 @@ def pv_initrd(image_initrd: Path, *, release: str) -> bytes:
         data = gzip.decompress(data)
     doc = _image_json(data)
     mods = kmod.module_closure(["xen_netfront"], kernel_release=release)
+    listed = doc.get("modules", [])
+    if isinstance(listed, list) and str(mods[-1].image_path) in listed:
+        return image_initrd.read_bytes()  # baked with netfront already (BASE_MODULES)
     overlay = cpio.CpioArchive()
     for m in mods:
         overlay.add_file(str(m.image_path), kmod.module_bytes(m))
@@ -421,7 +425,6 @@ def pv_initrd(image_initrd: Path, *, release: str) -> bytes:
     qemu_only = {
         str(m.image_path) for m in kmod.module_closure(BASE_MODULES, kernel_release=release)
     }
-    listed = doc.get("modules", [])
     kept = [p for p in listed if p not in qemu_only] if isinstance(listed, list) else []
     doc["modules"] = [str(m.image_path) for m in mods] + kept
     overlay.add_file("/uniklab/image.json", json.dumps(doc, indent=1).encode())
