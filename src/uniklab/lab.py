@@ -334,8 +334,10 @@ class Lab:
         env = dict(o.env)
         for item in env.items():
             validate.env_pair("=".join(item))
-        for _host, guest in o.publish:
+        for host_port, guest in o.publish:
             validate.port(guest, "guest port")
+            if host_port:
+                validate.port(host_port, "host port")
         if o.nets and o.publish:
             raise UsageError("-p publishes ports of the user-mode network; not with --net")
         validate.image_ref(image_ref)
@@ -351,7 +353,9 @@ class Lab:
         m = self.image(image_ref, bake_missing=True)
         name = o.name or self._new_name(m.name)
         memory = validate.memory_mb(o.memory if o.memory is not None else m.memory)
-        forwards = [] if o.nets else self._forwards(m, o.publish)
+        wanted = [] if o.nets else (list(o.publish) or [(0, p) for p in m.ports])
+        if len({h for h, _ in wanted if h}) != len([h for h, _ in wanted if h]):
+            raise ConflictError("a host port is published twice")
         row = self.store.reserve(
             name=name,
             image=m.ref,
@@ -361,12 +365,14 @@ class Lab:
             memory_mb=memory,
             vcpus=vcpus,
             owner_pid=os.getpid(),
-            spec={"args": list(o.args), "env": env, "publish": forwards},
+            spec={"args": list(o.args), "env": env, "publish": []},
             labels=dict(o.labels),
         )
         rundir = self.paths.run / str(row.id)
         handle: Handle | None = None
         try:
+            # Claimed in the store, so two concurrent runs never pick the same free port.
+            forwards = self.store.claim_ports(row.id, wanted, _free_port, _port_free)
             xen_nics: list[dict[str, str | None]] = []
             if backend_name == "xen":
                 planned = []
@@ -461,23 +467,6 @@ class Lab:
 
     def _new_name(self, image_name: str) -> str:
         return f"{image_name}-{secrets.token_hex(3)}"
-
-    def _forwards(self, m: Manifest, publish: Sequence[tuple[int, int]]) -> list[tuple[int, int]]:
-        wanted = list(publish) or [(0, p) for p in m.ports]
-        out: list[tuple[int, int]] = []
-        seen: set[int] = set()
-        for host, guest in wanted:
-            validate.port(guest, "guest port")
-            if host == 0:
-                host = _free_port()
-            validate.port(host, "host port")
-            if host in seen:
-                raise ConflictError(f"host port {host} published twice")
-            seen.add(host)
-            if not _port_free(host):
-                raise ConflictError(f"port {host} on 127.0.0.1 is already in use")
-            out.append((host, guest))
-        return out
 
     def view(self, row: InstanceRow) -> InstanceView:
         insp = None

@@ -14,6 +14,7 @@ from uniklab.cli.bake import bake
 from uniklab.cli.check import check
 from uniklab.cli.demo import demo
 from uniklab.cli.destroy import destroy
+from uniklab.cli.gc import gc
 from uniklab.cli.host import host
 from uniklab.cli.images import images
 from uniklab.cli.ip import ip
@@ -61,6 +62,7 @@ for command in (
     rumprun,
     test,
     host,
+    gc,
 ):
     cli.add_command(command)
 

@@ -541,16 +541,21 @@ def _console_tail(files: LabFiles, lines: int = 30) -> str:
 
 
 def lab_up(paths: Paths, name: str = DEFAULT_NAME, *, timeout: float = UP_TIMEOUT) -> LabHost:
-    """Boot the lab (a no-op returning it if it already runs); wait until ``xl list``
-    answers over ssh.  On any failure the QEMU is stopped and its runtime dir removed."""
+    """Boot the lab and wait until ``xl list`` answers over ssh; a lab that already runs
+    is returned as it is once it answers.  If a boot fails, its QEMU is stopped and its
+    runtime directory removed."""
     validate.name(name, "lab name")
     paths.ensure()
     files = LabFiles(paths, name)
     with _locked(files):
         rec = _read_record(files)
-        if _alive(files, rec) is not None and rec is not None:
-            log.info("lab %s already runs (pid %s)", name, rec["pid"])
-            return _host(files, int(str(rec["ssh_port"])))
+        running = _alive(files, rec)
+        if running is not None and rec is not None:
+            log.info("lab %s already runs (pid %s)", name, running)
+            host = _host(files, int(str(rec["ssh_port"])))
+            # It may still be booting (a `lab up` killed while it waited): wait the same.
+            _wait_ready(files, host, running, time.monotonic() + timeout)
+            return host
         _cleanup(files, rec)  # debris of a lab that died or a killed `lab up`
 
         root = fetch_xen(paths)
@@ -652,6 +657,10 @@ def _cleanup(files: LabFiles, rec: dict[str, object] | None) -> None:
     """Stop the lab's QEMU (QMP quit, SIGTERM, SIGKILL) and remove its runtime state."""
     marker = str(files.run.rundir)
     pid = rec.get("pid") if rec else None
+    if not isinstance(pid, int):
+        # A `lab up` killed between QEMU's start and the record: the pid file knows.
+        with contextlib.suppress(OSError, ValueError):
+            pid = int(files.run.pidfile.read_text().strip())
     try:
         if isinstance(pid, int) and process.matches(pid, marker):
             try:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -246,6 +246,36 @@ class Store:
         cols = ", ".join(f"{k}=?" for k in fields)
         with self.transaction() as db:
             db.execute(f"UPDATE instances SET {cols} WHERE id=?", (*fields.values(), row_id))
+
+    def claim_ports(
+        self,
+        row_id: int,
+        wanted: list[tuple[int, int]],
+        free_port: Callable[[], int],
+        port_free: Callable[[int], bool],
+    ) -> list[tuple[int, int]]:
+        """Choose host ports for (host, guest) pairs (host 0: any free port) that no other
+        instance holds, and record them, in one write transaction."""
+        with self.transaction() as db:
+            used: set[int] = set()
+            for r in db.execute("SELECT spec FROM instances WHERE id != ?", (row_id,)):
+                used.update(int(h) for h, _ in json.loads(r["spec"]).get("publish", []))
+            out: list[tuple[int, int]] = []
+            for host, guest in wanted:
+                if host == 0:
+                    for _ in range(100):
+                        host = free_port()
+                        if host not in used and all(host != h for h, _ in out):
+                            break
+                elif host in used or not port_free(host):
+                    raise ConflictError(f"port {host} on 127.0.0.1 is already in use")
+                out.append((host, guest))
+            spec = json.loads(
+                db.execute("SELECT spec FROM instances WHERE id=?", (row_id,)).fetchone()["spec"]
+            )
+            spec["publish"] = out
+            db.execute("UPDATE instances SET spec=? WHERE id=?", (json.dumps(spec), row_id))
+        return out
 
     def delete_instance(self, row_id: int) -> None:
         with self.transaction() as db:

@@ -1,0 +1,58 @@
+"""Twenty CLI processes at once on one state store: runs (three racing for one name),
+listings and destroys.  No corruption, unique names, no lost or leaked instance."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+from tests.e2e.conftest import assert_nothing_left, qemu_processes
+
+pytestmark = pytest.mark.e2e
+
+
+def _cli(home: Path, *argv: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "UNIKLAB_HOME": str(home)}
+    return subprocess.run(
+        [sys.executable, "-m", "uniklab", *argv],
+        env=env,
+        text=True,
+        capture_output=True,
+        timeout=240,
+    )
+
+
+def test_parallel_run_ps_destroy(lab_home: Path) -> None:
+    names = [f"p{i}" for i in range(8)]
+    jobs = [("run", "redis", "--name", n, "--no-wait") for n in names]
+    jobs += [("run", "redis", "--name", "p0", "--no-wait")] * 2  # racing for a taken name
+    jobs += [("ps", "--json")] * 10
+    with ThreadPoolExecutor(max_workers=20) as pool:
+        results = list(pool.map(lambda a: _cli(lab_home, *a), jobs))
+    runs, ps = results[:10], results[10:]
+    assert all(r.returncode == 0 for r in runs[:8]), [r.stderr for r in runs[:8]]
+    # p0 was wanted three times: exactly one won, the others were told why
+    p0_losers = [r for r in runs[8:] if r.returncode == 4]
+    assert len(p0_losers) == 2 and all("already exists" in r.stderr for r in p0_losers)
+    assert all(r.returncode == 0 for r in ps), [r.stderr for r in ps]
+    for r in ps:
+        json.loads(r.stdout)  # every listing was whole JSON
+    listed = json.loads(_cli(lab_home, "ps", "--json").stdout)
+    assert sorted(i["name"] for i in listed) == sorted(names)
+    assert all(i["state"] == "running" for i in listed)
+    ports = [p["host"] for i in listed for p in i["ports"]]
+    assert len(ports) == len(set(ports)) == 8, "two instances got the same host port"
+    assert len(qemu_processes(str(lab_home))) == 8
+
+    jobs = [("destroy", n) for n in names] + [("ps", "--json")] * 12
+    with ThreadPoolExecutor(max_workers=20) as pool:
+        results = list(pool.map(lambda a: _cli(lab_home, *a), jobs))
+    assert all(r.returncode == 0 for r in results), [r.stderr for r in results if r.returncode]
+    assert json.loads(_cli(lab_home, "ps", "--json").stdout) == []
+    assert_nothing_left(lab_home)
