@@ -586,7 +586,10 @@ class Lab:
         if (nics_of(view.row) or view.row.runtime.get("xen_nics")) and view.state == RUNNING:
             found = self.bridged_address(view.row, timeout=timeout)
             assert found is not None
-            return AddressInfo(found.ip, [], found.source, found.ip, nics_of(view.row)[0].netns)
+            nics = nics_of(view.row)
+            return AddressInfo(
+                found.ip, [], found.source, found.ip, nics[0].netns if nics else None
+            )
         raise NotFoundError(f"{name} has no address reachable from this machine")
 
     def endpoint(self, view: InstanceView, guest_port: int | None) -> probes.Endpoint:

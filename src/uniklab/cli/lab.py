@@ -31,12 +31,23 @@ def lab() -> None:
     help="Seconds to wait for 'xl list' to answer over ssh.",
 )
 @common.json_option
-def up(name: str, timeout: float, as_json: bool) -> None:
-    """Boot Xen with a PV dom0 under QEMU; return once 'xl list' answers over ssh.
-
-    A lab that already runs is left as it is."""
+@click.pass_context
+def up(ctx: click.Context, name: str, timeout: float, as_json: bool) -> None:
+    """Boot Xen with a PV dom0 under QEMU; return once 'xl list' answers over ssh, and
+    register it as host NAME in the inventory.  A lab that already runs is left as it is."""
     start = time.monotonic()
-    host = xenlab.lab_up(default_paths(), name, timeout=timeout)
+    uk = common.lab(ctx)
+    host = xenlab.lab_up(uk.paths, name, timeout=timeout)
+    uk.hosts.add(
+        name=host.name,
+        ssh=host.ssh_target,
+        port=host.ssh_port,
+        identity=str(host.identity_file),
+        known_hosts=str(host.known_hosts),
+        hypervisor="xen",
+        labels={"lab": "virtual"},
+        replace=True,
+    )
     if as_json:
         common.print_json(dataclasses.asdict(host))
         return
@@ -49,9 +60,16 @@ def up(name: str, timeout: float, as_json: bool) -> None:
 
 @lab.command("down")
 @name_option
-def down(name: str) -> None:
-    """Stop the lab's QEMU and remove its runtime directory."""
-    xenlab.lab_down(default_paths(), name)
+@click.pass_context
+def down(ctx: click.Context, name: str) -> None:
+    """Destroy uniklab's instances on the lab, stop its QEMU, forget the host."""
+    uk = common.lab(ctx)
+    for row in uk.store.instances():
+        if row.host == name:
+            uk.destroy(row.name)
+    xenlab.lab_down(uk.paths, name)
+    if any(h.name == name for h in uk.hosts.ls()):
+        uk.hosts.rm(name, [])
     common.out.print(f"lab {name} down")
 
 

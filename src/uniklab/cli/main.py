@@ -18,6 +18,7 @@ from uniklab.cli.gc import gc
 from uniklab.cli.host import host
 from uniklab.cli.images import images
 from uniklab.cli.ip import ip
+from uniklab.cli.lab import lab
 from uniklab.cli.logs import logs
 from uniklab.cli.net import net
 from uniklab.cli.ps import ps
@@ -63,6 +64,7 @@ for command in (
     test,
     host,
     gc,
+    lab,
 ):
     cli.add_command(command)
 

@@ -12,6 +12,12 @@ from uniklab.errors import CommandError, HostUnreachableError, UniklabError
 from uniklab.executor import Executor
 
 MIN_FREE_MB = 64
+# Is a process named $1 (or o$1, the OCaml xenstored) running?  Shell builtins and /proc
+# only, so it works on a minimal dom0 without procps.
+_RUNNING = (
+    'for f in /proc/[0-9]*/comm; do read -r c < "$f" 2>/dev/null || continue; '
+    '[ "$c" = "$1" ] || [ "$c" = "o$1" ] && exit 0; done; exit 1'
+)
 
 
 @dataclass(frozen=True)
@@ -78,9 +84,7 @@ def doctor(ex: Executor, *, bridge: str = "xenbr0") -> list[Check]:
         ("xenstored", "systemctl start xenstored || /etc/init.d/xencommons start"),
         ("xenconsoled", "systemctl start xenconsoled"),
     ):
-        r = ex.run(
-            ["sh", "-c", 'pgrep -x "$1" || pgrep -x "o$1"', "sh", daemon], timeout=15, check=False
-        )
+        r = ex.run(["sh", "-c", _RUNNING, "sh", daemon], timeout=15, check=False)
         checks.append(
             Check(
                 f"{daemon} running",

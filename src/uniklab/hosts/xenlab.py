@@ -340,6 +340,8 @@ def build_dom0_initrd(
     # A merged /usr as on the host; libraries go to /lib and /usr/lib as ld.so finds them.
     arc.add_symlink("/bin", "usr/bin")
     arc.add_symlink("/sbin", "usr/sbin")
+    # A dom0 as uniklab drives it has a POSIX sh (`sh -c`, like every Debian host).
+    arc.add_symlink("/usr/bin/sh", "bash")
     arc.add_symlink("/var/run", "/run")
     arc.add_symlink("/var/lock", "/run/lock")
 
