@@ -9,10 +9,13 @@ known_hosts file when the inventory names one (StrictHostKeyChecking=yes then).
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
+import os
 import shlex
 import socket
 import subprocess
+import tempfile
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
@@ -24,6 +27,17 @@ from uniklab.hosts.inventory import Host
 log = logging.getLogger(__name__)
 
 SSH_UNREACHABLE = 255
+CONTROL_PERSIST = 15
+
+
+def _control_dir() -> Path:
+    """A private directory for ssh's control sockets (short path: sun_path is 108 bytes)."""
+    path = Path(tempfile.gettempdir()) / f"ukl-ssh-{os.getuid()}"
+    path.mkdir(mode=0o700, exist_ok=True)
+    st = path.stat()
+    if st.st_uid != os.getuid() or st.st_mode & 0o077:
+        raise HostUnreachableError(f"{path} is not a private directory of this user")
+    return path
 
 
 class SshExecutor:
@@ -33,6 +47,13 @@ class SshExecutor:
         self.host = host
         self.name = host.name
         self.connect_timeout = connect_timeout
+
+    def _control_key(self) -> str:
+        """A shared connection is only reused with the same target, key and host-key file,
+        so a stricter known_hosts never rides on a connection checked against another."""
+        h = self.host
+        ident = f"{h.ssh}|{h.port}|{h.identity}|{h.known_hosts}"
+        return hashlib.sha256(ident.encode()).hexdigest()[:20]
 
     def _options(self) -> list[str]:
         opts = [
@@ -44,6 +65,14 @@ class SshExecutor:
             "ServerAliveInterval=5",
             "-o",
             "ServerAliveCountMax=3",
+            # One connection per host serves a burst of commands (a `ps` runs several): the
+            # master lingers CONTROL_PERSIST seconds after the last one, then exits.
+            "-o",
+            "ControlMaster=auto",
+            "-o",
+            f"ControlPath={_control_dir()}/{self._control_key()}",
+            "-o",
+            f"ControlPersist={CONTROL_PERSIST}",
         ]
         if self.host.known_hosts:
             opts += [

@@ -16,7 +16,6 @@ import gzip
 import json
 import logging
 import os
-import shlex
 import shutil
 import socket
 import tempfile
@@ -40,6 +39,8 @@ from uniklab.errors import (
     UniklabError,
 )
 from uniklab.executor import local
+from uniklab.hosts.inventory import Host
+from uniklab.hosts.ssh import SshExecutor
 from uniklab.paths import Paths
 
 log = logging.getLogger(__name__)
@@ -473,23 +474,24 @@ def _ensure_key(path: Path, comment: str) -> str:
     return pub.read_text().strip()
 
 
+def executor(host: LabHost, *, connect_timeout: int = 5) -> SshExecutor:
+    """The lab's dom0 as uniklab's SSH executor, checking its recorded host key."""
+    return SshExecutor(
+        Host(
+            name=host.name,
+            ssh=host.ssh_target,
+            port=host.ssh_port,
+            identity=str(host.identity_file),
+            known_hosts=str(host.known_hosts),
+            hypervisor="xen",
+        ),
+        connect_timeout=connect_timeout,
+    )
+
+
 def ssh_argv(host: LabHost, remote: Sequence[str], *, connect_timeout: int = 5) -> list[str]:
-    """ssh into the lab's dom0, checking its recorded host key; ``remote`` is an argv."""
-    return [
-        "ssh",
-        "-o", "BatchMode=yes",
-        "-o", f"ConnectTimeout={connect_timeout}",
-        "-o", "ServerAliveInterval=5",
-        "-o", "ServerAliveCountMax=3",
-        "-o", f"UserKnownHostsFile={host.known_hosts}",
-        "-o", "StrictHostKeyChecking=yes",
-        "-o", "IdentitiesOnly=yes",
-        "-i", host.identity_file,
-        "-p", str(host.ssh_port),
-        host.ssh_target,
-        "--",
-        shlex.join(remote),
-    ]  # fmt: skip
+    """ssh into the lab's dom0; ``remote`` is an argv."""
+    return executor(host, connect_timeout=connect_timeout).ssh_argv(remote)
 
 
 # ---------------------------------------------------------------- up / down / status
