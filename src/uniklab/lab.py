@@ -21,7 +21,15 @@ from pathlib import Path
 
 from uniklab import faults, validate
 from uniklab.backends import xl_parse
-from uniklab.backends.base import Backend, Handle, Inspection, InstanceSpec, NicSpec
+from uniklab.backends.base import (
+    Backend,
+    Handle,
+    Inspection,
+    InstanceSpec,
+    NicSpec,
+    spec_from_json,
+    spec_to_json,
+)
 from uniklab.backends.hostinfo import choose_accel, tsc_khz
 from uniklab.backends.process import matches as pid_matches
 from uniklab.backends.qemu import QemuBackend
@@ -50,6 +58,8 @@ from uniklab.state.store import CRASHED, CREATING, EXITED, RUNNING, InstanceRow,
 log = logging.getLogger(__name__)
 
 DEFAULT_WAIT = 120.0
+MAX_RESTARTS = 5
+RESTART_POLICIES = ("no", "on-failure")
 # Slirp's fixed guest address: what a user-mode guest gets from QEMU's built-in DHCP.
 SLIRP_GUEST = "10.0.2.15"
 _EXIT_RE = re.compile(r"uniklab-init: app (exited status \d+|killed by signal \d+)")
@@ -133,6 +143,7 @@ class RunOptions:
     host: str = "local"  # an inventory host; a Xen host's --net names its bridges
     wait: bool = True
     timeout: float = DEFAULT_WAIT
+    restart: str = "no"  # or "on-failure": relaunched (up to MAX_RESTARTS) when it crashes
 
 
 def _free_port() -> int:
@@ -228,7 +239,34 @@ class Lab:
                 if not backend.inspect(self.handle(row)).alive:
                     state, reason = exit_reason(backend.console(self.handle(row)))
                     log.info("instance %s is %s: %s", row.name, state, reason)
+                    if state == CRASHED and self._restart(row, reason):
+                        continue
                     self.store.update(row.id, state=state, exit_reason=reason)
+
+    def _restart(self, row: InstanceRow, reason: str) -> bool:
+        """Relaunch a crashed instance whose policy says so; False if it may not."""
+        restarts = int(row.runtime.get("restarts", 0))
+        launch = row.runtime.get("launch")
+        if row.spec.get("restart") != "on-failure" or not launch or restarts >= MAX_RESTARTS:
+            return False
+        try:
+            handle = self.backend_of(row).create(spec_from_json(launch))
+        except UniklabError as exc:
+            log.warning("restarting %s failed: %s", row.name, exc)
+            return False
+        log.info("restarted %s (%s)", row.name, reason)
+        self.store.update(
+            row.id,
+            pid=handle.pid,
+            started=time.time(),
+            runtime={
+                **row.runtime,
+                **handle.runtime,
+                "restarts": restarts + 1,
+                "last_exit": reason,
+            },
+        )
+        return True
 
     def _reconcile_creating(self, row: InstanceRow) -> None:
         owner = row.owner_pid
@@ -264,10 +302,11 @@ class Lab:
         ref: str,
         *,
         tag: str = "latest",
+        kernel: str = "host",
         progress: Callable[[str], None] | None = None,
     ) -> baker.BakeResult:
         rec, rec_dir = recipe.load(ref)
-        return self.bake_recipe(rec, rec_dir, tag=tag, progress=progress)
+        return self.bake_recipe(rec, rec_dir, tag=tag, kernel=kernel, progress=progress)
 
     def bake_recipe(
         self,
@@ -275,6 +314,7 @@ class Lab:
         rec_dir: Path | None = None,
         *,
         tag: str = "latest",
+        kernel: str = "host",
         progress: Callable[[str], None] | None = None,
     ) -> baker.BakeResult:
         """Bake a recipe object (e.g. one made from a bare binary) and index the image."""
@@ -285,6 +325,7 @@ class Lab:
             store=self.images,
             cache=self.paths.cache,
             tag=tag,
+            kernel=kernel,
             progress=progress,
         )
         self.store.put_image(rec.name, tag, result.manifest.digest)
@@ -331,6 +372,8 @@ class Lab:
         if o.memory is not None:
             validate.memory_mb(o.memory)
         vcpus = validate.vcpus(o.vcpus)
+        if o.restart not in RESTART_POLICIES:
+            raise UsageError(f"invalid restart policy {o.restart!r}: use no or on-failure")
         env = dict(o.env)
         for item in env.items():
             validate.env_pair("=".join(item))
@@ -365,7 +408,7 @@ class Lab:
             memory_mb=memory,
             vcpus=vcpus,
             owner_pid=os.getpid(),
-            spec={"args": list(o.args), "env": env, "publish": []},
+            spec={"args": list(o.args), "env": env, "publish": [], "restart": o.restart},
             labels=dict(o.labels),
         )
         rundir = self.paths.run / str(row.id)
@@ -444,6 +487,8 @@ class Lab:
                 "mac": mac,
                 "nics": nics_json,
                 "xen_nics": xen_nics,
+                "launch": spec_to_json(spec),
+                "restarts": 0,
             }
             self.store.update(
                 row.id,

@@ -118,3 +118,22 @@ def test_port_in_use_and_name_in_use(
     assert [v.name for v in lab.ps()] == ["dup"]
     lab.destroy("dup")
     assert_nothing_left(lab_home)
+
+
+def test_restart_on_failure(lab: Lab, lab_home: Path) -> None:
+    """kill -9 of the guest's QEMU: the next command relaunches it (same name, port)."""
+    view = lab.run("redis", RunOptions(name="phoenix", restart="on-failure"))
+    port = view.forwards[0][0]
+    assert view.row.pid
+    os.kill(view.row.pid, signal.SIGKILL)
+    deadline = time.monotonic() + 10
+    while qemu_processes(str(lab_home)) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    [again] = lab.ps()
+    assert again.state == "running" and again.row.pid != view.row.pid
+    assert again.row.runtime["restarts"] == 1
+    assert again.row.runtime["last_exit"] == "hypervisor process died"
+    lab.wait_ready(again, lab.image("redis"), timeout=120)
+    assert redis.Redis("127.0.0.1", port, socket_timeout=5).ping()
+    lab.destroy("phoenix")
+    assert_nothing_left(lab_home)

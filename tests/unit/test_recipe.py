@@ -191,15 +191,15 @@ def test_from_binary(tmp_path: Path) -> None:
 
 def test_files_from_recipe_dir_and_escape(tmp_path: Path) -> None:
     from uniklab.bake import baker
+    from uniklab.bake.kernel import KernelChoice
 
     (tmp_path / "app").mkdir()
     (tmp_path / "app" / "ok.conf").write_text("ok")
     (tmp_path / "secret").write_text("no")
     (tmp_path / "app" / "link").symlink_to(tmp_path / "secret")
     r = _load(tmp_path, BASE)
-    inp = baker._Inputs(
-        r, tmp_path / "app", Path("/bin/true"), Path("/"), "", {}, [], Path("/"), "gzip"
-    )
+    kernel = KernelChoice("host", Path("/"), "", "host")
+    inp = baker._Inputs(r, tmp_path / "app", Path("/bin/true"), kernel, {}, [], Path("/"), "gzip")
     assert inp.resolve_src("ok.conf") == (tmp_path / "app" / "ok.conf").resolve()
     with pytest.raises(BakeError, match="escapes the recipe's directory"):
         inp.resolve_src("link")  # a symlink that leads out is an escape too

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol
 
 NetMode = Literal["user", "tap"]
 
@@ -39,6 +39,59 @@ class InstanceSpec:
     # virtio-mmio devices only through ACPI; a specialised kernel boots faster without.
     acpi: bool = True
     time_service: bool = True  # offer the host's clock to the guest (user-mode NICs)
+
+
+def spec_to_json(spec: InstanceSpec) -> dict[str, object]:
+    """What it takes to launch the same guest again (restart policies)."""
+    return {
+        "name": spec.name,
+        "kernel": str(spec.kernel),
+        "initrd": str(spec.initrd),
+        "cmdline": spec.cmdline,
+        "memory_mb": spec.memory_mb,
+        "vcpus": spec.vcpus,
+        "rundir": str(spec.rundir),
+        "netns": spec.netns,
+        "acpi": spec.acpi,
+        "time_service": spec.time_service,
+        "disks": [str(d) for d in spec.disks],
+        "nics": [
+            {
+                "mac": n.mac,
+                "mode": n.mode,
+                "forwards": [list(f) for f in n.forwards],
+                "tap": n.tap,
+                "bridge": n.bridge,
+            }
+            for n in spec.nics
+        ],
+    }
+
+
+def spec_from_json(d: dict[str, Any]) -> InstanceSpec:
+    return InstanceSpec(
+        name=d["name"],
+        kernel=Path(d["kernel"]),
+        initrd=Path(d["initrd"]),
+        cmdline=d["cmdline"],
+        memory_mb=int(d["memory_mb"]),
+        vcpus=int(d["vcpus"]),
+        rundir=Path(d["rundir"]),
+        netns=d.get("netns"),
+        acpi=bool(d.get("acpi", True)),
+        time_service=bool(d.get("time_service", True)),
+        disks=tuple(Path(x) for x in d.get("disks", [])),
+        nics=tuple(
+            NicSpec(
+                mac=n["mac"],
+                mode=n["mode"],
+                forwards=tuple((int(h), int(g)) for h, g in n["forwards"]),
+                tap=n.get("tap"),
+                bridge=n.get("bridge"),
+            )
+            for n in d["nics"]
+        ),
+    )
 
 
 @dataclass(frozen=True)

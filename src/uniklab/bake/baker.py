@@ -19,7 +19,7 @@ from pathlib import Path, PurePosixPath
 from uniklab import faults
 from uniklab.bake import cpio, elf, kmod
 from uniklab.bake.image import ImageStore, KernelInfo, Manifest
-from uniklab.bake.kernel import host_kernel, needs_acpi
+from uniklab.bake.kernel import HOST, KernelChoice, choose_kernel
 from uniklab.bake.recipe import Recipe, builtin_dir
 from uniklab.digest import sha256_file
 from uniklab.errors import BakeError
@@ -60,8 +60,7 @@ class _Inputs:
     recipe: Recipe
     recipe_dir: Path | None
     binary: Path
-    kernel: Path
-    release: str
+    kernel: KernelChoice
     libs: dict[PurePosixPath, Path]
     modules: list[kmod.KernelModule]
     init: Path
@@ -73,7 +72,8 @@ class _Inputs:
             "format": FORMAT,
             "recipe": self.recipe.model_dump(mode="json"),
             "binary": sha256_file(self.binary),
-            "kernel": sha256_file(self.kernel),
+            "kernel": sha256_file(self.kernel.path),
+            "kernel_choice": self.kernel.label,
             "init": sha256_file(self.init),
             "libs": {str(k): sha256_file(v) for k, v in sorted(self.libs.items())},
             "modules": [(str(m.image_path), sha256_file(m.source)) for m in self.modules],
@@ -105,21 +105,35 @@ class _Inputs:
         return path
 
 
-def _resolve(recipe: Recipe, recipe_dir: Path | None, cache: Path, compression: str) -> _Inputs:
+def _resolve(
+    recipe: Recipe,
+    recipe_dir: Path | None,
+    cache: Path,
+    compression: str,
+    kernel_spec: str = HOST,
+    say: Progress | None = None,
+) -> _Inputs:
     binary = Path(recipe.binary)
     if not binary.exists():
         hint = f" (install the Debian package: apt-get install {recipe.package})"
         raise BakeError(f"{recipe.name}: binary {binary} not found{hint if recipe.package else ''}")
     binary = binary.resolve()
-    kernel, release = host_kernel()
-    modules = kmod.module_closure([*BASE_MODULES, *recipe.modules], kernel_release=release)
+    kernel = choose_kernel(kernel_spec, progress=say)
+    modules: list[kmod.KernelModule] = []
+    if kernel.wants_modules:
+        wanted = [*BASE_MODULES, *recipe.modules]
+        modules = kmod.module_closure(wanted, kernel_release=kernel.release)
+    elif recipe.modules:
+        # A specialised kernel has everything built in; a user's kernel file has no
+        # module tree uniklab knows.  The image's init loads nothing.
+        log.info("%s: kernel %s: modules %s not loaded", recipe.name, kernel.label, recipe.modules)
     libs = elf.elf_closure([binary], extra_libs=recipe.libs)
     if any(p.name == "libc.so.6" for p in libs):
         extra = [lib for lib in GLIBC_DLOPENS if not any(p.name == lib for p in libs)]
         if extra:
             libs = elf.elf_closure([binary], extra_libs=[*recipe.libs, *extra])
     init = build_init(cache)
-    return _Inputs(recipe, recipe_dir, binary, kernel, release, libs, modules, init, compression)
+    return _Inputs(recipe, recipe_dir, binary, kernel, libs, modules, init, compression)
 
 
 def _initramfs(inp: _Inputs) -> tuple[bytes, int]:
@@ -168,13 +182,18 @@ def bake(
     cache: Path,
     tag: str = "latest",
     compression: str | None = None,
+    kernel: str = HOST,
     progress: Progress | None = None,
 ) -> BakeResult:
-    """Bake ``recipe`` into the store; reuse the stored image when the inputs are the same."""
+    """Bake ``recipe`` into the store; reuse the stored image when the inputs are the same.
+
+    ``kernel`` is ``host``, ``specialised[:PROFILE]`` or a kernel file (see
+    ``uniklab.bake.kernel.choose_kernel``).
+    """
     say = progress or (lambda _msg: None)
     start = time.monotonic()
     say("resolving inputs")
-    inp = _resolve(recipe, recipe_dir, cache, compression or cpio.DEFAULT_COMPRESSION)
+    inp = _resolve(recipe, recipe_dir, cache, compression or cpio.DEFAULT_COMPRESSION, kernel, say)
     digest = inp.digest()
     if store.has(digest):
         m = store.manifest(digest)
@@ -188,20 +207,23 @@ def bake(
         initrd, files = _initramfs(inp)
         (staging / "initrd").write_bytes(initrd)
         faults.point("bake.after_initrd")
-        kernel_bytes = inp.kernel.read_bytes()
+        kernel_bytes = inp.kernel.path.read_bytes()
         (staging / "kernel").write_bytes(kernel_bytes)
         manifest = Manifest(
             name=recipe.name,
             tag=tag,
             digest=digest,
             created=time.time(),
-            kernel=KernelInfo(release=inp.release, source=str(inp.kernel)),
+            kernel=KernelInfo(
+                release=inp.kernel.release, source=str(inp.kernel.path), choice=inp.kernel.label
+            ),
+            platforms=inp.kernel.platforms,
             compression=inp.compression,
             size=len(initrd) + len(kernel_bytes),
             kernel_size=len(kernel_bytes),
             initrd_size=len(initrd),
             cmdline=BASE_CMDLINE,
-            acpi=needs_acpi(inp.release),
+            acpi=inp.kernel.acpi,
             entrypoint=[recipe.image_binary_path, *recipe.args],
             ports=recipe.ports,
             probe=recipe.probe,

@@ -26,6 +26,8 @@ class KernelInfo(BaseModel):
     release: str
     source: str
     file: str = "kernel"
+    # host, specialised:<profile>:<key>, or path: which kernel the bake chose.
+    choice: str = "host"
 
 
 class Manifest(BaseModel):

@@ -1,12 +1,15 @@
-"""Choosing the kernel an image boots: the host's Debian kernel, or a given file."""
+"""Choosing the kernel an image boots: the host's Debian kernel, uniklab's specialised
+build (see ``uniklab.kernel``), or a given file."""
 
 from __future__ import annotations
 
 import os
 import re
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
-from uniklab.errors import BakeError
+from uniklab.errors import BakeError, UsageError
 
 BOOT = Path("/boot")
 MODULES = Path("/lib/modules")
@@ -44,3 +47,91 @@ def host_kernel(boot: Path = BOOT, modules: Path = MODULES) -> tuple[Path, str]:
             f"run 'sudo chmod 0644 {path}' once, or bake as root"
         )
     return path, release
+
+
+HOST = "host"
+SPECIALISED = "specialised"
+
+
+@dataclass(frozen=True)
+class KernelChoice:
+    """The kernel an image boots, and what the baker must know about it.
+
+    ``host``: the host's Debian kernel, with its modules in the initramfs.  ``specialised``:
+    uniklab's own build (everything built in, no modules).  A path: a kernel file given by
+    the user, also without modules (its ``.config``, if found beside it, tells about ACPI).
+    """
+
+    kind: str  # host | specialised | path
+    path: Path
+    release: str
+    label: str  # what the image digest records: host, specialised:<profile>:<key>, path
+    config: str | None = None  # the kernel's .config text, when known
+
+    @property
+    def wants_modules(self) -> bool:
+        return self.kind == HOST
+
+    @property
+    def acpi(self) -> bool:
+        """Whether QEMU's microvm must offer ACPI tables for the kernel to find its devices."""
+        if self.config is None:
+            return True
+        return not has_option(self.config, "CONFIG_VIRTIO_MMIO_CMDLINE_DEVICES")
+
+    @property
+    def platforms(self) -> list[str]:
+        if self.kind == HOST or self.config is None:
+            return ["qemu", "xen"]
+        return ["qemu", "xen"] if has_option(self.config, "CONFIG_XEN_PV") else ["qemu"]
+
+
+def choose_kernel(
+    spec: str = HOST,
+    *,
+    progress: Callable[[str], None] | None = None,
+    boot: Path = BOOT,
+) -> KernelChoice:
+    """Resolve ``host``, ``specialised[:PROFILE]`` (built now if this machine lacks it) or a
+    kernel file path."""
+    if spec == HOST:
+        path, release = host_kernel(boot)
+        try:
+            config: str | None = (boot / f"config-{release}").read_text()
+        except OSError:
+            config = None
+        return KernelChoice(HOST, path, release, HOST, config)
+    if spec == SPECIALISED or spec.startswith(SPECIALISED + ":"):
+        from uniklab.kernel import build as kbuild
+        from uniklab.kernel import config as kconfig
+
+        profile = spec.partition(":")[2] or kconfig.DEFAULT_PROFILE
+
+        def say(msg: str) -> None:
+            if progress:
+                progress(f"kernel {profile}: {msg}")
+
+        entry = kbuild.build(profile, progress=say)
+        return KernelChoice(
+            SPECIALISED,
+            entry.bzimage,
+            entry.release,
+            f"{SPECIALISED}:{profile}:{entry.key}",
+            entry.config_path.read_text(),
+        )
+    path = Path(spec).expanduser()
+    if not path.is_file():
+        raise UsageError(f"--kernel {spec!r}: not host, specialised[:PROFILE] or a kernel file")
+    path = path.resolve()
+    if not os.access(path, os.R_OK):
+        raise BakeError(f"cannot read kernel {path}")
+    config = None
+    for cand in (path.with_name("config"), Path(f"{path}.config"), path.parent / ".config"):
+        if cand.is_file():
+            config = cand.read_text()
+            break
+    return KernelChoice("path", path, path.name, "path", config)
+
+
+def has_option(config: str, symbol: str) -> bool:
+    return f"\n{symbol}=y\n" in f"\n{config}\n"

@@ -25,6 +25,14 @@ from uniklab.errors import UsageError
     "--arg", "args", multiple=True, metavar="ARG", help="With --binary: an argument (repeatable)."
 )
 @click.option("--memory", default="128M", show_default=True, help="With --binary: default memory.")
+@click.option(
+    "--kernel",
+    default="host",
+    show_default=True,
+    metavar="host|specialised[:PROFILE]|PATH",
+    help="The kernel: the host's (with its modules), uniklab's specialised build "
+    "(built once per machine: minutes; see 'uniklab kernel build'), or a kernel file.",
+)
 @common.json_option
 @click.pass_context
 def bake(
@@ -36,6 +44,7 @@ def bake(
     image_name: str | None,
     args: tuple[str, ...],
     memory: str,
+    kernel: str,
     as_json: bool,
 ) -> None:
     """Bake RECIPE (a built-in name such as 'redis', or a recipe .toml) into an image.
@@ -57,12 +66,12 @@ def bake(
             status.update(f"{what}: {msg}")
 
         if binary is None:
-            result = lab.bake(what, tag=tag, progress=progress)
+            result = lab.bake(what, tag=tag, kernel=kernel, progress=progress)
         else:
             rec = recipe_mod.from_binary(
                 binary, port=port, name=image_name, args=list(args), memory=memory
             )
-            result = lab.bake_recipe(rec, tag=tag, progress=progress)
+            result = lab.bake_recipe(rec, tag=tag, kernel=kernel, progress=progress)
     m = result.manifest
     if as_json:
         common.print_json(

@@ -18,6 +18,7 @@ from uniklab.cli.gc import gc
 from uniklab.cli.host import host
 from uniklab.cli.images import images
 from uniklab.cli.ip import ip
+from uniklab.cli.kernel import kernel
 from uniklab.cli.lab import lab
 from uniklab.cli.logs import logs
 from uniklab.cli.net import net
@@ -65,6 +66,7 @@ for command in (
     host,
     gc,
     lab,
+    kernel,
 ):
     cli.add_command(command)
 

@@ -51,6 +51,13 @@ from uniklab.net.attach import NicRequest, parse_net_option
 @click.option("--mac", help="MAC of the first --net NIC.")
 @click.option("--ip", "ip_addr", metavar="CIDR", help="Static address of the first --net NIC.")
 @click.option("--gateway", help="Gateway for --ip.")
+@click.option(
+    "--restart",
+    type=click.Choice(["no", "on-failure"]),
+    default="no",
+    show_default=True,
+    help="on-failure: relaunch a crashed guest (checked by every uniklab command).",
+)
 @click.option("--wait/--no-wait", default=False, help="Wait until the image's probe passes.")
 @click.option(
     "--timeout",
@@ -76,6 +83,7 @@ def run(
     mac: str | None,
     ip_addr: str | None,
     gateway: str | None,
+    restart: str,
     wait: bool,
     timeout: float,
     as_json: bool,
@@ -93,6 +101,7 @@ def run(
     if host == "auto":
         host = lab.place()
     opts = RunOptions(
+        restart=restart,
         host=host,
         nets=requests,
         name=name,

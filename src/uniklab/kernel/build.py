@@ -1,0 +1,245 @@
+"""Build a specialised kernel once per machine, and find it again.
+
+The source is Debian's ``linux-source-6.1`` tarball; the config is ``make tinyconfig``
+with the profile's fragments merged over it, then ``make olddefconfig``, then a check that
+every fragment option survived.  Everything is built in (no modules).  The result lives in
+a machine-wide cache (``user_cache_dir("uniklab")/kernels/<key>/``, not under
+UNIKLAB_HOME, so every lab and test session on the machine shares it), keyed by the source
+version, the compiler and the fragments.  A lock file serialises builders of one key; the
+build runs in a temporary directory that is renamed into place, so a half-built kernel is
+never seen.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import os
+import shutil
+import signal
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import platformdirs
+
+from uniklab.errors import BakeError, CommandError
+from uniklab.executor import Executor, local, spawn_detached
+from uniklab.kernel import config as kconfig
+
+log = logging.getLogger(__name__)
+
+SOURCE_PACKAGE = "linux-source-6.1"
+SOURCE_TARBALL = Path("/usr/src/linux-source-6.1.tar.xz")
+BUILD_TIMEOUT = 30 * 60.0
+ARCH = "x86_64"
+# Reproducible strings in the image (uname -v), whoever builds it.
+KBUILD_ENV = (
+    "KBUILD_BUILD_USER=uniklab",
+    "KBUILD_BUILD_HOST=uniklab",
+    "KBUILD_BUILD_TIMESTAMP=2023-01-01",
+)
+BZIMAGE = "bzImage"
+CONFIG = "config"
+RELEASE = "release"
+
+Progress = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class BuiltKernel:
+    """A finished cache entry: the kernel, its final .config and its release string."""
+
+    profile: str
+    key: str
+    dir: Path
+
+    @property
+    def bzimage(self) -> Path:
+        return self.dir / BZIMAGE
+
+    @property
+    def config_path(self) -> Path:
+        return self.dir / CONFIG
+
+    @property
+    def release(self) -> str:
+        return (self.dir / RELEASE).read_text().strip()
+
+    def has(self, symbol: str) -> bool:
+        return kconfig.has_option(self.config_path.read_text(), symbol)
+
+
+def cache_root() -> Path:
+    env = os.environ.get("UNIKLAB_KERNEL_CACHE")
+    root = Path(env) if env else Path(platformdirs.user_cache_dir("uniklab")) / "kernels"
+    return root.expanduser()
+
+
+def source_version(executor: Executor = local, tarball: Path = SOURCE_TARBALL) -> str:
+    """The source package's version, or the tarball's size and mtime outside dpkg."""
+    if not tarball.is_file():
+        raise BakeError(
+            f"kernel source {tarball} not found (apt-get install {SOURCE_PACKAGE} "
+            "bc bison flex libelf-dev libssl-dev build-essential)"
+        )
+    try:
+        res = executor.run(
+            ["dpkg-query", "-W", "-f=${Version}", SOURCE_PACKAGE], timeout=30, check=True
+        )
+        if res.stdout.strip():
+            return f"{SOURCE_PACKAGE} {res.stdout.strip()}"
+    except CommandError as exc:
+        log.debug("dpkg-query: %s", exc)
+    st = tarball.stat()
+    return f"{tarball.name} {st.st_size} {int(st.st_mtime)}"
+
+
+def gcc_version(executor: Executor = local) -> str:
+    try:
+        res = executor.run(["gcc", "--version"], timeout=30)
+    except CommandError as exc:
+        raise BakeError("gcc not found (apt-get install build-essential)") from exc
+    return res.stdout.splitlines()[0].strip() if res.stdout else "unknown"
+
+
+def plan(profile: str, executor: Executor = local) -> tuple[str, list[kconfig.Fragment]]:
+    """The cache key of ``profile`` on this machine, and its fragments."""
+    fragments = kconfig.profile_fragments(profile)
+    key = kconfig.cache_key(
+        source_version=source_version(executor),
+        gcc_version=gcc_version(executor),
+        fragments=fragments,
+    )
+    return key, fragments
+
+
+def cached(
+    profile: str, *, root: Path | None = None, executor: Executor = local
+) -> BuiltKernel | None:
+    key, _ = plan(profile, executor)
+    entry = BuiltKernel(profile, key, (root or cache_root()) / key)
+    return entry if entry.bzimage.is_file() else None
+
+
+@contextmanager
+def _locked(path: Path, say: Progress) -> Iterator[None]:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            say("waiting for another build of the same kernel")
+            fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def sweep(root: Path) -> None:
+    """Remove build directories left by a killed build (their pid is gone)."""
+    for path in root.glob(".tmp-*"):
+        pid = path.name.split("-")[1]
+        if pid.isdigit() and not Path(f"/proc/{pid}").exists():
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def build(
+    profile: str = kconfig.DEFAULT_PROFILE,
+    *,
+    jobs: int | None = None,
+    timeout: float = BUILD_TIMEOUT,
+    root: Path | None = None,
+    progress: Progress | None = None,
+    executor: Executor = local,
+) -> BuiltKernel:
+    """The kernel of ``profile``, built now unless this machine already has it."""
+    say = progress or (lambda _msg: None)
+    root = root or cache_root()
+    key, fragments = plan(profile, executor)
+    entry = BuiltKernel(profile, key, root / key)
+    if entry.bzimage.is_file():
+        return entry
+    with _locked(root / f"{key}.lock", say):
+        if entry.bzimage.is_file():  # another process built it while we waited
+            return entry
+        sweep(root)
+        work = root / f".tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        work.mkdir(parents=True)
+        try:
+            out = _build_in(work, fragments, jobs or os.cpu_count() or 1, timeout, say, executor)
+            os.rename(out, entry.dir)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+    log.info("kernel %s (%s) built: %s", profile, key, entry.bzimage)
+    return entry
+
+
+def _build_in(
+    work: Path,
+    fragments: list[kconfig.Fragment],
+    jobs: int,
+    timeout: float,
+    say: Progress,
+    executor: Executor,
+) -> Path:
+    deadline = time.monotonic() + timeout
+    say(f"unpacking {SOURCE_TARBALL.name}")
+    executor.run(["tar", "-xf", SOURCE_TARBALL, "-C", work], timeout=600)
+    trees = [p for p in work.iterdir() if (p / "Makefile").is_file()]
+    if len(trees) != 1:
+        raise BakeError(f"{SOURCE_TARBALL}: expected one kernel tree, found {len(trees)}")
+    src = trees[0]
+    make: list[str | Path] = ["make", "-C", src, f"ARCH={ARCH}"]
+    say("configuring (tinyconfig + fragments)")
+    executor.run([*make, "tinyconfig"], timeout=300)
+    dot = src / ".config"
+    dot.write_text(kconfig.merge(dot.read_text(), fragments))
+    executor.run([*make, "olddefconfig"], timeout=300)
+    final = dot.read_text()
+    lost = kconfig.dropped(final, fragments)
+    if lost:
+        raise BakeError(
+            "kernel config: fragment options dropped by Kconfig (unmet dependencies?): "
+            + ", ".join(lost)
+        )
+    _make_bzimage(src, jobs, deadline, work / "build.log", say)
+    out = work / "out"
+    out.mkdir()
+    shutil.copy2(src / "arch" / "x86" / "boot" / BZIMAGE, out / BZIMAGE)
+    (out / CONFIG).write_text(final)
+    (out / RELEASE).write_text((src / "include" / "config" / "kernel.release").read_text())
+    shutil.copy2(work / "build.log", out / "build.log")
+    return out
+
+
+def _make_bzimage(src: Path, jobs: int, deadline: float, log_path: Path, say: Progress) -> None:
+    argv = ["env", *KBUILD_ENV, "make", "-C", str(src), f"ARCH={ARCH}", f"-j{jobs}", BZIMAGE]
+    proc = spawn_detached(argv, log_path=log_path)
+    compiled = 0
+    seen = 0
+    try:
+        while proc.poll() is None:
+            if time.monotonic() > deadline:
+                raise BakeError(f"kernel build timed out (log: {log_path})")
+            time.sleep(1.0)
+            with open(log_path, "rb") as fh:
+                fh.seek(seen)
+                chunk = fh.read()
+            seen += len(chunk)
+            lines = chunk.decode(errors="replace").splitlines()
+            cc = [ln.split()[-1] for ln in lines if ln.lstrip().startswith("CC ")]
+            if cc:
+                compiled += len(cc)
+                say(f"compiling with make -j{jobs}: {compiled} objects ({cc[-1]})")
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    if proc.returncode != 0:
+        tail = log_path.read_text(errors="replace").strip().splitlines()[-15:]
+        raise BakeError(f"kernel build failed (exit {proc.returncode}):\n" + "\n".join(tail))
