@@ -7,7 +7,8 @@ BIN     = $(VENV)/bin
 APT_PACKAGES = qemu-system-x86 linux-image-amd64 redis-server redis-tools musl-tools \
                lz4 cpio kmod iproute2 dnsmasq-base procps python3-venv python3-pip \
                apache2 nginx memcached media-types apache2-utils dnsmasq-utils \
-               openssh-server openssh-client
+               openssh-server openssh-client \
+               linux-source-6.1 bc bison flex libelf-dev build-essential xz-utils
 
 .PHONY: deps venv demo test lint unit e2e bench clean
 
@@ -45,6 +46,8 @@ test: deps venv lint
 	$(BIN)/pytest
 
 bench: deps venv
+	$(BIN)/pip install -q -e '.[dev,bench]'
+	$(BIN)/python bench/bench_small.py
 	$(BIN)/python bench/bench_redis.py
 	$(BIN)/python bench/bench_network.py
 	$(BIN)/python bench/bench_apps.py

@@ -54,6 +54,9 @@ def demo(ctx: click.Context, memory: str, keep: bool) -> None:
     common.out.print(f"ready in {time.monotonic() - start:.1f}s at {view.address}")
     try:
         _step("uniklab ps")
+        common.out.print(
+            f"{'Name':<24} {'ID':>4} {'Mem':>5} {'VCPUs':>5}  {'State':<8} {'Time(s)':>8}  Address"
+        )
         for v in lab.ps():
             cpu = v.inspection.cpu_seconds if v.inspection else None
             common.out.print(
