@@ -32,7 +32,7 @@ from uniklab.bake.image import Manifest
 from uniklab.errors import NotFoundError, UniklabError, UsageError
 from uniklab.lab import DEFAULT_WAIT, InstanceView, Lab, RunOptions, nics_of
 from uniklab.net import netns as _netns
-from uniklab.net.attach import NicRequest, parse_net_option
+from uniklab.net.attach import NicRequest, check_request, parse_net_option
 from uniklab.paths import Paths, default_paths
 
 log = logging.getLogger(__name__)
@@ -76,7 +76,9 @@ class Stats:
 
 
 def _nic(value: NetArg) -> NicRequest:
-    return value if isinstance(value, NicRequest) else parse_net_option(value)
+    if isinstance(value, str):
+        return parse_net_option(value)
+    return check_request(value)
 
 
 def nic_requests(net: NetArg | Sequence[NetArg] | None) -> list[NicRequest]:
@@ -85,6 +87,8 @@ def nic_requests(net: NetArg | Sequence[NetArg] | None) -> list[NicRequest]:
         return []
     if isinstance(net, str | NicRequest):
         return [_nic(net)]
+    if not isinstance(net, Sequence):
+        raise UsageError(f"invalid net {net!r}: a network name, a NicRequest, or a list of them")
     return [_nic(n) for n in net]
 
 
@@ -325,10 +329,10 @@ class Client:
             name=name,
             memory=memory,
             vcpus=vcpus,
-            publish=list(publish),
-            env=dict(env or {}),
-            args=list(args),
-            labels=dict(labels or {}),
+            publish=list(publish) if isinstance(publish, Sequence) else publish,
+            env=env if env is not None else {},
+            args=args,
+            labels=labels if labels is not None else {},
             nets=nic_requests(net),
             wait=wait,
             timeout=timeout,

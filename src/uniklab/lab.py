@@ -367,20 +367,27 @@ class Lab:
     def run(self, image_ref: str, opts: RunOptions | None = None) -> InstanceView:
         o = opts or RunOptions()
         # Check everything the caller gave before any work (or bake) starts.
-        if o.name:
+        if o.name is not None:
             validate.name(o.name, "instance name")
         if o.memory is not None:
             validate.memory_mb(o.memory)
         vcpus = validate.vcpus(o.vcpus)
         if o.restart not in RESTART_POLICIES:
             raise UsageError(f"invalid restart policy {o.restart!r}: use no or on-failure")
-        env = dict(o.env)
-        for item in env.items():
-            validate.env_pair("=".join(item))
-        for host_port, guest in o.publish:
+        if o.wait:
+            validate.timeout(o.timeout, "readiness timeout")
+        env = validate.env(o.env)
+        app_args = validate.args(o.args)
+        labels = validate.labels(o.labels)
+        for pair in o.publish:
+            if not isinstance(pair, tuple | list) or len(pair) != 2:
+                raise UsageError(f"invalid port mapping {validate.short(pair)}: (HOST, GUEST)")
+            host_port, guest = pair
             validate.port(guest, "guest port")
             if host_port:
                 validate.port(host_port, "host port")
+        for req in o.nets:
+            attach.check_request(req)
         if o.nets and o.publish:
             raise UsageError("-p publishes ports of the user-mode network; not with --net")
         validate.image_ref(image_ref)
@@ -408,8 +415,8 @@ class Lab:
             memory_mb=memory,
             vcpus=vcpus,
             owner_pid=os.getpid(),
-            spec={"args": list(o.args), "env": env, "publish": [], "restart": o.restart},
-            labels=dict(o.labels),
+            spec={"args": app_args, "env": env, "publish": [], "restart": o.restart},
+            labels=labels,
         )
         rundir = self.paths.run / str(row.id)
         handle: Handle | None = None
@@ -449,14 +456,16 @@ class Lab:
                 guest_nics = [Nic(mac=mac)]
                 nic_specs = (NicSpec(mac=mac, mode="user", forwards=tuple(forwards)),)
             timesrc = None if (planned or xen_nics) else ":".join(map(str, TIME_SERVICE))
-            cfg = GuestConfig(
-                name=name, args=list(o.args), env=env, net=guest_nics, timesrc=timesrc
-            )
+            cfg = GuestConfig(name=name, args=app_args, env=env, net=guest_nics, timesrc=timesrc)
+            try:
+                encoded = cfg.encode()
+            except ValueError as exc:  # too large for the kernel command line
+                raise UsageError(f"{name}: {exc}: fewer or shorter args and env") from None
             spec = InstanceSpec(
                 name=name,
                 kernel=self.images.kernel_path(m),
                 initrd=self.images.initrd_path(m),
-                cmdline=f"{m.cmdline} {cfg.encode()}",
+                cmdline=f"{m.cmdline} {encoded}",
                 memory_mb=memory,
                 vcpus=vcpus,
                 rundir=rundir,

@@ -11,6 +11,8 @@ from pathlib import Path
 
 import platformdirs
 
+from uniklab.errors import UsageError
+
 
 @dataclass(frozen=True)
 class Paths:
@@ -33,8 +35,11 @@ class Paths:
         return self.home / "state.db"
 
     def ensure(self) -> Paths:
-        for d in (self.home, self.images, self.cache, self.run):
-            d.mkdir(mode=0o700, parents=True, exist_ok=True)
+        try:
+            for d in (self.home, self.images, self.cache, self.run):
+                d.mkdir(mode=0o700, parents=True, exist_ok=True)
+        except OSError as exc:
+            raise UsageError(f"cannot use {self.home} as UNIKLAB_HOME: {exc.strerror}") from exc
         return self
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -53,6 +54,17 @@ def lab_home(image_home: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path
     shutil.copy(image_home / "state.db", path / "state.db")
     monkeypatch.setenv("UNIKLAB_HOME", str(path))
     yield path
+    # A failed test must not leak either: undo what the store still records (instances,
+    # then networks: taps, dnsmasq, bridges, namespaces), then check what is left.
+    with contextlib.suppress(Exception):
+        cleanup = Lab(Paths(path))
+        for row in cleanup.store.instances():
+            with contextlib.suppress(Exception):
+                cleanup.destroy(row.name)
+        for net in cleanup.store.networks():
+            with contextlib.suppress(Exception):
+                cleanup.networks.rm(net.name, [])
+        cleanup.close()
     leftover = qemu_processes(str(path))
     for line in leftover:
         os.kill(int(line.split()[0]), 9)

@@ -58,6 +58,9 @@ class QemuBackend:
             pid = int(files.pidfile.read_text().strip())
         except (OSError, ValueError) as exc:
             raise LaunchError("QEMU started but wrote no pid file", argv=argv) from exc
+        # QEMU made its sockets and logs with the caller's umask: make them owner-only.
+        for p in spec.rundir.iterdir():
+            p.chmod(p.lstat().st_mode & 0o700)
         return Handle(pid=pid, runtime={"rundir": str(spec.rundir), "accel": self.accel})
 
     @staticmethod

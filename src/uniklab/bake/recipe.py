@@ -34,6 +34,17 @@ MOUNTED = ("/dev", "/proc", "/sys", "/tmp", "/run")
 RESERVED = ("/init", "/uniklab", "/etc/passwd", "/etc/group", "/etc/nsswitch.conf")
 ACCOUNT_RE = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
 ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+# Linux's MAX_ARG_STRLEN: execve refuses a longer argument or environment string.
+MAX_ARG_STRLEN = 131072
+
+
+def _c_string(v: str, what: str) -> str:
+    """A string the init passes to execve: no NUL (C strings end there), not too long."""
+    if "\0" in v:
+        raise ValueError(f"{what} {validate.short(v)} contains a NUL byte")
+    if len(v.encode()) >= MAX_ARG_STRLEN:
+        raise ValueError(f"{what} of {len(v.encode())} bytes is longer than execve takes")
+    return v
 
 
 def _checked(fn: Callable[..., T], *args: object) -> T:
@@ -275,9 +286,17 @@ class Recipe(BaseModel):
     @field_validator("env")
     @classmethod
     def _env(cls, v: dict[str, str]) -> dict[str, str]:
-        for key in v:
+        for key, val in v.items():
             if not ENV_NAME_RE.match(key):
-                raise ValueError(f"invalid environment variable name {key!r}")
+                raise ValueError(f"invalid environment variable name {validate.short(key)}")
+            _c_string(f"{key}={val}", "environment setting")
+        return v
+
+    @field_validator("args")
+    @classmethod
+    def _args(cls, v: list[str]) -> list[str]:
+        for a in v:
+            _c_string(a, "argument")
         return v
 
     @field_validator("workdir")
@@ -455,11 +474,15 @@ def from_binary(
     memory: str = "128M",
 ) -> Recipe:
     """A recipe synthesized from a bare binary: ready when it accepts TCP on ``port``."""
-    path = Path(binary)
-    if not path.is_absolute():
-        path = path.absolute()
-    if not path.is_file():
-        raise NotFoundError(f"no binary {binary}")
+    try:
+        path = Path(binary)
+        if not path.is_absolute():
+            path = path.absolute()
+        found = path.is_file()
+    except (OSError, ValueError) as exc:  # a NUL byte, a name too long
+        raise UsageError(f"--binary {validate.short(binary)}: {exc}") from None
+    if not found:
+        raise NotFoundError(f"no binary {validate.short(binary)}")
     rec_name = name or re.sub(r"[^a-z0-9_.-]", "-", path.name.lower()).lstrip("-._")
     data: dict[str, Any] = {
         "name": rec_name,

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import click
+from rich.markup import escape
 
+from uniklab import validate
 from uniklab.bake import recipe as recipe_mod
 from uniklab.cli import common
 from uniklab.errors import UsageError
@@ -60,10 +62,11 @@ def bake(
         raise UsageError("give a RECIPE or --binary, not both")
     lab = common.lab(ctx)
     what = recipe or binary or ""
-    with common.err.status(f"baking {what}") as status:
+    shown = escape(validate.short(what, 200).strip("'"))  # user input: no markup, bounded
+    with common.err.status(f"baking {shown}") as status:
 
         def progress(msg: str) -> None:
-            status.update(f"{what}: {msg}")
+            status.update(f"{shown}: {escape(msg)}")
 
         if binary is None:
             result = lab.bake(what, tag=tag, kernel=kernel, progress=progress)

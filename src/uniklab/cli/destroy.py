@@ -28,6 +28,6 @@ def destroy(ctx: click.Context, names: tuple[str, ...], everything: bool) -> Non
             if len(names) == 1:
                 raise
             failed += 1
-            common.err.print(f"error: {exc}")
+            common.err.print(f"error: {exc}", markup=False)
     if failed:
         raise UniklabError(f"{failed} of {len(names)} could not be destroyed")

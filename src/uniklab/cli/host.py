@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import click
+from rich.markup import escape
 
+from uniklab import validate
 from uniklab.cli import common
 from uniklab.errors import UniklabError
 from uniklab.hosts.doctor import doctor as run_doctor
@@ -42,7 +44,7 @@ def add(
     """Add host NAME to the inventory."""
     if data is None and ssh:
         data = ssh.rpartition("@")[2]
-    kv = dict(item.split("=", 1) for item in labels if "=" in item)
+    kv = dict(validate.label_pair(item) for item in labels)
     h = common.lab(ctx).hosts.add(
         name=name,
         ssh=ssh,
@@ -117,7 +119,7 @@ def doctor(ctx: click.Context, name: str, bridge: str, as_json: bool) -> None:
     else:
         for c in checks:
             mark = "[green]ok[/green]  " if c.ok else "[red]FAIL[/red]"
-            common.out.print(f"{mark} {c.name}: {c.detail}", markup=True)
+            common.out.print(f"{mark} {escape(c.name)}: {escape(c.detail)}", markup=True)
             if not c.ok and c.fix:
                 common.out.print(f"       fix: {c.fix}", markup=False)
     failed = [c.name for c in checks if not c.ok]

@@ -8,6 +8,7 @@ import sys
 
 import click
 from rich.logging import RichHandler
+from rich.markup import escape
 
 from uniklab.cli import common
 from uniklab.cli.bake import bake
@@ -71,8 +72,21 @@ for command in (
     cli.add_command(command)
 
 
+MAX_ERROR_LINE = 500
+
+
+def one_line(message: str) -> str:
+    """An error message as one line of bounded length (inputs can be huge or multi-line)."""
+    text = " ".join(message.split("\n"))
+    if len(text) > MAX_ERROR_LINE:
+        text = f"{text[:MAX_ERROR_LINE]}... ({len(text) - MAX_ERROR_LINE} more characters)"
+    return text
+
+
 def _explain(exc: UniklabError) -> None:
-    common.err.print(f"[red]error:[/red] {exc}", markup=True, highlight=False)
+    # The message holds user input: escaped, so '[/red]' in a name is text, not markup.
+    line = escape(one_line(str(exc)))
+    common.err.print(f"[red]error:[/red] {line}", markup=True, highlight=False)
     if isinstance(exc, ProbeTimeoutError) and exc.console_tail:
         common.err.print("console tail:\n" + exc.console_tail, markup=False)
     if isinstance(exc, LaunchError) and exc.output:
@@ -92,7 +106,11 @@ def main(argv: list[str] | None = None) -> int:
         common.err.print("aborted")
         return 130
     except click.ClickException as exc:
-        exc.show()
+        # One line, like every other error (click's own form is a usage block).
+        hint = ""
+        if isinstance(exc, click.UsageError) and exc.ctx is not None:
+            hint = f" (see '{exc.ctx.command_path} --help')"
+        common.err.print(f"error: {one_line(exc.format_message())}{hint}", markup=False)
         return exc.exit_code
     except KeyboardInterrupt:
         common.err.print("interrupted")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import click
 
+from uniklab import validate
 from uniklab.cli import common
 
 
@@ -24,7 +25,7 @@ def ps(
     ctx: click.Context, show_all: bool, labels: tuple[str, ...], host: str | None, as_json: bool
 ) -> None:
     """List instances: Name ID Mem VCPUs State Time(s) Address Image Backend."""
-    want = dict(item.split("=", 1) for item in labels if "=" in item)
+    want = dict(validate.label_pair(item) for item in labels)
     views = common.lab(ctx).ps(labels=want)
     if host:
         common.lab(ctx).hosts.get(host)

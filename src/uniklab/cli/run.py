@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import click
+from rich.markup import escape
 
 from uniklab import validate
 from uniklab.cli import common
@@ -110,11 +111,13 @@ def run(
         publish=[validate.publish(p) for p in publish],
         env=dict(validate.env_pair(e) for e in env),
         args=list(args),
-        labels=dict(validate.env_pair(label) for label in labels),
+        labels=dict(validate.label_pair(label) for label in labels),
         wait=wait,
         timeout=timeout,
     )
-    status = f"starting {image}" + (" and waiting for it to be ready" if wait else "")
+    status = f"starting {escape(validate.short(image, 200))}" + (
+        " and waiting for it to be ready" if wait else ""
+    )
     with common.err.status(status):
         view = lab.run(image, opts)
     if as_json:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import click
+from rich.markup import escape
 
 from uniklab.api import Client
 from uniklab.cli import common
@@ -38,13 +39,13 @@ def test(ctx: click.Context, spec_file: Path, junit: Path | None) -> None:
         if case.outcome in ("failed", "error"):
             common.out.print(case.detail, markup=False)
 
-    with common.err.status(f"{suite}: starting") as status:
+    with common.err.status(f"{escape(str(suite))}: starting") as status:
         result = runner.run_spec(
             s,
             client,
             base=spec_file.resolve().parent,
             suite=suite,
-            progress=lambda msg: status.update(f"{suite}: {msg}"),
+            progress=lambda msg: status.update(escape(f"{suite}: {msg}")),
             result=show,
         )
     if junit:

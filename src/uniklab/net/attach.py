@@ -53,11 +53,34 @@ def parse_net_option(value: str) -> NicRequest:
     for opt in opts:
         key, sep, val = opt.partition("=")
         if not sep or key not in ("mac", "ip", "gw"):
-            raise UsageError(f"invalid --net option {opt!r}: use mac=, ip= or gw=")
+            raise UsageError(f"invalid --net option {validate.short(opt)}: use mac=, ip= or gw=")
         kv[key] = val
-    return NicRequest(
-        validate.name(name, "network name"), kv.get("mac"), kv.get("ip"), kv.get("gw")
-    )
+    return check_request(NicRequest(name, kv.get("mac"), kv.get("ip"), kv.get("gw")))
+
+
+def check_request(req: object) -> NicRequest:
+    """The syntax of a NIC request (name, MAC, address, gateway), before anything is looked up."""
+    if not isinstance(req, NicRequest):
+        raise UsageError(f"invalid NIC request {validate.short(req)}: a NicRequest or NET[,...]")
+    validate.name(req.network, "network name")
+    if req.mac is not None:
+        validate.mac(req.mac)
+    if req.ip is not None:
+        try:
+            if "/" in req.ip:
+                ipaddress.IPv4Interface(req.ip)
+            else:
+                ipaddress.IPv4Address(req.ip)
+        except ValueError:
+            raise UsageError(
+                f"invalid address {validate.short(req.ip)}: use e.g. 10.77.0.20/24"
+            ) from None
+    if req.gateway is not None:
+        try:
+            ipaddress.IPv4Address(req.gateway)
+        except ValueError:
+            raise UsageError(f"invalid gateway {validate.short(req.gateway)}") from None
+    return req
 
 
 def _static(req: NicRequest, net: NetworkRow) -> tuple[str | None, str | None]:

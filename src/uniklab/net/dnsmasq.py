@@ -83,8 +83,10 @@ def start(
     netns: str | None,
     executor: Executor = local,
 ) -> int:
+    files.rundir.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     files.rundir.mkdir(mode=0o700, parents=True, exist_ok=True)
-    files.leases.touch()
+    files.leases.touch(mode=0o600)
+    files.log.touch(mode=0o600)  # dnsmasq would make it 0640
     argv = ns.exec_prefix(netns) + build_argv(bridge, subnet, files)
     try:
         executor.run(argv, timeout=15)

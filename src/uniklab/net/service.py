@@ -78,15 +78,15 @@ class NetworkService:
     # -- create / rm ------------------------------------------------------------------
     def _validate(self, spec: NetworkSpec) -> tuple[str, ipaddress.IPv4Network | None]:
         validate.name(spec.name, "network name")
-        if spec.netns:
+        if spec.netns is not None:
             validate.name(spec.netns, "namespace name")
         bridge = (
             ifname(spec.bridge)
-            if spec.bridge
+            if spec.bridge is not None
             else f"ukb{short_hash(str(self.rundir))}-{spec.name}"[:15]
         )
         subnet = None
-        if spec.subnet:
+        if spec.subnet is not None:
             try:
                 subnet = ipaddress.IPv4Network(spec.subnet, strict=True)
             except ValueError as exc:

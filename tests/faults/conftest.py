@@ -1,0 +1,145 @@
+"""Fault-injection fixtures: a store with a baked Redis image, and a leak check that looks at
+everything uniklab can create (rows, files, processes, links, namespaces)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sqlite3
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from uniklab.lab import Lab
+from uniklab.paths import Paths
+
+
+def _netns() -> set[str]:
+    d = Path("/run/netns")
+    return set(os.listdir(d)) if d.is_dir() else set()
+
+
+def _links() -> set[str]:
+    return set(os.listdir("/sys/class/net"))
+
+
+def processes_mentioning(marker: str, names: tuple[str, ...] = ("qemu", "dnsmasq")) -> list[str]:
+    """Command lines of QEMU/dnsmasq processes that mention ``marker`` (a UNIKLAB_HOME)."""
+    found = []
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except OSError:
+            continue
+        if marker in cmd and any(n in cmd.split(" ", 1)[0] for n in names):
+            found.append(f"{pid} {cmd[:200]}")
+    return found
+
+
+@dataclass(frozen=True)
+class Baseline:
+    """What a home held before the faults: anything beyond it is a leak."""
+
+    home: Path
+    images: frozenset[str]  # entries of images/
+    image_rows: frozenset[tuple[str, str]]
+    links: frozenset[str]
+    netns: frozenset[str]
+
+    @classmethod
+    def take(cls, home: Path) -> Baseline:
+        with sqlite3.connect(home / "state.db") as db:
+            rows = frozenset(db.execute("SELECT name, tag FROM images").fetchall())
+        return cls(
+            home,
+            frozenset(os.listdir(home / "images")),
+            rows,
+            frozenset(_links()),
+            frozenset(_netns()),
+        )
+
+    def leaks(self) -> list[str]:
+        """Everything beyond the baseline, one line each (empty: nothing leaked)."""
+        out: list[str] = []
+        home = self.home
+        with sqlite3.connect(home / "state.db") as db:
+            for table in ("instances", "networks", "hosts"):
+                n = db.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
+                if n:
+                    out.append(f"{n} {table} row(s)")
+            rows = frozenset(db.execute("SELECT name, tag FROM images").fetchall())
+        if rows != self.image_rows:
+            out.append(f"image rows {sorted(rows ^ self.image_rows)}")
+        run = home / "run"
+        if run.exists() and os.listdir(run):
+            out.append(f"run/ holds {os.listdir(run)}")
+        net = home / "net"
+        if net.exists() and os.listdir(net):
+            out.append(f"net/ holds {os.listdir(net)}")
+        extra = set(os.listdir(home / "images")) ^ self.images
+        if extra:
+            out.append(f"images/ differs: {sorted(extra)}")
+        out += [f"process: {p}" for p in processes_mentioning(str(home))]
+        links = _links() ^ self.links
+        if links:
+            out.append(f"links changed: {sorted(links)}")
+        ns = _netns() ^ self.netns
+        if ns:
+            out.append(f"namespaces changed: {sorted(ns)}")
+        return out
+
+    def clean(self) -> None:
+        """Remove whatever a case leaked (so one leak is reported once, not by every case)."""
+        for line in processes_mentioning(str(self.home)):
+            os.kill(int(line.split()[0]), 9)
+        lab = Lab(Paths(self.home))
+        try:
+            for row in lab.store.instances():
+                lab.destroy(row.name)
+            for net in lab.store.networks():
+                lab.networks.rm(net.name, [])
+            for name, _doc in lab.store.hosts():
+                lab.store.delete_host(name)
+            for img in lab.store.images():
+                if (img.name, img.tag) not in self.image_rows:
+                    lab.store.delete_image(img.name, img.tag)
+        finally:
+            lab.close()
+        for entry in set(os.listdir(self.home / "images")) - self.images:
+            shutil.rmtree(self.home / "images" / entry, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def baked_home() -> Iterator[Path]:
+    """A UNIKLAB_HOME holding a baked Redis image (baking takes a few seconds)."""
+    path = Path(tempfile.mkdtemp(prefix="uklf-", dir="/tmp"))
+    lab = Lab(Paths(path))
+    try:
+        lab.bake("redis")
+    finally:
+        lab.close()
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture
+def fault_home(baked_home: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """A fresh home with the baked image (copied), set as UNIKLAB_HOME."""
+    path = Path(tempfile.mkdtemp(prefix="uklf-", dir="/tmp"))
+    for sub in ("images", "cache"):
+        shutil.copytree(baked_home / sub, path / sub, symlinks=True)
+    shutil.copy(baked_home / "state.db", path / "state.db")
+    monkeypatch.setenv("UNIKLAB_HOME", str(path))
+    yield path
+    for line in processes_mentioning(str(path)):
+        os.kill(int(line.split()[0]), 9)
+    shutil.rmtree(path, ignore_errors=True)
+
+
+# The real OpenSSH server of the SSH tests, for hosts that stop answering.
+from tests.hosts.conftest import sshd  # noqa: E402, F401
