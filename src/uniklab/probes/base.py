@@ -75,7 +75,9 @@ def wait(
     deadline = start + timeout
     last = "not tried"
     while True:
-        attempt_timeout = max(0.2, min(3.0, deadline - time.monotonic()))
+        # Short attempts: QEMU's user-mode forwarder accepts before the guest listens, and
+        # an attempt stuck on such a connection would hold readiness back by its timeout.
+        attempt_timeout = max(0.2, min(1.0, deadline - time.monotonic()))
         try:
             detail = _attempt(probe, endpoint(), attempt_timeout)
             return ProbeResult(True, detail, _ms(start))
