@@ -19,8 +19,12 @@ from uniklab.paths import Paths
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(45 * 60)]
 
 
+def _unpack(initrd: Path) -> bytes:
+    return subprocess.run(["gzip", "-dc", str(initrd)], capture_output=True, check=True).stdout
+
+
 def _initrd_names(initrd: Path) -> list[str]:
-    raw = subprocess.run(["lz4", "-dc", str(initrd)], capture_output=True, check=True).stdout
+    raw = _unpack(initrd)
     listing = subprocess.run(["cpio", "-it", "--quiet"], input=raw, capture_output=True, check=True)
     return listing.stdout.decode().split()
 
@@ -42,14 +46,14 @@ def test_specialised_kernel_serves_redis_in_48m() -> None:
         assert m.kernel.choice == f"specialised:microvm:{entry.key}"
         assert m.acpi is False and host.acpi is True
         assert m.kernel_size == entry.bzimage.stat().st_size
+        assert m.compression == "gzip" and host.compression == "lz4"
+        assert "rootfstype=ramfs" in m.cmdline and "rootfstype" not in host.cmdline
         assert lab.bake("redis", tag="small", kernel="specialised").cached
 
         names = _initrd_names(lab.images.initrd_path(m))
         assert not [n for n in names if n.endswith((".ko", ".ko.xz"))]
         doc_path = home / "image.json"
-        raw = subprocess.run(
-            ["lz4", "-dc", str(lab.images.initrd_path(m))], capture_output=True, check=True
-        ).stdout
+        raw = _unpack(lab.images.initrd_path(m))
         subprocess.run(
             ["cpio", "-i", "--quiet", "--to-stdout", "uniklab/image.json"],
             input=raw,
