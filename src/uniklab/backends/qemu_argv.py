@@ -48,6 +48,21 @@ def _opt(path: Path | str) -> str:
     return str(path).replace(",", ",,")
 
 
+def _runtime_args(files: RunFiles) -> list[str]:
+    """The runtime directory's part of a command line: console (socket + log), QMP, pid."""
+    return [
+        "-chardev",
+        f"socket,id=con0,path={_opt(files.console_sock)},server=on,wait=off,"
+        f"logfile={_opt(files.console_log)},logappend=on",
+        "-serial",
+        "chardev:con0",
+        "-qmp",
+        f"unix:{_opt(files.qmp)},server=on,wait=off",
+        "-pidfile",
+        str(files.pidfile),
+    ]
+
+
 def _netdev(index: int, nic: NicSpec, time_service: bool) -> list[str]:
     nid = f"n{index}"
     if nic.mode == "user":
@@ -99,15 +114,7 @@ def build_argv(
         str(spec.initrd),
         "-append",
         cmdline,
-        "-chardev",
-        f"socket,id=con0,path={_opt(files.console_sock)},server=on,wait=off,"
-        f"logfile={_opt(files.console_log)},logappend=on",
-        "-serial",
-        "chardev:con0",
-        "-qmp",
-        f"unix:{_opt(files.qmp)},server=on,wait=off",
-        "-pidfile",
-        str(files.pidfile),
+        *_runtime_args(files),
     ]
     for i, nic in enumerate(spec.nics):
         argv += _netdev(i, nic, spec.time_service)
@@ -176,15 +183,7 @@ def build_xenhost_argv(spec: XenHostSpec, *, daemonize: bool = True) -> list[str
         spec.xen_args,
         "-initrd",
         modules,
-        "-chardev",
-        f"socket,id=con0,path={_opt(files.console_sock)},server=on,wait=off,"
-        f"logfile={_opt(files.console_log)},logappend=on",
-        "-serial",
-        "chardev:con0",
-        "-qmp",
-        f"unix:{_opt(files.qmp)},server=on,wait=off",
-        "-pidfile",
-        str(files.pidfile),
+        *_runtime_args(files),
         "-netdev",
         f"user,id=n0,hostfwd=tcp:127.0.0.1:{spec.ssh_port}-:22",
         "-device",
