@@ -7,12 +7,12 @@ import json
 import os
 import shutil
 import subprocess
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from tests.conftest import copy_home, make_baked_home
 from uniklab.lab import Lab
 from uniklab.paths import Paths
 
@@ -37,10 +37,7 @@ def assert_nothing_left(home: Path) -> None:
 @pytest.fixture(scope="session")
 def image_home() -> Iterator[Path]:
     """A store holding a baked Redis image, shared by the session's tests."""
-    path = Path(tempfile.mkdtemp(prefix="ukl-img-", dir="/tmp"))
-    lab = Lab(Paths(path))
-    lab.bake("redis")
-    lab.close()
+    path = make_baked_home("ukl-img-")
     yield path
     shutil.rmtree(path, ignore_errors=True)
 
@@ -48,10 +45,7 @@ def image_home() -> Iterator[Path]:
 @pytest.fixture
 def lab_home(image_home: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     """A fresh UNIKLAB_HOME whose image store and image index come from image_home."""
-    path = Path(tempfile.mkdtemp(prefix="ukl-", dir="/tmp"))
-    for sub in ("images", "cache"):
-        shutil.copytree(image_home / sub, path / sub, symlinks=True)
-    shutil.copy(image_home / "state.db", path / "state.db")
+    path = copy_home(image_home, "ukl-")
     monkeypatch.setenv("UNIKLAB_HOME", str(path))
     yield path
     # A failed test must not leak either: undo what the store still records (instances,

@@ -6,13 +6,13 @@ from __future__ import annotations
 import os
 import shutil
 import sqlite3
-import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
+from tests.conftest import copy_home, make_baked_home
 from uniklab.lab import Lab
 from uniklab.paths import Paths
 
@@ -117,12 +117,7 @@ class Baseline:
 @pytest.fixture(scope="session")
 def baked_home() -> Iterator[Path]:
     """A UNIKLAB_HOME holding a baked Redis image (baking takes a few seconds)."""
-    path = Path(tempfile.mkdtemp(prefix="uklf-", dir="/tmp"))
-    lab = Lab(Paths(path))
-    try:
-        lab.bake("redis")
-    finally:
-        lab.close()
+    path = make_baked_home("uklf-")
     yield path
     shutil.rmtree(path, ignore_errors=True)
 
@@ -130,10 +125,7 @@ def baked_home() -> Iterator[Path]:
 @pytest.fixture
 def fault_home(baked_home: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     """A fresh home with the baked image (copied), set as UNIKLAB_HOME."""
-    path = Path(tempfile.mkdtemp(prefix="uklf-", dir="/tmp"))
-    for sub in ("images", "cache"):
-        shutil.copytree(baked_home / sub, path / sub, symlinks=True)
-    shutil.copy(baked_home / "state.db", path / "state.db")
+    path = copy_home(baked_home, "uklf-")
     monkeypatch.setenv("UNIKLAB_HOME", str(path))
     yield path
     for line in processes_mentioning(str(path)):

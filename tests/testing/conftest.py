@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import copy_home
 from tests.testing import fakes
 from uniklab.errors import UniklabError
 from uniklab.lab import Lab
@@ -40,10 +41,7 @@ def baked_home() -> Iterator[Path]:
 @pytest.fixture
 def home(baked_home: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     """A fresh UNIKLAB_HOME holding the baked image (and UNIKLAB_HOME set to it)."""
-    path = Path(tempfile.mkdtemp(prefix="ukt-", dir="/tmp"))
-    for sub in ("images", "cache"):
-        shutil.copytree(baked_home / sub, path / sub, symlinks=True)
-    shutil.copy(baked_home / "state.db", path / "state.db")
+    path = copy_home(baked_home, "ukt-")
     monkeypatch.setenv("UNIKLAB_HOME", str(path))
     yield path
     shutil.rmtree(path, ignore_errors=True)
