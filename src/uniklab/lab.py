@@ -33,7 +33,6 @@ from uniklab.backends.base import (
 from uniklab.backends.hostinfo import choose_accel, tsc_khz
 from uniklab.backends.process import matches as pid_matches
 from uniklab.backends.qemu import QemuBackend
-from uniklab.backends.qemu_argv import TIME_SERVICE
 from uniklab.backends.xen import XenBackend, xen_plan
 from uniklab.bake import baker, recipe
 from uniklab.bake.image import ImageStore, Manifest
@@ -227,21 +226,27 @@ class Lab:
         return Handle(pid=row.pid, runtime=row.runtime)
 
     # -- reconcile --------------------------------------------------------------------
-    def reconcile(self) -> None:
-        """Make the store tell the truth: dead guests, debris of killed commands."""
+    def reconcile(self) -> dict[int, Inspection]:
+        """Make the store tell the truth: dead guests, debris of killed commands.
+        Returns what it saw of each live guest, so a listing need not ask again."""
         self.images.sweep_staging()
         self.networks.reconcile()
+        seen: dict[int, Inspection] = {}
         for row in self.store.instances():
             if row.state == CREATING:
                 self._reconcile_creating(row)
             elif row.state == RUNNING:
                 backend = self.backend_of(row)
-                if not backend.inspect(self.handle(row)).alive:
+                insp = backend.inspect(self.handle(row))
+                if insp.alive:
+                    seen[row.id] = insp
+                else:
                     state, reason = exit_reason(backend.console(self.handle(row)))
                     log.info("instance %s is %s: %s", row.name, state, reason)
                     if state == CRASHED and self._restart(row, reason):
                         continue
                     self.store.update(row.id, state=state, exit_reason=reason)
+        return seen
 
     def _restart(self, row: InstanceRow, reason: str) -> bool:
         """Relaunch a crashed instance whose policy says so; False if it may not."""
@@ -455,7 +460,7 @@ class Lab:
                 mac = instance_mac(name, row.id)
                 guest_nics = [Nic(mac=mac)]
                 nic_specs = (NicSpec(mac=mac, mode="user", forwards=tuple(forwards)),)
-            timesrc = None if (planned or xen_nics) else ":".join(map(str, TIME_SERVICE))
+            timesrc = QemuBackend.time_source(nic_specs) if backend_name == "qemu" else None
             cfg = GuestConfig(name=name, args=app_args, env=env, net=guest_nics, timesrc=timesrc)
             try:
                 encoded = cfg.encode()
@@ -522,10 +527,10 @@ class Lab:
     def _new_name(self, image_name: str) -> str:
         return f"{image_name}-{secrets.token_hex(3)}"
 
-    def view(self, row: InstanceRow) -> InstanceView:
+    def view(self, row: InstanceRow, inspection: Inspection | None = None) -> InstanceView:
         insp = None
         if row.state == RUNNING:
-            insp = self.backend_of(row).inspect(self.handle(row))
+            insp = inspection or self.backend_of(row).inspect(self.handle(row))
             if (nics_of(row) or row.runtime.get("xen_nics")) and "address" not in row.runtime:
                 self.bridged_address(row, timeout=0)
                 row = self.store.instance_by_id(row.id)
@@ -563,13 +568,13 @@ class Lab:
     def ps(
         self, *, all: bool = True, labels: Mapping[str, str] | None = None
     ) -> list[InstanceView]:
-        self.reconcile()
+        seen = self.reconcile()
         rows = self.store.instances()
         if labels:
             rows = [r for r in rows if all_items_in(labels, r.labels)]
         if not all:
             rows = [r for r in rows if r.state == RUNNING]
-        return [self.view(r) for r in rows]
+        return [self.view(r, seen.get(r.id)) for r in rows]
 
     def _xen_address(self, row: InstanceRow, *, timeout: float) -> discover.Found | None:
         nic = row.runtime["xen_nics"][0]

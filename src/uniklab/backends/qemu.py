@@ -10,11 +10,12 @@ from __future__ import annotations
 import json
 import logging
 import shutil
+from collections.abc import Sequence
 from pathlib import Path
 
 from uniklab.backends import process, qmp
-from uniklab.backends.base import Handle, Inspection, InstanceSpec
-from uniklab.backends.qemu_argv import RunFiles, build_argv
+from uniklab.backends.base import Handle, Inspection, InstanceSpec, NicSpec
+from uniklab.backends.qemu_argv import TIME_SERVICE, RunFiles, build_argv
 from uniklab.errors import CommandError, LaunchError, UsageError
 from uniklab.executor import Executor, local
 from uniklab.net import netns
@@ -32,6 +33,14 @@ class QemuBackend:
         self.accel = accel
         self.tsc_khz = tsc_khz
         self.executor = executor
+
+    @staticmethod
+    def time_source(nics: Sequence[NicSpec]) -> str | None:
+        """Where a guest with these NICs reads the host's clock ("IP:PORT"), if anywhere:
+        the user-mode network's time service (see qemu_argv._netdev)."""
+        if nics and nics[0].mode == "user":
+            return "{}:{}".format(*TIME_SERVICE)
+        return None
 
     def create(self, spec: InstanceSpec) -> Handle:
         files = RunFiles(spec.rundir)
