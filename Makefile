@@ -8,7 +8,8 @@ APT_PACKAGES = qemu-system-x86 linux-image-amd64 redis-server redis-tools musl-t
                lz4 cpio kmod iproute2 dnsmasq-base procps python3-venv python3-pip \
                apache2 nginx memcached media-types apache2-utils dnsmasq-utils \
                openssh-server openssh-client \
-               linux-source-6.1 bc bison flex libelf-dev build-essential xz-utils
+               linux-source-6.1 bc bison flex libelf-dev build-essential xz-utils \
+               erofs-utils dpkg-dev
 
 .PHONY: deps venv demo test lint unit e2e bench clean
 

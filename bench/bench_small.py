@@ -1,10 +1,12 @@
-"""Small and fast: the Redis image with the host's Debian kernel against the same image with
-uniklab's specialised kernel, measured in one run.
+"""Small and fast: Redis images measured in one run, from the generic one (the host's Debian
+kernel, an initramfs, Debian's redis-server) to the smallest (uniklab's specialised kernel,
+a read-only erofs root, Redis built static from source: the ``redis-static`` recipe).
 
 Prints a table and writes PNG plots and bench/RESULTS.md: bake (cold, cached), image sizes,
 run→PONG, QEMU resident memory, the smallest guest memory that serves Redis (searched in
-small steps), then, for the specialised kernel, how many Redis guests run at once on this
-machine (each must still answer PING) and how long ``ps`` takes with 100 instances.
+small steps), the generic/smallest ratios, then, for the smallest image, how many Redis
+guests run at once on this machine (each must still answer PING) and how long ``ps`` takes
+with 100 instances.
 
     python bench/bench_small.py                 # everything (tens of minutes under TCG)
     python bench/bench_small.py --scale-max 0   # skip the many-instances run
@@ -19,7 +21,6 @@ live processes as it would 100 guests, without booting them.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import shlex
@@ -33,11 +34,9 @@ from pathlib import Path
 
 import redis
 
-from uniklab.backends.base import InstanceSpec, NicSpec
-from uniklab.backends.hostinfo import choose_accel, tsc_khz
-from uniklab.backends.qemu_argv import TIME_SERVICE, build_argv
+from uniklab.backends.hostinfo import choose_accel
+from uniklab.bake import recipe, source
 from uniklab.errors import UniklabError
-from uniklab.guest.config import GuestConfig, Nic
 from uniklab.kernel import build as kbuild
 from uniklab.lab import Lab, RunOptions
 from uniklab.paths import Paths
@@ -50,7 +49,9 @@ MB = 2**20
 @dataclass
 class Variant:
     label: str
+    recipe: str
     kernel: str  # what `uniklab bake --kernel` takes
+    root: str  # what `uniklab bake --root` takes
     tag: str
     memory_mb: int  # for the boot timings
     floor_range: tuple[int, int]  # (fails, serves) bounds for the floor search
@@ -128,12 +129,12 @@ def measure(v: Variant, boots: int, step: int) -> None:
     lab = Lab(Paths(home))
     try:
         t = time.monotonic()
-        m = lab.bake("redis", tag=v.tag, kernel=v.kernel).manifest
+        m = lab.bake(v.recipe, tag=v.tag, kernel=v.kernel, root=v.root).manifest
         cold = time.monotonic() - t
         t = time.monotonic()
-        lab.bake("redis", tag=v.tag, kernel=v.kernel)
+        lab.bake(v.recipe, tag=v.tag, kernel=v.kernel, root=v.root)
         cached = time.monotonic() - t
-        ref = f"redis:{v.tag}"
+        ref = f"{v.recipe}:{v.tag}"
         runs = [boot(lab, ref, v.memory_mb) for _ in range(boots)]
         ok = sorted(r[1] for r in runs if r[0])
         rss = max((r[2] for r in runs if r[0]), default=0)
@@ -163,138 +164,8 @@ def measure(v: Variant, boots: int, step: int) -> None:
         shutil.rmtree(home, ignore_errors=True)
 
 
-# -- the read-only block root (an experiment: `uniklab run` does not launch this yet) ------
-#
-# The baked initramfs's tree goes into an uncompressed erofs image on a read-only virtio
-# disk; the initrd handed to QEMU is an empty cpio, so the kernel finds no /init in it,
-# mounts root=/dev/vda and runs init=/init (the same guest init, unchanged: its mounts land
-# on directories the image already has; /etc/resolv.conf cannot be written, which only
-# matters with DNS servers configured).  The files are then page cache that the guest can
-# drop and re-read, not ramfs pages pinned for its whole life, which is what lowers the floor.
-BLOCK_CMDLINE = "root=/dev/vda rootfstype=erofs ro init=/init"
-
-
-def erofs_root(initrd: Path, compression: str, out: Path) -> float:
-    """Unpack ``initrd`` and write it as an erofs image; the seconds mkfs.erofs took."""
-    tree = out.with_suffix(".d")
-    tree.mkdir(parents=True)
-    unpack = {"lz4": ["lz4", "-dc"], "gzip": ["gzip", "-dc"], "none": ["cat"]}[compression]
-    raw = subprocess.run([*unpack, str(initrd)], capture_output=True, check=True).stdout
-    subprocess.run(["cpio", "-id", "--quiet"], input=raw, cwd=tree, check=True)
-    t = time.monotonic()
-    subprocess.run(["mkfs.erofs", str(out), str(tree)], capture_output=True, check=True)
-    took = time.monotonic() - t
-    shutil.rmtree(tree)
-    return took
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def block_boot(
-    kernel: Path, root: Path, memory_mb: int, rundir: Path, timeout: float = 30
-) -> tuple[bool, float, int]:
-    """Boot the kernel with ``root`` as its read-only root disk; (answered, s, QEMU RSS)."""
-    shutil.rmtree(rundir, ignore_errors=True)
-    rundir.mkdir(parents=True)
-    empty = rundir / "empty.cpio"
-    with empty.open("wb") as fh:
-        subprocess.run(["cpio", "-o", "-H", "newc", "--quiet"], input=b"", stdout=fh, check=True)
-    port, mac = _free_port(), "52:54:00:00:be:ef"
-    cfg = GuestConfig(name="block", net=[Nic(mac=mac)], timesrc=":".join(map(str, TIME_SERVICE)))
-    spec = InstanceSpec(
-        name="block",
-        kernel=kernel,
-        initrd=empty,
-        cmdline=f"reboot=t panic=-1 quiet {BLOCK_CMDLINE} {cfg.encode()}",
-        memory_mb=memory_mb,
-        vcpus=1,
-        rundir=rundir,
-        nics=(NicSpec(mac=mac, mode="user", forwards=((port, 6379),)),),
-        disks=(root,),
-        acpi=False,
-    )
-    argv = build_argv(spec, accel="tcg", tsc_khz=tsc_khz())
-    # Many guests share one image file: read-only, so QEMU's image lock lets them.
-    argv = [a.replace(",format=raw,if=none", ",format=raw,if=none,readonly=on") for a in argv]
-    start = time.monotonic()
-    pid = 0
-    try:
-        if subprocess.run(argv, capture_output=True).returncode != 0:
-            return False, 0.0, 0
-        pid = int((rundir / "qemu.pid").read_text())
-        while time.monotonic() - start < timeout:
-            # Short: QEMU's user-mode forward accepts before the guest listens, and a
-            # PING sent then waits for nothing until the timeout.
-            if _ping(port, timeout=0.25):
-                took = time.monotonic() - start
-                return True, took, _rss(pid)
-            if not Path(f"/proc/{pid}").exists():
-                break
-            time.sleep(0.02)
-        return False, 0.0, 0
-    finally:
-        if pid:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, 9)
-            while Path(f"/proc/{pid}").exists():
-                time.sleep(0.02)
-        shutil.rmtree(rundir, ignore_errors=True)
-
-
-def measure_block(v: Variant, boots: int, step: int) -> None:
-    home = Path(tempfile.mkdtemp(prefix="ukl-bb-", dir="/tmp"))
-    lab = Lab(Paths(home))
-    try:
-        t = time.monotonic()
-        m = lab.bake("redis", tag=v.tag, kernel=v.kernel).manifest
-        bake_s = time.monotonic() - t
-        kernel = lab.images.kernel_path(m)
-        root = home / "root.erofs"
-        mkfs_s = erofs_root(lab.images.initrd_path(m), m.compression, root)
-        t = time.monotonic()
-        lab.bake("redis", tag=v.tag, kernel=v.kernel)
-        cached = time.monotonic() - t
-        rundir = home / "r"
-        runs = [block_boot(kernel, root, v.memory_mb, rundir) for _ in range(boots)]
-        ok = sorted(r[1] for r in runs if r[0])
-        print(f"{v.label}: run→PONG {ok}", flush=True)
-        lo, hi = v.floor_range
-        if not block_boot(kernel, root, hi, rundir)[0]:
-            raise SystemExit(f"block root does not serve with {hi} MiB")
-        while hi - lo > step:
-            mid = (lo + hi) // 2 // step * step
-            served = block_boot(kernel, root, mid, rundir)[0]
-            print(f"  block root with {mid} MiB: {'serves' if served else 'fails'}", flush=True)
-            lo, hi = (lo, mid) if served else (mid, hi)
-        size = m.kernel_size + root.stat().st_size
-        v.results.update(
-            bake_cold_s=round(bake_s + mkfs_s, 3),
-            bake_cached_s=round(cached, 3),
-            kernel_mb=round(m.kernel_size / MB, 2),
-            root_mb=round(root.stat().st_size / MB, 2),
-            image_mb=round(size / MB, 2),
-            root_files=m.files,
-            acpi="False",
-            boots_ok=f"{len(ok)}/{boots}",
-            run_to_pong_s=round(ok[len(ok) // 2], 2) if ok else float("nan"),
-            run_to_pong_min_s=round(ok[0], 2) if ok else float("nan"),
-            qemu_rss_mb=round(max((r[2] for r in runs if r[0]), default=0) / MB, 1),
-            boot_memory_mb=v.memory_mb,
-            memory_floor_mb=hi,
-        )
-    finally:
-        lab.close()
-        shutil.rmtree(home, ignore_errors=True)
-
-
 def scale(
-    kernel: str, memory_mb: int, limit: int, budget_s: float, reserve_mb: int
+    v: Variant, memory_mb: int, limit: int, budget_s: float, reserve_mb: int
 ) -> dict[str, object]:
     """Start Redis guests one after another until ``limit``, the time budget, or free memory
     (MemAvailable below ``reserve_mb`` plus one guest) stops it; then PING every one."""
@@ -305,7 +176,7 @@ def scale(
     stop = "limit"
     t0 = time.monotonic()
     try:
-        lab.bake("redis", tag="small", kernel=kernel)
+        lab.bake(v.recipe, tag=v.tag, kernel=v.kernel, root=v.root)
         while len(started) < limit:
             if time.monotonic() - t0 > budget_s:
                 stop = "time budget"
@@ -316,7 +187,8 @@ def scale(
             name = f"s{len(started):03d}"
             try:
                 view = lab.run(
-                    "redis:small", RunOptions(name=name, memory=f"{memory_mb}M", timeout=120)
+                    f"{v.recipe}:{v.tag}",
+                    RunOptions(name=name, memory=f"{memory_mb}M", timeout=120),
                 )
             except UniklabError as exc:
                 stop = f"run failed: {exc}"
@@ -330,6 +202,7 @@ def scale(
             _rss(v.row.pid) for v in lab.ps() if v.row.pid and Path(f"/proc/{v.row.pid}").exists()
         ]
         return {
+            "image": f"{v.recipe}, {v.kernel} kernel, {v.root}",
             "memory_mb": memory_mb,
             "started": len(started),
             "answering": answering,
@@ -427,8 +300,30 @@ ROWS = [
 ]
 
 
+def ratios(generic: Variant, small: Variant) -> list[str]:
+    """generic / small for the headline figures, both measured in this run."""
+    out = []
+    for name, key in (
+        ("run → PONG", "run_to_pong_s"),
+        ("memory floor", "memory_floor_mb"),
+        ("image size", "image_mb"),
+        ("QEMU RSS", "qemu_rss_mb"),
+    ):
+        a, b = generic.results.get(key), small.results.get(key)
+        if isinstance(a, int | float) and isinstance(b, int | float) and b:
+            out.append(f"ratio {name}: {generic.label} / {small.label} = {a / b:.1f}x")
+    return out
+
+
 def table(variants: list[Variant]) -> str:
     head = f"| {'':36} | " + " | ".join(f"{v.label:>18}" for v in variants) + " |"
+    head += (
+        "\n| recipe, kernel, root                 | "
+        + " | ".join(
+            f"{v.recipe[:6]},{v.kernel[:5]},{v.root[:5]:>5}"[:18].rjust(18) for v in variants
+        )
+        + " |"
+    )
     sep = "|" + "-" * 38 + "|" + "|".join("-" * 20 for _ in variants) + "|"
     lines = [head, sep]
     for name, key in ROWS:
@@ -457,10 +352,10 @@ def plots(variants: list[Variant], sc: dict[str, object] | None, out: Path) -> l
     labels = [v.label.replace(" + ", "\n+ ") for v in variants]
     for ax, (title, key) in zip(axes.flat, panels, strict=True):
         vals = [float(v.results.get(key, 0) or 0) for v in variants]
-        bars = ax.bar(labels, vals, color=["#888888", "#2a7ab0", "#3a9a50"][: len(vals)])
+        bars = ax.bar(labels, vals, color=["#888888", "#2a7ab0", "#3a9a50", "#c08020"][: len(vals)])
         ax.bar_label(bars, fmt="%.3g")
         ax.set_title(title)
-    fig.suptitle("Redis: generic (host) kernel vs specialised kernel (initramfs, erofs root), TCG")
+    fig.suptitle("Redis: generic kernel vs specialised kernel, initramfs vs erofs root, TCG")
     fig.tight_layout()
     path = out / "small_vs_generic.png"
     fig.savefig(path, dpi=100)
@@ -481,7 +376,7 @@ def plots(variants: list[Variant], sc: dict[str, object] | None, out: Path) -> l
             label="host MemAvailable (MiB)",
         )
         ax2.set_ylabel("host MemAvailable (MiB)")
-        ax.set_title(f"Redis guests at {sc['memory_mb']} MiB each, specialised kernel, TCG")
+        ax.set_title(f"Redis guests at {sc['memory_mb']} MiB each ({sc['image']}), TCG")
         fig.tight_layout()
         path = out / "scale.png"
         fig.savefig(path, dpi=100)
@@ -522,25 +417,31 @@ def main() -> None:
         flush=True,
     )
 
+    t = time.monotonic()
+    static = recipe.load("redis-static")[0].build
+    assert static is not None
+    built_src = not source.build(static).is_file()
+    source_s = time.monotonic() - t
+    print(f"redis-static built from source in {source_s:.1f}s", flush=True)
+
     variants = [
-        Variant("generic (host)", "host", "generic", 128, (64, 192)),
-        Variant("specialised", "specialised", "small", 48, (32, 64)),
-        Variant("specialised + erofs", "specialised", "small", 32, (16, 48)),
+        Variant("generic (host)", "redis", "host", "initramfs", "generic", 128, (64, 192)),
+        Variant("specialised", "redis", "specialised", "initramfs", "small", 48, (32, 64)),
+        Variant("spec. + erofs", "redis", "specialised", "erofs", "erofs", 32, (16, 48)),
+        Variant("spec.+erofs+static", "redis-static", "specialised", "erofs", "s", 32, (16, 48)),
     ]
     if args.only:
         variants = [v for v in variants if v.tag == "generic" or args.only in v.label]
     for v in variants:
         print(f"measuring {v.label}...", flush=True)
-        if "erofs" in v.label:
-            measure_block(v, args.boots, args.step)
-        else:
-            measure(v, args.boots, args.step)
+        measure(v, args.boots, args.step)
     sc = None
     if args.scale_max > 0:
-        floor = int(variants[1].results["memory_floor_mb"])
+        smallest = variants[-1]
+        floor = int(smallest.results["memory_floor_mb"])
         mem = args.scale_memory or max(32, floor + 4)
         print(f"scale: up to {args.scale_max} guests at {mem} MiB...", flush=True)
-        sc = scale("specialised", mem, args.scale_max, args.scale_budget, args.reserve)
+        sc = scale(smallest, mem, args.scale_max, args.scale_budget, args.reserve)
     print("ps with 100 instances...", flush=True)
     ps = ps_latency()
 
@@ -548,8 +449,13 @@ def main() -> None:
     extra = [
         f"specialised kernel build (once per machine): "
         f"{f'{kernel_build_s:.0f} s' if built else 'cached'}, key {entry.key}, "
-        f"release {entry.release}"
+        f"release {entry.release}",
+        f"redis-static source build (once per machine, apt-get source + make): "
+        f"{f'{source_s:.0f} s' if built_src else 'cached'}",
+        "bake cold = a fresh UNIKLAB_HOME, with the machine-wide caches (kernel, source "
+        "build, guest init) warm",
     ]
+    extra += ratios(variants[0], variants[-1])
     if sc:
         extra.append(
             f"scale: {sc['started']} Redis guests at {sc['memory_mb']} MiB started in "

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from uniklab import buildcache
 from uniklab.errors import BakeError
 from uniklab.kernel import build as kbuild
 
@@ -75,7 +76,7 @@ def test_sweep_removes_dead_builders_dirs_only(tmp_path: Path) -> None:
 
     alive = tmp_path / f".tmp-{os.getpid()}-abcd"
     alive.mkdir()
-    kbuild.sweep(tmp_path)
+    buildcache.sweep(tmp_path)
     assert not dead.exists() and alive.exists()
 
 

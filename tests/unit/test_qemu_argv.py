@@ -59,3 +59,25 @@ def test_tap_nic() -> None:
     assert "tap,id=n0,ifname=ukt1,script=no,downscript=no" in argv
     assert "virtio-net-device,netdev=n0,mac=00:11:22:33:44:55" in argv
     assert "-daemonize" not in argv
+
+
+def test_root_disk_is_first_and_read_only_and_there_is_no_initrd() -> None:
+    spec = InstanceSpec(
+        name="r3",
+        kernel=Path("/k"),
+        initrd=None,
+        cmdline="root=/dev/vda rootfstype=erofs ro init=/init",
+        memory_mb=32,
+        vcpus=1,
+        rundir=Path("/r"),
+        disks=(Path("/data.img"),),
+        root_disk=Path("/images/x/root.erofs"),
+        acpi=False,
+    )
+    argv = build_argv(spec, accel="tcg", tsc_khz=None, daemonize=False)
+    assert "-initrd" not in argv
+    drives = [argv[i + 1] for i, a in enumerate(argv) if a == "-drive"]
+    assert drives == [
+        "id=d0,file=/images/x/root.erofs,format=raw,if=none,readonly=on",
+        "id=d1,file=/data.img,format=raw,if=none",
+    ]

@@ -217,3 +217,34 @@ def test_missing_binary_names_the_package(tmp_path: Path) -> None:
         BakeError, match=r"binary /nonexistent/bin/x not found .*apt-get install xpkg"
     ):
         baker._resolve(r, None, tmp_path, "gzip")
+
+
+BUILD = '[build]\ndebian_source = "redis"\ncommand = ["make"]\noutput = "src/redis-server"\n'
+
+
+def test_builtin_static_redis_is_built_from_source() -> None:
+    r, _ = recipe.load("redis-static")
+    assert r.binary is None and r.build is not None
+    assert r.build.debian_source == "redis" and r.build.compiler == "musl-gcc"
+    assert r.image_binary_path == "/bin/redis-server" and r.installed()
+
+
+@pytest.mark.parametrize(
+    "text,needle",
+    [
+        ('name = "x"\nbinary = "/bin/true"\n' + BUILD, "exactly one of binary"),
+        ('name = "x"\n' + BUILD.replace('"redis"', '"Redis;rm"'), "source package"),
+        ('name = "x"\n' + BUILD.replace('["make"]', "[]"), "non-empty argv"),
+        ('name = "x"\n' + BUILD.replace('["make"]', '[""]'), "non-empty argv"),
+        ('name = "x"\n' + BUILD.replace('"src/redis-server"', '"../x"'), "inside the source"),
+        ('name = "x"\n' + BUILD.replace('"src/redis-server"', '"/usr/bin/x"'), "inside the"),
+        ('name = "x"\n' + BUILD.replace('"src/redis-server"', '""'), "inside the source"),
+        ('name = "x"\n' + BUILD + 'compiler = "gcc; id"\n', "compiler"),
+        ('name = "x"\n' + BUILD + "jobs = 3\n", "unknown key"),
+    ],
+)
+def test_bad_build_sections(text: str, needle: str, tmp_path: Path) -> None:
+    path = tmp_path / "r.toml"
+    path.write_text(text)
+    with pytest.raises(BakeError, match=re.escape(needle)):
+        recipe.load(str(path))

@@ -27,13 +27,14 @@ class InstanceSpec:
 
     name: str
     kernel: Path
-    initrd: Path
+    initrd: Path | None  # None with a root disk
     cmdline: str
     memory_mb: int
     vcpus: int
     rundir: Path
     nics: tuple[NicSpec, ...] = ()
     disks: tuple[Path, ...] = ()
+    root_disk: Path | None = None  # a read-only root (erofs), the guest's first disk
     netns: str | None = None  # run the hypervisor inside this network namespace
     # Firmware tables: a kernel without VIRTIO_MMIO_CMDLINE_DEVICES (Debian's) finds
     # virtio-mmio devices only through ACPI; a specialised kernel boots faster without.
@@ -46,7 +47,8 @@ def spec_to_json(spec: InstanceSpec) -> dict[str, object]:
     return {
         "name": spec.name,
         "kernel": str(spec.kernel),
-        "initrd": str(spec.initrd),
+        "initrd": None if spec.initrd is None else str(spec.initrd),
+        "root_disk": None if spec.root_disk is None else str(spec.root_disk),
         "cmdline": spec.cmdline,
         "memory_mb": spec.memory_mb,
         "vcpus": spec.vcpus,
@@ -72,7 +74,8 @@ def spec_from_json(d: dict[str, Any]) -> InstanceSpec:
     return InstanceSpec(
         name=d["name"],
         kernel=Path(d["kernel"]),
-        initrd=Path(d["initrd"]),
+        initrd=None if d["initrd"] is None else Path(d["initrd"]),
+        root_disk=Path(d["root_disk"]) if d.get("root_disk") else None,
         cmdline=d["cmdline"],
         memory_mb=int(d["memory_mb"]),
         vcpus=int(d["vcpus"]),

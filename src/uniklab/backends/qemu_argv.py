@@ -110,18 +110,22 @@ def build_argv(
         "-no-reboot",
         "-kernel",
         str(spec.kernel),
-        "-initrd",
-        str(spec.initrd),
+        *(["-initrd", str(spec.initrd)] if spec.initrd is not None else []),
         "-append",
         cmdline,
         *_runtime_args(files),
     ]
     for i, nic in enumerate(spec.nics):
         argv += _netdev(i, nic, spec.time_service)
-    for i, disk in enumerate(spec.disks):
+    # The root disk comes first (/dev/vda); read-only, so every guest of an image shares
+    # the image's own file (QEMU's lock allows many readers).
+    disks = [(spec.root_disk, True)] if spec.root_disk is not None else []
+    disks += [(d, False) for d in spec.disks]
+    for i, (disk, readonly) in enumerate(disks):
+        ro = ",readonly=on" if readonly else ""
         argv += [
             "-drive",
-            f"id=d{i},file={_opt(disk)},format=raw,if=none",
+            f"id=d{i},file={_opt(disk)},format=raw,if=none{ro}",
             "-device",
             f"virtio-blk-device,drive=d{i}",
         ]

@@ -1,12 +1,15 @@
-"""Baking: a recipe (or a binary) becomes a kernel + initramfs image in the store.
+"""Baking: a recipe (or a binary) becomes a kernel + root image in the store.
 
-The initramfs holds only the application, the libraries its ELF headers name (and those
-the recipe says it dlopens), the kernel modules it needs in load order, a tiny static
-init, and ``/uniklab/image.json`` telling the init what to run.
+The root holds only the application, the libraries its ELF headers name (and those the
+recipe says it dlopens), the kernel modules it needs in load order, a tiny static init,
+and ``/uniklab/image.json`` telling the init what to run.  It is an initramfs (any
+kernel, QEMU and Xen) or a read-only erofs disk (a kernel with erofs and virtio-blk built
+in: the specialised one; QEMU), see ``uniklab.bake.erofs``.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -16,19 +19,24 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from uniklab import faults
-from uniklab.bake import cpio, elf, kmod
+from uniklab import buildcache, faults, statcache
+from uniklab.bake import cpio, elf, erofs, kmod, source
 from uniklab.bake.image import ImageStore, KernelInfo, Manifest
 from uniklab.bake.kernel import HOST, KernelChoice, choose_kernel
 from uniklab.bake.recipe import Recipe, builtin_dir
-from uniklab.digest import sha256_file
-from uniklab.errors import BakeError
+from uniklab.digest import sha256_known
+from uniklab.errors import BakeError, UsageError
 from uniklab.guest.build import build_init
 
 log = logging.getLogger(__name__)
 
 # Bump when the image layout changes, so old cached images are not reused.
-FORMAT = 3
+FORMAT = 4
+INITRAMFS = "initramfs"
+EROFS = "erofs"
+ROOTS = (INITRAMFS, EROFS)
+# The kernel mounts a disk root itself; its device is the first virtio-blk disk.
+EROFS_CMDLINE = "root=/dev/vda rootfstype=erofs ro init=/init"
 # What every image needs to reach the network on QEMU's microvm (virtio-mmio).
 # The same image boots on both backends: virtio for QEMU's microvm, netfront for Xen PV
 # (each driver refuses to load where its bus is absent, and the init only warns).
@@ -64,28 +72,31 @@ class _Inputs:
     libs: dict[PurePosixPath, Path]
     modules: list[kmod.KernelModule]
     init: Path
-    compression: str
+    compression: str = ""  # set by _choose_compression
+    root: str = ""  # set by _choose_root
 
     def digest(self) -> str:
         h = hashlib.sha256()
         doc = {
             "format": FORMAT,
             "recipe": self.recipe.model_dump(mode="json"),
-            "binary": sha256_file(self.binary),
-            "kernel": sha256_file(self.kernel.path),
+            "binary": sha256_known(self.binary),
+            "kernel": sha256_known(self.kernel.path),
             "kernel_choice": self.kernel.label,
-            "init": sha256_file(self.init),
-            "libs": {str(k): sha256_file(v) for k, v in sorted(self.libs.items())},
-            "modules": [(str(m.image_path), sha256_file(m.source)) for m in self.modules],
+            "init": sha256_known(self.init),
+            "libs": {str(k): sha256_known(v) for k, v in sorted(self.libs.items())},
+            "modules": [(str(m.image_path), sha256_known(m.source)) for m in self.modules],
             "files": [self._file_digest(f.src, f.content) for f in self.recipe.files],
             "compression": self.compression,
+            "root": self.root,
         }
         h.update(json.dumps(doc, sort_keys=True).encode())
+        statcache.save()
         return "sha256:" + h.hexdigest()
 
     def _file_digest(self, src: str | None, content: str | None) -> str:
         if src is not None:
-            return sha256_file(self.resolve_src(src))
+            return sha256_known(self.resolve_src(src))
         return hashlib.sha256((content or "").encode()).hexdigest()
 
     def resolve_src(self, src: str) -> Path:
@@ -109,15 +120,19 @@ def _resolve(
     recipe: Recipe,
     recipe_dir: Path | None,
     cache: Path,
-    compression: str,
     kernel_spec: str = HOST,
     say: Progress | None = None,
 ) -> _Inputs:
-    binary = Path(recipe.binary)
-    if not binary.exists():
-        hint = f" (install the Debian package: apt-get install {recipe.package})"
-        raise BakeError(f"{recipe.name}: binary {binary} not found{hint if recipe.package else ''}")
-    binary = binary.resolve()
+    if recipe.build is not None:
+        binary = source.build(recipe.build, progress=say)
+    else:
+        binary = Path(recipe.binary or "")
+        if not binary.exists():
+            hint = f" (install the Debian package: apt-get install {recipe.package})"
+            raise BakeError(
+                f"{recipe.name}: binary {binary} not found{hint if recipe.package else ''}"
+            )
+        binary = binary.resolve()
     kernel = choose_kernel(kernel_spec, progress=say)
     modules: list[kmod.KernelModule] = []
     if kernel.wants_modules:
@@ -132,11 +147,43 @@ def _resolve(
         extra = [lib for lib in GLIBC_DLOPENS if not any(p.name == lib for p in libs)]
         if extra:
             libs = elf.elf_closure([binary], extra_libs=[*recipe.libs, *extra])
-    init = build_init(cache)
-    return _Inputs(recipe, recipe_dir, binary, kernel, libs, modules, init, compression)
+    # Machine-wide, like kernels and source builds: a fresh UNIKLAB_HOME bakes without
+    # compiling the init again.
+    init = build_init(buildcache.root("init", "UNIKLAB_INIT_CACHE"))
+    return _Inputs(recipe, recipe_dir, binary, kernel, libs, modules, init)
 
 
-def _cmdline(kernel: KernelChoice) -> str:
+def _choose_root(root: str | None, kernel: KernelChoice) -> str:
+    """erofs where the kernel mounts it without modules (it lowers the memory floor and the
+    boot time: bench_small.py), an initramfs otherwise."""
+    if root is None:
+        return EROFS if kernel.kind != HOST and kernel.boots_erofs else INITRAMFS
+    unfit = kernel.kind == HOST or (kernel.config is not None and not kernel.boots_erofs)
+    if root == EROFS and unfit:
+        raise UsageError(
+            f"--root erofs needs a kernel with erofs and virtio-blk built in, not {kernel.label}"
+            " (use --kernel specialised)"
+        )
+    return root
+
+
+def _choose_compression(compression: str | None, root: str, kernel: KernelChoice) -> str:
+    if root == EROFS:
+        # erofs compresses with lz4 (high compression) or not at all.
+        if compression not in (None, "lz4", "none"):
+            raise UsageError(f"an erofs root is compressed with lz4 or none, not {compression}")
+        return compression or "lz4"
+    if compression is None:
+        # A small guest holds the compressed initrd and the unpacked root at once while it
+        # boots: gzip's 2.8 MB less is what lets a specialised kernel serve Redis in 48 MB
+        # (lz4 needs ~64 MB), and under TCG it boots as fast (measured: bench_small.py).
+        return cpio.DEFAULT_COMPRESSION if kernel.kind == HOST else "gzip"
+    return compression
+
+
+def _cmdline(kernel: KernelChoice, root: str) -> str:
+    if root == EROFS:
+        return f"{BASE_CMDLINE} {EROFS_CMDLINE}"
     if kernel.kind == HOST:
         return BASE_CMDLINE
     # With CONFIG_TMPFS the initramfs is unpacked into a tmpfs capped at half the RAM the
@@ -145,7 +192,8 @@ def _cmdline(kernel: KernelChoice) -> str:
     return f"{BASE_CMDLINE} rootfstype=ramfs"
 
 
-def _initramfs(inp: _Inputs) -> tuple[bytes, int]:
+def _archive(inp: _Inputs) -> tuple[cpio.CpioArchive, int]:
+    """The image's tree (as a cpio archive) and its number of files."""
     arc = cpio.CpioArchive()
     for d in ("/dev", "/proc", "/sys", "/tmp", "/run", "/etc", "/bin", "/uniklab"):
         arc.add_dir(d)
@@ -172,15 +220,41 @@ def _initramfs(inp: _Inputs) -> tuple[bytes, int]:
     arc.add_file("/etc/passwd", rec.passwd().encode())
     arc.add_file("/etc/group", rec.group().encode())
     arc.add_file("/etc/nsswitch.conf", NSSWITCH)
+    # The init writes the DHCP server's resolvers here; /run is a tmpfs on every root.
+    arc.add_symlink("/etc/resolv.conf", "/run/resolv.conf")
     image_doc = {
         "entrypoint": [inp.recipe.image_binary_path, *inp.recipe.args],
         "env": {"HOME": "/", "PATH": "/bin:/usr/bin", **inp.recipe.env},
         "workdir": inp.recipe.workdir,
         "modules": [str(m.image_path) for m in inp.modules],
+        # On a read-only root, the directories an app writes in get a tmpfs each.
+        "tmpfs": [d.path for d in rec.dirs] if inp.root == EROFS else [],
     }
     arc.add_file("/uniklab/image.json", json.dumps(image_doc, indent=1).encode())
     files = 2 + len(inp.libs) + len(inp.modules) + len(rec.files) + (rec.page is not None)
-    return cpio.compress(arc.to_bytes(), inp.compression), files  # type: ignore[arg-type]
+    return arc, files
+
+
+def _check_writable(rec: Recipe) -> None:
+    """A file baked below a directory that becomes a tmpfs would be hidden at boot."""
+    for f in rec.files:
+        for d in rec.dirs:
+            if PurePosixPath(f.dest).is_relative_to(d.path):
+                raise BakeError(
+                    f"{rec.name}: file {f.dest} is inside {d.path}, which is a writable tmpfs on "
+                    "a read-only root: bake with --root initramfs, or move the file"
+                )
+
+
+def _write_root(inp: _Inputs, staging: Path) -> tuple[str, int, int]:
+    """Write the root file into ``staging``: (its name, its size, the image's file count)."""
+    arc, files = _archive(inp)
+    if inp.root == EROFS:
+        comp: erofs.ErofsCompression = "none" if inp.compression == "none" else "lz4hc"
+        return "root.erofs", erofs.make_erofs(arc, staging / "root.erofs", comp), files
+    initrd = cpio.compress(arc.to_bytes(), inp.compression)  # type: ignore[arg-type]
+    (staging / "initrd").write_bytes(initrd)
+    return "initrd", len(initrd), files
 
 
 def bake(
@@ -192,22 +266,26 @@ def bake(
     tag: str = "latest",
     compression: str | None = None,
     kernel: str = HOST,
+    root: str | None = None,
     progress: Progress | None = None,
 ) -> BakeResult:
     """Bake ``recipe`` into the store; reuse the stored image when the inputs are the same.
 
     ``kernel`` is ``host``, ``specialised[:PROFILE]`` or a kernel file (see
-    ``uniklab.bake.kernel.choose_kernel``).
+    ``uniklab.bake.kernel.choose_kernel``); ``root`` is ``initramfs`` or ``erofs`` (by
+    default erofs when the kernel can mount it, see ``_choose_root``).
     """
     say = progress or (lambda _msg: None)
     start = time.monotonic()
     say("resolving inputs")
-    if compression is None:
-        # A small guest holds the compressed initrd and the unpacked root at once while it
-        # boots: gzip's 2.8 MB less is what lets a specialised kernel serve Redis in 48 MB
-        # (lz4 needs ~64 MB), and under TCG it boots as fast (measured: bench_small.py).
-        compression = cpio.DEFAULT_COMPRESSION if kernel == HOST else "gzip"
-    inp = _resolve(recipe, recipe_dir, cache, compression, kernel, say)
+    if root is not None and root not in ROOTS:
+        raise UsageError(f"invalid root {root!r}: use {' or '.join(ROOTS)}")
+    inp = _resolve(recipe, recipe_dir, cache, kernel, say)
+    root_kind = _choose_root(root, inp.kernel)
+    if root_kind == EROFS:
+        _check_writable(recipe)
+    comp = _choose_compression(compression, root_kind, inp.kernel)
+    inp = dataclasses.replace(inp, root=root_kind, compression=comp)
     digest = inp.digest()
     if store.has(digest):
         m = store.manifest(digest)
@@ -215,11 +293,10 @@ def bake(
             m = m.model_copy(update={"name": recipe.name, "tag": tag})
         return BakeResult(m, True, time.monotonic() - start)
 
-    say("writing initramfs")
+    say(f"writing the {inp.root} root")
     staging = store.staging()
     try:
-        initrd, files = _initramfs(inp)
-        (staging / "initrd").write_bytes(initrd)
+        root_file, root_size, files = _write_root(inp, staging)
         faults.point("bake.after_initrd")
         kernel_bytes = inp.kernel.path.read_bytes()
         (staging / "kernel").write_bytes(kernel_bytes)
@@ -231,12 +308,14 @@ def bake(
             kernel=KernelInfo(
                 release=inp.kernel.release, source=str(inp.kernel.path), choice=inp.kernel.label
             ),
-            platforms=inp.kernel.platforms,
+            kind=f"linux-{inp.root}",
+            platforms=["qemu"] if inp.root == EROFS else inp.kernel.platforms,
+            initrd=root_file,
             compression=inp.compression,
-            size=len(initrd) + len(kernel_bytes),
+            size=root_size + len(kernel_bytes),
             kernel_size=len(kernel_bytes),
-            initrd_size=len(initrd),
-            cmdline=_cmdline(inp.kernel),
+            initrd_size=root_size,
+            cmdline=_cmdline(inp.kernel, inp.root),
             acpi=inp.kernel.acpi,
             entrypoint=[recipe.image_binary_path, *recipe.args],
             ports=recipe.ports,

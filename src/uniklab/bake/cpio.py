@@ -145,6 +145,11 @@ class CpioArchive:
         elif not existing.same_as(entry):
             raise BakeError(f"/{path}: already in the image with different content or mode")
 
+    def entries(self) -> Iterator[tuple[PurePosixPath, int, bytes, tuple[int, int]]]:
+        """(relative path, st_mode, content or symlink target, rdev), parents first."""
+        for path, entry in self._sorted():
+            yield path, entry.mode, entry.data, entry.rdev
+
     def _sorted(self) -> list[tuple[PurePosixPath, _Entry]]:
         # Sorting by components puts each directory right before its contents.
         return sorted(self._entries.items(), key=lambda item: item[0].parts)

@@ -6,6 +6,8 @@ there, so the bake can copy libraries and the interpreter next to the applicatio
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import glob
 import logging
 import os
@@ -14,12 +16,14 @@ from collections import deque
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
+from typing import Any
 
 from elftools.common.exceptions import ELFError
 from elftools.elf.dynamic import DynamicSection, DynamicSegment
 from elftools.elf.elffile import ELFFile
 from elftools.elf.segments import InterpSegment
 
+from uniklab import statcache
 from uniklab.errors import BakeError
 
 log = logging.getLogger(__name__)
@@ -69,7 +73,22 @@ class ElfInfo:
 
 
 def elf_info(path: Path) -> ElfInfo:
-    """Read the ELF headers of ``path`` (symlinks followed); ``is_elf`` is False for other files."""
+    """Read the ELF headers of ``path`` (symlinks followed); ``is_elf`` is False for other files.
+
+    Remembered while the file is unchanged (``uniklab.statcache``)."""
+    known = statcache.get(path, "elf")
+    if isinstance(known, dict):
+        fields: dict[str, Any] = {
+            k: tuple(v) if isinstance(v, list) else v for k, v in known.items()
+        }
+        with contextlib.suppress(TypeError):
+            return ElfInfo(**fields)
+    info = _read_info(path)
+    statcache.put(path, "elf", dataclasses.asdict(info))
+    return info
+
+
+def _read_info(path: Path) -> ElfInfo:
     try:
         with open(path, "rb") as f:
             if f.read(4) != _ELF_MAGIC:
@@ -129,16 +148,12 @@ def _parse(elf: ELFFile) -> ElfInfo:
 
 
 def _header_arch(path: Path) -> tuple[int, str] | None:
-    """Class and machine of an ELF file, read cheaply; None if it is not a readable ELF."""
+    """Class and machine of an ELF file; None if it is not a readable ELF."""
     try:
-        with open(path, "rb") as f:
-            if f.read(4) != _ELF_MAGIC:
-                return None
-            f.seek(0)
-            elf = ELFFile(f)
-            return elf.elfclass, str(elf["e_machine"])
-    except (OSError, ELFError, struct.error, ValueError):
+        info = elf_info(path)
+    except BakeError:
         return None
+    return (info.elf_class, info.machine) if info.is_elf else None
 
 
 @dataclass
@@ -325,6 +340,7 @@ def elf_closure(
             _add(result, image, src)
     if extra_libs and not binaries:
         raise BakeError("extra libraries need at least one binary to set the architecture")
+    statcache.save()
     return result
 
 

@@ -36,13 +36,13 @@ class Manifest(BaseModel):
     name: str
     tag: str
     digest: str
-    kind: str = "linux-initramfs"
+    kind: str = "linux-initramfs"  # or linux-erofs: a read-only root disk
     platforms: list[str] = Field(default_factory=lambda: ["qemu", "xen"])
     created: float
     kernel: KernelInfo
-    initrd: str = "initrd"
+    initrd: str = "initrd"  # the root's file: the initramfs, or the erofs disk
     compression: str
-    size: int  # kernel + initrd, bytes
+    size: int  # kernel + root, bytes
     kernel_size: int
     initrd_size: int
     cmdline: str
@@ -57,6 +57,15 @@ class Manifest(BaseModel):
     @property
     def ref(self) -> str:
         return f"{self.name}:{self.tag}"
+
+    @property
+    def root_kind(self) -> str:
+        """initramfs or erofs."""
+        return self.kind.removeprefix("linux-")
+
+    @property
+    def block_root(self) -> bool:
+        return self.root_kind == "erofs"
 
     @property
     def short_digest(self) -> str:

@@ -80,6 +80,14 @@ class KernelChoice:
         return not has_option(self.config, "CONFIG_VIRTIO_MMIO_CMDLINE_DEVICES")
 
     @property
+    def boots_erofs(self) -> bool:
+        """Whether the kernel mounts an erofs root on a virtio disk with no module loaded."""
+        return self.config is not None and all(
+            has_option(self.config, sym)
+            for sym in ("CONFIG_EROFS_FS", "CONFIG_EROFS_FS_ZIP", "CONFIG_VIRTIO_BLK")
+        )
+
+    @property
     def platforms(self) -> list[str]:
         if self.kind == HOST or self.config is None:
             return ["qemu", "xen"]

@@ -226,12 +226,59 @@ class GroupSpec(BaseModel):
         return v
 
 
+class BuildSpec(BaseModel):
+    """Build the app from a Debian source package (see ``uniklab.bake.source``).
+
+    ``command`` runs in the unpacked source (an argv list, no shell; ``{jobs}`` becomes the
+    number of CPUs) and must leave ``output``, a path relative to the source tree.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    debian_source: str
+    command: list[str]
+    output: str
+    compiler: str = "musl-gcc"  # its version is part of the build's cache key
+
+    @field_validator("debian_source")
+    @classmethod
+    def _source(cls, v: str) -> str:
+        if not re.match(r"^[a-z0-9][a-z0-9+.-]+$", v):
+            raise ValueError(f"invalid Debian source package name {v!r}")
+        return v
+
+    @field_validator("command")
+    @classmethod
+    def _command(cls, v: list[str]) -> list[str]:
+        if not v or not v[0]:
+            raise ValueError("build command must be a non-empty argv list")
+        for a in v:
+            _c_string(a, "build argument")
+        return v
+
+    @field_validator("output")
+    @classmethod
+    def _output(cls, v: str) -> str:
+        p = PurePosixPath(v)
+        if not v or p.is_absolute() or ".." in p.parts or "\0" in v or p.name in ("", "."):
+            raise ValueError(f"build output must be a file path inside the source tree: {v!r}")
+        return str(p)
+
+    @field_validator("compiler")
+    @classmethod
+    def _compiler(cls, v: str) -> str:
+        if not re.match(r"^[A-Za-z0-9_.+-]+$", v):
+            raise ValueError(f"invalid compiler name {v!r}")
+        return v
+
+
 class Recipe(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     name: str
     description: str = ""
-    binary: str
+    binary: str | None = None  # a host binary, or:
+    build: BuildSpec | None = None  # built from source
     install_as: str | None = None
     package: str | None = None  # Debian package that provides the binary, for hints
     args: list[str] = Field(default_factory=list)
@@ -265,7 +312,9 @@ class Recipe(BaseModel):
 
     @field_validator("binary")
     @classmethod
-    def _binary(cls, v: str) -> str:
+    def _binary(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
         p = PurePosixPath(v)
         if not p.is_absolute() or ".." in p.parts:
             raise ValueError(f"binary must be an absolute host path: {v!r}")
@@ -355,6 +404,8 @@ class Recipe(BaseModel):
 
     @model_validator(mode="after")
     def _consistent(self) -> Recipe:
+        if (self.binary is None) == (self.build is None):
+            raise ValueError("give exactly one of binary (a host path) or [build]")
         if self.probe.kind != "console":
             port = self.probe_port
             if port is None:
@@ -395,7 +446,18 @@ class Recipe(BaseModel):
 
     @property
     def image_binary_path(self) -> str:
-        return self.install_as or f"/bin/{PurePosixPath(self.binary).name}"
+        return self.install_as or f"/bin/{PurePosixPath(self.source_path).name}"
+
+    @property
+    def source_path(self) -> str:
+        """The host binary, or the build's output path in its source tree."""
+        if self.build is not None:
+            return self.build.output
+        return self.binary or ""
+
+    def installed(self) -> bool:
+        """Whether the host has what baking needs (a build from source fetches it)."""
+        return self.binary is None or Path(self.binary).exists()
 
     @property
     def probe_port(self) -> int | None:

@@ -35,6 +35,12 @@ from uniklab.errors import UsageError
     help="The kernel: the host's (with its modules), uniklab's specialised build "
     "(built once per machine: minutes; see 'uniklab kernel build'), or a kernel file.",
 )
+@click.option(
+    "--root",
+    type=click.Choice(["initramfs", "erofs"]),
+    help="The root filesystem: an initramfs (any kernel, QEMU and Xen), or a read-only "
+    "erofs disk (QEMU; a kernel with erofs built in). Default: erofs when the kernel has it.",
+)
 @common.json_option
 @click.pass_context
 def bake(
@@ -47,6 +53,7 @@ def bake(
     args: tuple[str, ...],
     memory: str,
     kernel: str,
+    root: str | None,
     as_json: bool,
 ) -> None:
     """Bake RECIPE (a built-in name such as 'redis', or a recipe .toml) into an image.
@@ -69,12 +76,12 @@ def bake(
             status.update(f"{shown}: {escape(msg)}")
 
         if binary is None:
-            result = lab.bake(what, tag=tag, kernel=kernel, progress=progress)
+            result = lab.bake(what, tag=tag, kernel=kernel, root=root, progress=progress)
         else:
             rec = recipe_mod.from_binary(
                 binary, port=port, name=image_name, args=list(args), memory=memory
             )
-            result = lab.bake_recipe(rec, tag=tag, kernel=kernel, progress=progress)
+            result = lab.bake_recipe(rec, tag=tag, kernel=kernel, root=root, progress=progress)
     m = result.manifest
     if as_json:
         common.print_json(
@@ -88,5 +95,6 @@ def bake(
     how = "cached" if result.cached else "baked"
     common.out.print(
         f"{m.ref} {m.short_digest} {how} in {result.seconds:.2f}s: "
-        f"kernel {common.human_size(m.kernel_size)} + initrd {common.human_size(m.initrd_size)}"
+        f"kernel {common.human_size(m.kernel_size)} + {m.root_kind} "
+        f"{common.human_size(m.initrd_size)}"
     )

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import click
 
 from uniklab.bake import recipe as recipes_mod
@@ -20,6 +18,12 @@ def _probe(r: Recipe) -> str:
     return f"{p.kind} :{r.probe_port}"
 
 
+def _installed(r: recipes_mod.Recipe) -> str:
+    if r.build is not None:
+        return "built from source"
+    return "yes" if r.installed() else f"no ({r.binary})"
+
+
 @click.command()
 @common.json_option
 def recipes(as_json: bool) -> None:
@@ -27,7 +31,7 @@ def recipes(as_json: bool) -> None:
     found = [recipes_mod.load(n)[0] for n in recipes_mod.builtin_names()]
     if as_json:
         common.print_json(
-            [{**r.model_dump(mode="json"), "installed": Path(r.binary).exists()} for r in found]
+            [{**r.model_dump(mode="json"), "installed": r.installed()} for r in found]
         )
         return
     common.table(
@@ -35,8 +39,8 @@ def recipes(as_json: bool) -> None:
         [
             (
                 r.name,
-                r.package or "",
-                "yes" if Path(r.binary).exists() else f"no ({r.binary})",
+                f"src:{r.build.debian_source}" if r.build else r.package or "",
+                _installed(r),
                 ",".join(map(str, r.ports)),
                 _probe(r),
                 r.memory,

@@ -12,20 +12,16 @@ never seen.
 
 from __future__ import annotations
 
-import fcntl
 import logging
 import os
 import shutil
 import signal
 import time
-import uuid
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-import platformdirs
-
+from uniklab import buildcache
 from uniklab.errors import BakeError, CommandError
 from uniklab.executor import Executor, local, spawn_detached
 from uniklab.kernel import config as kconfig
@@ -74,9 +70,7 @@ class BuiltKernel:
 
 
 def cache_root() -> Path:
-    env = os.environ.get("UNIKLAB_KERNEL_CACHE")
-    root = Path(env) if env else Path(platformdirs.user_cache_dir("uniklab")) / "kernels"
-    return root.expanduser()
+    return buildcache.root("kernels", "UNIKLAB_KERNEL_CACHE")
 
 
 def source_version(executor: Executor = local, tarball: Path = SOURCE_TARBALL) -> str:
@@ -125,29 +119,6 @@ def cached(
     return entry if entry.bzimage.is_file() else None
 
 
-@contextmanager
-def _locked(path: Path, say: Progress) -> Iterator[None]:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a") as fh:
-        try:
-            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            say("waiting for another build of the same kernel")
-            fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
-
-
-def sweep(root: Path) -> None:
-    """Remove build directories left by a killed build (their pid is gone)."""
-    for path in root.glob(".tmp-*"):
-        pid = path.name.split("-")[1]
-        if pid.isdigit() and not Path(f"/proc/{pid}").exists():
-            shutil.rmtree(path, ignore_errors=True)
-
-
 def build(
     profile: str = kconfig.DEFAULT_PROFILE,
     *,
@@ -164,12 +135,10 @@ def build(
     entry = BuiltKernel(profile, key, root / key)
     if entry.bzimage.is_file():
         return entry
-    with _locked(root / f"{key}.lock", say):
+    with buildcache.locked(root / f"{key}.lock", say, "the same kernel"):
         if entry.bzimage.is_file():  # another process built it while we waited
             return entry
-        sweep(root)
-        work = root / f".tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-        work.mkdir(parents=True)
+        work = buildcache.staging(root)
         try:
             out = _build_in(work, fragments, jobs or os.cpu_count() or 1, timeout, say, executor)
             os.rename(out, entry.dir)
