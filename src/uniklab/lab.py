@@ -7,7 +7,6 @@ first reconciles the state store with what really runs.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import logging
 import os
 import re
@@ -15,25 +14,24 @@ import secrets
 import shutil
 import socket
 import time
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
-from uniklab import faults, validate
+from uniklab import faults, run_plan, validate
 from uniklab.backends import xl_parse
 from uniklab.backends.base import (
     Backend,
     Handle,
     Inspection,
     InstanceSpec,
-    NicSpec,
     spec_from_json,
     spec_to_json,
 )
 from uniklab.backends.hostinfo import choose_accel, tsc_khz
 from uniklab.backends.process import matches as pid_matches
 from uniklab.backends.qemu import QemuBackend
-from uniklab.backends.xen import XenBackend, xen_plan
+from uniklab.backends.xen import XenBackend
 from uniklab.bake import baker, recipe
 from uniklab.bake.image import ImageStore, Manifest
 from uniklab.errors import (
@@ -43,26 +41,23 @@ from uniklab.errors import (
     UniklabError,
     UsageError,
 )
-from uniklab.guest.config import GuestConfig, Nic
+from uniklab.guest.config import GuestConfig
 from uniklab.hosts.service import HostService
 from uniklab.hosts.ssh import SshExecutor
 from uniklab.net import attach, discover, remote
-from uniklab.net.attach import NicRequest, PlannedNic
+from uniklab.net.attach import PlannedNic
 from uniklab.net.service import NetworkService
 from uniklab.paths import Paths, default_paths
 from uniklab.probes import base as probes
 from uniklab.probes.kinds import from_spec
+from uniklab.run_plan import SLIRP_GUEST
+from uniklab.run_plan import RunOptions as RunOptions  # part of the Lab API
 from uniklab.state.store import CRASHED, CREATING, EXITED, RUNNING, InstanceRow, Store
 
 log = logging.getLogger(__name__)
 
-DEFAULT_WAIT = 120.0
+DEFAULT_WAIT = run_plan.DEFAULT_WAIT
 MAX_RESTARTS = 5
-RESTART_POLICIES = ("no", "on-failure")
-# Slirp's fixed guest address: what a user-mode guest gets from QEMU's built-in DHCP.
-SLIRP_GUEST = "10.0.2.15"
-SLIRP_GW = "10.0.2.2"
-SLIRP_DNS = "10.0.2.3"
 _EXIT_RE = re.compile(r"uniklab-init: app (exited status \d+|killed by signal \d+)")
 _NET_RE = re.compile(r"uniklab-init: net (\S+) (\S+) (\S+) via (\S+)")
 
@@ -131,22 +126,6 @@ class AddressInfo:
     netns: str | None = None
 
 
-@dataclass(frozen=True)
-class RunOptions:
-    name: str | None = None
-    memory: str | int | None = None
-    vcpus: int = 1
-    publish: Sequence[tuple[int, int]] = ()
-    env: Mapping[str, str] = field(default_factory=dict)
-    args: Sequence[str] = ()
-    labels: Mapping[str, str] = field(default_factory=dict)
-    nets: Sequence[NicRequest] = ()  # bridged NICs; none means one user-mode NIC
-    host: str = "local"  # an inventory host; a Xen host's --net names its bridges
-    wait: bool = True
-    timeout: float = DEFAULT_WAIT
-    restart: str = "no"  # or "on-failure": relaunched (up to MAX_RESTARTS) when it crashes
-
-
 def _free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
@@ -161,12 +140,6 @@ def _port_free(port: int) -> bool:
         except OSError:
             return False
     return True
-
-
-def instance_mac(name: str, row_id: int, nic: int = 0) -> str:
-    """A stable, locally administered unicast MAC (QEMU's 52:54:00 prefix) per NIC."""
-    h = hashlib.sha256(f"{name}/{row_id}/{nic}".encode()).digest()
-    return "52:54:00:" + ":".join(f"{b:02x}" for b in h[:3])
 
 
 def exit_reason(console: str) -> tuple[str, str]:
@@ -377,29 +350,8 @@ class Lab:
     def run(self, image_ref: str, opts: RunOptions | None = None) -> InstanceView:
         o = opts or RunOptions()
         # Check everything the caller gave before any work (or bake) starts.
-        if o.name is not None:
-            validate.name(o.name, "instance name")
-        if o.memory is not None:
-            validate.memory_mb(o.memory)
-        vcpus = validate.vcpus(o.vcpus)
-        if o.restart not in RESTART_POLICIES:
-            raise UsageError(f"invalid restart policy {o.restart!r}: use no or on-failure")
-        if o.wait:
-            validate.timeout(o.timeout, "readiness timeout")
-        env = validate.env(o.env)
-        app_args = validate.args(o.args)
-        labels = validate.labels(o.labels)
-        for pair in o.publish:
-            if not isinstance(pair, tuple | list) or len(pair) != 2:
-                raise UsageError(f"invalid port mapping {validate.short(pair)}: (HOST, GUEST)")
-            host_port, guest = pair
-            validate.port(guest, "guest port")
-            if host_port:
-                validate.port(host_port, "host port")
-        for req in o.nets:
-            attach.check_request(req)
-        if o.nets and o.publish:
-            raise UsageError("-p publishes ports of the user-mode network; not with --net")
+        checked = run_plan.check(o)
+        vcpus, env, app_args, labels = checked.vcpus, checked.env, checked.args, checked.labels
         validate.image_ref(image_ref)
         self.reconcile()
         if o.name and any(r.name == o.name for r in self.store.instances()):
@@ -438,45 +390,14 @@ class Lab:
         try:
             # Claimed in the store, so two concurrent runs never pick the same free port.
             forwards = self.store.claim_ports(row.id, wanted, _free_port, _port_free)
-            xen_nics: list[dict[str, str | None]] = []
-            dns: list[str] = []
-            if backend_name == "xen":
-                planned = []
-                xen_nics = xen_plan(
-                    o.nets, [instance_mac(name, row.id, i) for i in range(len(o.nets))]
-                )
-                guest_nics = [
-                    Nic(mac=str(n["mac"]), dhcp=n["addr"] is None, addr=n["addr"], gw=n["gw"])
-                    for n in xen_nics
-                ]
-                nic_specs = tuple(
-                    NicSpec(mac=str(n["mac"]), mode="tap", bridge=n["bridge"]) for n in xen_nics
-                )
-                mac = str(xen_nics[0]["mac"])
-            elif o.nets:
-                macs = [instance_mac(name, row.id, i) for i in range(len(o.nets))]
-                others = [r for r in self.store.instances() if r.id != row.id]
-                planned = attach.plan(
-                    self.networks, o.nets, row_id=row.id, default_macs=macs, instances=others
-                )
-                guest_nics = [
-                    Nic(mac=p.mac, dhcp=p.addr is None, addr=p.addr, gw=p.gw) for p in planned
-                ]
-                nic_specs = tuple(
-                    NicSpec(mac=p.mac, mode="tap", tap=p.tap, bridge=p.bridge) for p in planned
-                )
-                mac = planned[0].mac
-            else:
-                planned = []
-                mac = instance_mac(name, row.id)
-                # Slirp's addresses are fixed (guest .15, gateway .2, DNS .3): configured
-                # statically, the guest skips a DHCP exchange (~0.13 s under TCG).
-                guest_nics = [Nic(mac=mac, dhcp=False, addr=f"{SLIRP_GUEST}/24", gw=SLIRP_GW)]
-                dns = [SLIRP_DNS]
-                nic_specs = (NicSpec(mac=mac, mode="user", forwards=tuple(forwards)),)
+            others = [r for r in self.store.instances() if r.id != row.id]
+            nics = run_plan.plan_nics(
+                backend_name, o.nets, name, row.id, self.networks, others, forwards
+            )
+            planned, nic_specs, mac, xen_nics = nics.planned, nics.specs, nics.mac, nics.xen_nics
             timesrc = QemuBackend.time_source(nic_specs) if backend_name == "qemu" else None
             cfg = GuestConfig(
-                name=name, args=app_args, env=env, net=guest_nics, dns=dns, timesrc=timesrc
+                name=name, args=app_args, env=env, net=nics.guest, dns=nics.dns, timesrc=timesrc
             )
             try:
                 encoded = cfg.encode()

@@ -1,7 +1,8 @@
 from __future__ import annotations
 
 from uniklab import validate
-from uniklab.lab import exit_reason, instance_mac
+from uniklab.lab import exit_reason
+from uniklab.run_plan import instance_mac
 
 
 def test_instance_mac_is_stable_local_unicast() -> None:
