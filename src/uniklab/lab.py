@@ -396,6 +396,8 @@ class Lab:
             )
             planned, nic_specs, mac, xen_nics = nics.planned, nics.specs, nics.mac, nics.xen_nics
             timesrc = QemuBackend.time_source(nic_specs) if backend_name == "qemu" else None
+            if planned and timesrc is None:
+                timesrc = self.networks.time_source(planned[0].net)
             cfg = GuestConfig(
                 name=name, args=app_args, env=env, net=nics.guest, dns=nics.dns, timesrc=timesrc
             )

@@ -87,7 +87,12 @@ def build_argv(
     files = RunFiles(spec.rundir)
     cmdline = f"console=ttyS0 {spec.cmdline}"
     if accel == "tcg" and tsc_khz:
-        cmdline = f"{cmdline} tsc_early_khz={tsc_khz}"
+        # Under TCG the guest's TSC is the host's: give its frequency (the kernel's PIT
+        # calibration fails under TCG) and trust it.  Without tsc=reliable the clocksource
+        # watchdog compares it with jiffies, which lose ticks on a loaded host, calls the
+        # TSC unstable and falls back to jiffies: the guest clock then falls behind by
+        # hundreds of milliseconds within seconds of boot (seen: -245 to -418 ms).
+        cmdline = f"{cmdline} tsc_early_khz={tsc_khz} tsc=reliable"
     argv = [
         QEMU,
         "-name",

@@ -1,6 +1,7 @@
 /* A small, strict JSON reader: enough for the guest config and image.json, and safe on junk. */
 #include "json.h"
 
+#include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -165,15 +166,17 @@ static struct jv *parse_value(struct parser *ps, int depth);
 static struct jv *parse_number(struct parser *ps, struct jv *v)
 {
     int neg = 0, frac = 0;
-    long long acc = 0;
+    unsigned long long acc = 0;
     int overflow = 0;
     if (ps->p < ps->end && *ps->p == '-') { neg = 1; ps->p++; }
+    /* The magnitude of a negative number may reach 2^63: LLONG_MIN fits, its opposite not. */
+    unsigned long long limit = (unsigned long long)LLONG_MAX + (neg ? 1 : 0);
     if (ps->p >= ps->end || *ps->p < '0' || *ps->p > '9') { fail(ps, "bad number"); return v; }
     if (*ps->p == '0') ps->p++;
     else {
         while (ps->p < ps->end && *ps->p >= '0' && *ps->p <= '9') {
-            int d = *ps->p++ - '0';
-            if (acc > (0x7fffffffffffffffLL - d) / 10) overflow = 1;
+            unsigned d = (unsigned)(*ps->p++ - '0');
+            if (overflow || acc > (limit - d) / 10) overflow = 1;
             else acc = acc * 10 + d;
         }
     }
@@ -192,7 +195,8 @@ static struct jv *parse_number(struct parser *ps, struct jv *v)
     }
     v->type = J_NUM;
     v->is_int = !frac && !overflow;
-    v->num = neg ? -acc : acc;
+    if (!neg) v->num = (long long)acc;
+    else v->num = acc > (unsigned long long)LLONG_MAX ? LLONG_MIN : -(long long)acc;
     return v;
 }
 

@@ -1,4 +1,5 @@
-"""Managed networks: a bridge (optionally in its own namespace) with a DHCP server.
+"""Managed networks: a bridge (optionally in its own namespace) with a DHCP server and a
+time service for its guests (``timesvc``).
 
 ``create`` records its intent in the state store before each step, so a command killed
 half-way leaves a row that the next command's ``reconcile`` tears down; ``rm`` undoes
@@ -21,7 +22,7 @@ from pyroute2 import IPRoute
 
 from uniklab import faults, validate
 from uniklab.errors import ConflictError, UsageError
-from uniklab.net import dnsmasq, links, netns
+from uniklab.net import dnsmasq, links, netns, timesvc
 from uniklab.state.store import NetworkRow, Store
 
 log = logging.getLogger(__name__)
@@ -155,6 +156,8 @@ class NetworkService:
                 pid = dnsmasq.start(bridge, subnet, dnsmasq.DnsmasqFiles(rundir), spec.netns)
                 self.store.update_network(spec.name, dnsmasq_pid=pid)
                 faults.point("net.after_dnsmasq")
+                assert row.gateway is not None
+                timesvc.start(row.gateway, timesvc.TimeFiles(rundir), spec.netns)
             self.store.update_network(spec.name, state=READY, owner_pid=None)
         except BaseException:
             self._teardown(self.store.network(spec.name))
@@ -170,6 +173,7 @@ class NetworkService:
             except (OSError, ValueError):
                 pid = None
         dnsmasq.stop(pid, files)
+        timesvc.stop(None, timesvc.TimeFiles(Path(row.rundir)))
         if row.made_bridge and (not row.netns or netns.exists(row.netns)):
             links.delete_link(row.bridge, row.netns)
         if row.made_netns and row.netns:
@@ -201,6 +205,18 @@ class NetworkService:
                         row.bridge, ipaddress.IPv4Network(row.subnet), files, row.netns
                     )
                     self.store.update_network(row.name, dnsmasq_pid=pid)
+                clock = timesvc.TimeFiles(Path(row.rundir))
+                died = timesvc.pid_of(clock) is not None and not timesvc.running(clock)
+                if row.gateway and died and self.bridge_ok(row):
+                    log.warning("time service of network %s had died: restarting it", row.name)
+                    timesvc.start(row.gateway, clock, row.netns)
+
+    def time_source(self, name: str) -> str | None:
+        """Where guests of network ``name`` read the host's clock ("IP:PORT"), if it runs."""
+        row = self.store.network(name)
+        if row.gateway and timesvc.running(timesvc.TimeFiles(Path(row.rundir))):
+            return f"{row.gateway}:{timesvc.PORT}"
+        return None
 
     @staticmethod
     def bridge_ok(row: NetworkRow) -> bool:
