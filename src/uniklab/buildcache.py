@@ -11,12 +11,17 @@ from __future__ import annotations
 import fcntl
 import os
 import shutil
+import signal
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 import platformdirs
+
+from uniklab.errors import BakeError
+from uniklab.executor import spawn_detached
 
 Progress = Callable[[str], None]
 
@@ -58,3 +63,38 @@ def staging(root: Path) -> Path:
     work = root / f".tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     work.mkdir(parents=True)
     return work
+
+
+def run_logged(
+    argv: list[str],
+    *,
+    what: str,
+    log_path: Path,
+    deadline: float,
+    cwd: Path | None = None,
+    on_output: Callable[[str], None] | None = None,
+    tail: int = 12,
+) -> None:
+    """Run a long build in its own session, its output in ``log_path``; ``on_output`` sees
+    each new chunk of output (for progress).  Past ``deadline`` (monotonic) or on failure:
+    the whole process group is killed and a BakeError quotes the log's last lines."""
+    proc = spawn_detached(argv, log_path=log_path, cwd=cwd)
+    seen = 0
+    try:
+        while proc.poll() is None:
+            if time.monotonic() > deadline:
+                raise BakeError(f"{what} timed out (log: {log_path})")
+            time.sleep(0.5)
+            with open(log_path, "rb") as fh:
+                fh.seek(seen)
+                chunk = fh.read()
+            seen += len(chunk)
+            if chunk and on_output:
+                on_output(chunk.decode(errors="replace"))
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    if proc.returncode != 0:
+        lines = log_path.read_text(errors="replace").strip().splitlines()[-tail:]
+        raise BakeError(f"{what} failed (exit {proc.returncode}):\n" + "\n".join(lines))

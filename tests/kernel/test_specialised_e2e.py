@@ -38,54 +38,6 @@ def _qemu_left(marker: str) -> list[str]:
     return [ln for ln in out.stdout.splitlines() if marker in ln]
 
 
-def test_specialised_kernel_serves_redis_in_48m() -> None:
-    entry = kbuild.build("microvm")
-    assert entry.has("CONFIG_VIRTIO_MMIO_CMDLINE_DEVICES") and not entry.has("CONFIG_MODULES")
-    home = Path(tempfile.mkdtemp(prefix="ukl-k-", dir="/tmp"))
-    lab = Lab(Paths(home))
-    try:
-        host = lab.bake("redis", tag="generic").manifest
-        m = lab.bake("redis", tag="small", kernel="specialised", root="initramfs").manifest
-        assert m.digest != host.digest  # the kernel choice is part of the digest
-        assert m.kernel.choice == f"specialised:microvm:{entry.key}"
-        assert m.acpi is False and host.acpi is True
-        assert m.kernel_size == entry.bzimage.stat().st_size
-        assert m.compression == "gzip" and host.compression == "lz4"
-        assert "rootfstype=ramfs" in m.cmdline and "rootfstype" not in host.cmdline
-        assert lab.bake("redis", tag="small", kernel="specialised", root="initramfs").cached
-
-        names = _initrd_names(lab.images.initrd_path(m))
-        assert not [n for n in names if n.endswith((".ko", ".ko.xz"))]
-        doc_path = home / "image.json"
-        raw = _unpack(lab.images.initrd_path(m))
-        subprocess.run(
-            ["cpio", "-i", "--quiet", "--to-stdout", "uniklab/image.json"],
-            input=raw,
-            stdout=doc_path.open("wb"),
-            check=True,
-        )
-        assert json.loads(doc_path.read_text())["modules"] == []
-
-        view = lab.run("redis:small", RunOptions(name="k1", memory="48M", timeout=90))
-        argv = json.loads((Path(view.row.runtime["rundir"]) / "argv.json").read_text())
-        assert "microvm,acpi=off,x-option-roms=off" in argv
-        port = view.forwards[0][0]
-        client = redis.Redis("127.0.0.1", port, socket_timeout=10)
-        assert client.ping()
-        client.set("uniklab", "small")
-        assert client.get("uniklab") == b"small"
-        lab.destroy("k1")
-        assert lab.store.instances() == []
-        assert _qemu_left(str(home)) == []
-    finally:
-        for v in lab.ps():
-            lab.destroy(v.name)
-        lab.close()
-        leftover = _qemu_left(str(home))
-        shutil.rmtree(home, ignore_errors=True)
-        assert not leftover, f"QEMU left running: {leftover}"
-
-
 @pytest.fixture
 def small_lab() -> Iterator[tuple[Lab, Path]]:
     home = Path(tempfile.mkdtemp(prefix="ukl-s-", dir="/tmp"))
@@ -99,6 +51,45 @@ def small_lab() -> Iterator[tuple[Lab, Path]]:
         leftover = _qemu_left(str(home))
         shutil.rmtree(home, ignore_errors=True)
         assert not leftover, f"QEMU left running: {leftover}"
+
+
+def test_specialised_kernel_serves_redis_in_48m(small_lab: tuple[Lab, Path]) -> None:
+    entry = kbuild.build("microvm")
+    assert entry.has("CONFIG_VIRTIO_MMIO_CMDLINE_DEVICES") and not entry.has("CONFIG_MODULES")
+    lab, home = small_lab
+    host = lab.bake("redis", tag="generic").manifest
+    m = lab.bake("redis", tag="small", kernel="specialised", root="initramfs").manifest
+    assert m.digest != host.digest  # the kernel choice is part of the digest
+    assert m.kernel.choice == f"specialised:microvm:{entry.key}"
+    assert m.acpi is False and host.acpi is True
+    assert m.kernel_size == entry.bzimage.stat().st_size
+    assert m.compression == "gzip" and host.compression == "lz4"
+    assert "rootfstype=ramfs" in m.cmdline and "rootfstype" not in host.cmdline
+    assert lab.bake("redis", tag="small", kernel="specialised", root="initramfs").cached
+
+    names = _initrd_names(lab.images.initrd_path(m))
+    assert not [n for n in names if n.endswith((".ko", ".ko.xz"))]
+    doc_path = home / "image.json"
+    raw = _unpack(lab.images.initrd_path(m))
+    subprocess.run(
+        ["cpio", "-i", "--quiet", "--to-stdout", "uniklab/image.json"],
+        input=raw,
+        stdout=doc_path.open("wb"),
+        check=True,
+    )
+    assert json.loads(doc_path.read_text())["modules"] == []
+
+    view = lab.run("redis:small", RunOptions(name="k1", memory="48M", timeout=90))
+    argv = json.loads((Path(view.row.runtime["rundir"]) / "argv.json").read_text())
+    assert "microvm,acpi=off,x-option-roms=off" in argv
+    port = view.forwards[0][0]
+    client = redis.Redis("127.0.0.1", port, socket_timeout=10)
+    assert client.ping()
+    client.set("uniklab", "small")
+    assert client.get("uniklab") == b"small"
+    lab.destroy("k1")
+    assert lab.store.instances() == []
+    assert _qemu_left(str(home)) == []
 
 
 def test_static_redis_on_erofs_serves_in_32m(small_lab: tuple[Lab, Path]) -> None:

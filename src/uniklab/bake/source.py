@@ -17,7 +17,6 @@ import json
 import logging
 import os
 import shutil
-import signal
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -26,7 +25,7 @@ from uniklab import buildcache
 from uniklab.bake import apt_sources
 from uniklab.bake.recipe import BuildSpec
 from uniklab.errors import BakeError, CommandError
-from uniklab.executor import local, spawn_detached
+from uniklab.executor import local
 
 log = logging.getLogger(__name__)
 
@@ -138,22 +137,19 @@ def _make(spec: BuildSpec, src: Path, log_path: Path, say: Progress) -> None:
     jobs = str(os.cpu_count() or 1)
     argv = [arg.replace("{jobs}", jobs) for arg in spec.command]
     say(f"building {spec.debian_source}: {argv[0]}")
-    proc = spawn_detached(argv, log_path=log_path, cwd=src)
-    deadline = time.monotonic() + BUILD_TIMEOUT
-    try:
-        while proc.poll() is None:
-            if time.monotonic() > deadline:
-                raise BakeError(f"the build of {spec.debian_source} timed out (log: {log_path})")
-            time.sleep(0.5)
-            lines = log_path.read_bytes().count(b"\n")
-            say(f"building {spec.debian_source}: {lines} lines of output")
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-    if proc.returncode != 0:
-        tail = log_path.read_text(errors="replace").strip().splitlines()[-10:]
-        raise BakeError(
-            f"the build of {spec.debian_source} failed (exit {proc.returncode}):\n"
-            + "\n".join(tail)
-        )
+    lines = 0
+
+    def progress(text: str) -> None:
+        nonlocal lines
+        lines += text.count("\n")
+        say(f"building {spec.debian_source}: {lines} lines of output")
+
+    buildcache.run_logged(
+        argv,
+        what=f"the build of {spec.debian_source}",
+        log_path=log_path,
+        deadline=time.monotonic() + BUILD_TIMEOUT,
+        cwd=src,
+        on_output=progress,
+        tail=10,
+    )

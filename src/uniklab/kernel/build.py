@@ -15,7 +15,6 @@ from __future__ import annotations
 import logging
 import os
 import shutil
-import signal
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -23,7 +22,7 @@ from pathlib import Path
 
 from uniklab import buildcache
 from uniklab.errors import BakeError, CommandError
-from uniklab.executor import Executor, local, spawn_detached
+from uniklab.executor import Executor, local
 from uniklab.kernel import config as kconfig
 
 log = logging.getLogger(__name__)
@@ -188,27 +187,20 @@ def _build_in(
 
 def _make_bzimage(src: Path, jobs: int, deadline: float, log_path: Path, say: Progress) -> None:
     argv = ["env", *KBUILD_ENV, "make", "-C", str(src), f"ARCH={ARCH}", f"-j{jobs}", BZIMAGE]
-    proc = spawn_detached(argv, log_path=log_path)
     compiled = 0
-    seen = 0
-    try:
-        while proc.poll() is None:
-            if time.monotonic() > deadline:
-                raise BakeError(f"kernel build timed out (log: {log_path})")
-            time.sleep(1.0)
-            with open(log_path, "rb") as fh:
-                fh.seek(seen)
-                chunk = fh.read()
-            seen += len(chunk)
-            lines = chunk.decode(errors="replace").splitlines()
-            cc = [ln.split()[-1] for ln in lines if ln.lstrip().startswith("CC ")]
-            if cc:
-                compiled += len(cc)
-                say(f"compiling with make -j{jobs}: {compiled} objects ({cc[-1]})")
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-    if proc.returncode != 0:
-        tail = log_path.read_text(errors="replace").strip().splitlines()[-15:]
-        raise BakeError(f"kernel build failed (exit {proc.returncode}):\n" + "\n".join(tail))
+
+    def progress(text: str) -> None:
+        nonlocal compiled
+        cc = [ln.split()[-1] for ln in text.splitlines() if ln.lstrip().startswith("CC ")]
+        if cc:
+            compiled += len(cc)
+            say(f"compiling with make -j{jobs}: {compiled} objects ({cc[-1]})")
+
+    buildcache.run_logged(
+        argv,
+        what="kernel build",
+        log_path=log_path,
+        deadline=deadline,
+        on_output=progress,
+        tail=15,
+    )
