@@ -5,6 +5,7 @@
  * /uniklab/image.json, loads kernel modules, sets the clock and the network up, then runs
  * the one app and reaps; when the app exits the VM ends (reboot with -no-reboot). */
 #define _GNU_SOURCE
+#include "b64.h"
 #include "json.h"
 #include "net.h"
 #include "util.h"
@@ -174,48 +175,6 @@ static void module_params(const char *mod, char *out, size_t outlen)
         used += l;
         out[used] = '\0';
     }
-}
-
-/* ---- base64url ---- */
-
-static int b64val(char c)
-{
-    if (c >= 'A' && c <= 'Z') return c - 'A';
-    if (c >= 'a' && c <= 'z') return c - 'a' + 26;
-    if (c >= '0' && c <= '9') return c - '0' + 52;
-    if (c == '-' || c == '+') return 62;
-    if (c == '_' || c == '/') return 63;
-    return -1;
-}
-
-static char *b64_decode(const char *in, size_t inlen, size_t *outlen)
-{
-    while (inlen && in[inlen - 1] == '=')
-        inlen--;
-    if (inlen % 4 == 1)
-        return NULL;
-    char *out = malloc(inlen / 4 * 3 + 3 + 1);
-    if (!out)
-        return NULL;
-    size_t n = 0;
-    uint32_t acc = 0;
-    int bits = 0;
-    for (size_t i = 0; i < inlen; i++) {
-        int v = b64val(in[i]);
-        if (v < 0) {
-            free(out);
-            return NULL;
-        }
-        acc = acc << 6 | (uint32_t)v;
-        bits += 6;
-        if (bits >= 8) {
-            bits -= 8;
-            out[n++] = (char)(acc >> bits & 0xff);
-        }
-    }
-    out[n] = '\0';
-    *outlen = n;
-    return out;
 }
 
 /* ---- config and image ---- */
