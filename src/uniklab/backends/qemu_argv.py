@@ -93,6 +93,11 @@ def build_argv(
         # TSC unstable and falls back to jiffies: the guest clock then falls behind by
         # hundreds of milliseconds within seconds of boot (seen: -245 to -418 ms).
         cmdline = f"{cmdline} tsc_early_khz={tsc_khz} tsc=reliable"
+    if accel == "tcg" and spec.vcpus == 1:
+        # TCG has no TSC-deadline timer, so the kernel calibrates the local APIC timer
+        # against jiffies for 100 ms of guest time (~0.27 s under TCG).  One vCPU needs no
+        # per-CPU timer: the PIT serves as the clock event device instead.
+        cmdline = f"{cmdline} noapictimer"
     argv = [
         QEMU,
         "-name",
