@@ -81,3 +81,21 @@ def test_root_disk_is_first_and_read_only_and_there_is_no_initrd() -> None:
         "id=d0,file=/images/x/root.erofs,format=raw,if=none,readonly=on",
         "id=d1,file=/data.img,format=raw,if=none",
     ]
+
+
+def test_noapictimer_only_for_one_vcpu_tcg_guests_without_acpi() -> None:
+    def append(**kw: object) -> str:
+        base = {
+            "name": "t", "kernel": Path("/k"), "initrd": None, "cmdline": "c",
+            "memory_mb": 32, "vcpus": 1, "rundir": Path("/r"), "acpi": False,
+        }  # fmt: skip
+        accel = str(kw.pop("accel", "tcg"))
+        spec = InstanceSpec(**{**base, **kw})  # type: ignore[arg-type]
+        argv = build_argv(spec, accel=accel, tsc_khz=1000)
+        return argv[argv.index("-append") + 1]
+
+    assert "noapictimer" in append()
+    assert "noapictimer" not in append(vcpus=2)
+    assert "noapictimer" not in append(acpi=True)
+    assert "noapictimer" not in append(accel="kvm")
+    assert "tsc=reliable" in append() and "tsc=reliable" not in append(accel="kvm")

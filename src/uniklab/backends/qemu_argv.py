@@ -93,10 +93,13 @@ def build_argv(
         # TSC unstable and falls back to jiffies: the guest clock then falls behind by
         # hundreds of milliseconds within seconds of boot (seen: -245 to -418 ms).
         cmdline = f"{cmdline} tsc_early_khz={tsc_khz} tsc=reliable"
-    if accel == "tcg" and spec.vcpus == 1:
+    if accel == "tcg" and spec.vcpus == 1 and not spec.acpi:
         # TCG has no TSC-deadline timer, so the kernel calibrates the local APIC timer
         # against jiffies for 100 ms of guest time (~0.27 s under TCG).  One vCPU needs no
-        # per-CPU timer: the PIT serves as the clock event device instead.
+        # per-CPU timer: the PIT serves as the clock event device instead.  Only with ACPI
+        # off (the specialised kernel, interrupts routed from the MP table): Debian's
+        # kernel on microvm's ACPI tables got no timer interrupt that way and hung in its
+        # first sleep.
         cmdline = f"{cmdline} noapictimer"
     argv = [
         QEMU,
