@@ -317,15 +317,9 @@ def ratios(generic: Variant, small: Variant) -> list[str]:
 
 def table(variants: list[Variant]) -> str:
     head = f"| {'':36} | " + " | ".join(f"{v.label:>18}" for v in variants) + " |"
-    head += (
-        "\n| recipe, kernel, root                 | "
-        + " | ".join(
-            f"{v.recipe[:6]},{v.kernel[:5]},{v.root[:5]:>5}"[:18].rjust(18) for v in variants
-        )
-        + " |"
-    )
     sep = "|" + "-" * 38 + "|" + "|".join("-" * 20 for _ in variants) + "|"
-    lines = [head, sep]
+    what = " | ".join(f"{f'{v.recipe}, {v.root}':>18}" for v in variants)
+    lines = [head, sep, f"| {'recipe, root':36} | {what} |"]
     for name, key in ROWS:
         cells = " | ".join(f"{v.results.get(key, '')!s:>18}" for v in variants)
         lines.append(f"| {name:36} | {cells} |")
@@ -349,12 +343,13 @@ def plots(variants: list[Variant], sc: dict[str, object] | None, out: Path) -> l
         ("bake cached (s)", "bake_cached_s"),
     ]
     fig, axes = plt.subplots(2, 3, figsize=(12, 6.5))
-    labels = [v.label.replace(" + ", "\n+ ") for v in variants]
+    labels = [v.label.replace("+", "\n+").replace(" \n", "\n") for v in variants]
     for ax, (title, key) in zip(axes.flat, panels, strict=True):
         vals = [float(v.results.get(key, 0) or 0) for v in variants]
         bars = ax.bar(labels, vals, color=["#888888", "#2a7ab0", "#3a9a50", "#c08020"][: len(vals)])
         ax.bar_label(bars, fmt="%.3g")
         ax.set_title(title)
+        ax.tick_params(axis="x", labelsize=8)
     fig.suptitle("Redis: generic kernel vs specialised kernel, initramfs vs erofs root, TCG")
     fig.tight_layout()
     path = out / "small_vs_generic.png"
@@ -474,7 +469,7 @@ def main() -> None:
     cmd = shlex.join(["python", "bench/bench_small.py", *sys.argv[1:]])
     cpu = os.cpu_count()
     args.results.write_text(
-        "# bench_small: generic vs specialised kernel (Redis)\n\n"
+        "# bench_small: Redis, generic image vs small images\n\n"
         f"Produced by `{cmd}` on {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, "
         f"{cpu} CPUs (shared), accel {accel}.\n\n"
         + text
