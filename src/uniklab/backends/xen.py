@@ -4,14 +4,21 @@ uniklab copies the image to the host once (content-addressed, verified by sha256
 the domain config next to it, `xl create`s it, takes `xl list` as the truth for `ps`,
 reads the console from xenconsoled's log, and `xl destroy`s.  Everything runs through one
 Executor, so the same code drives this machine (when it is a dom0) and remote hosts.
+
+Each domain's config file (/var/lib/uniklab/domains/NAME.cfg, there for the domain's whole
+life) opens with a comment naming the uniklab home that made it, so `gc` can tell its own
+leftovers from another home's domains on a shared dom0, with no state store to ask.
 """
 
 from __future__ import annotations
 
+import hashlib
 import ipaddress
 import logging
 import shutil
+import socket
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from uniklab import validate
@@ -28,7 +35,68 @@ from uniklab.net.service import ifname
 log = logging.getLogger(__name__)
 
 REMOTE_ROOT = PurePosixPath("/var/lib/uniklab")
+DOMAINS = REMOTE_ROOT / "domains"
 CONSOLE_DIR = PurePosixPath("/var/log/xen/console")
+OWNER_PREFIX = "# uniklab-owner: "
+# xl's status of a domain, in the words of Inspection.state ("blocked" is an idle guest).
+_STATES = {
+    "running": "running",
+    "blocked": "running",
+    "paused": "paused",
+    "shutdown": "stopped",
+    "crashed": "stopped",
+    "dying": "stopped",
+}
+# Prints "NAME.cfg<TAB>first line" for each config file in $1, with shell builtins only.
+_LIST_CFGS = """\
+cd "$1" 2>/dev/null || exit 0
+for f in *.cfg; do
+  [ -f "$f" ] || continue
+  l=
+  IFS= read -r l < "$f"
+  printf '%s\\t%s\\n' "$f" "$l"
+done
+"""
+
+
+def _machine_id() -> str:
+    try:
+        return Path("/etc/machine-id").read_text().strip() or socket.gethostname()
+    except OSError:
+        return socket.gethostname()
+
+
+def owner_tag(run_root: Path) -> str:
+    """Names a uniklab home (by its runtime root, on this machine) on a Xen host."""
+    return hashlib.sha256(f"{_machine_id()}:{run_root}".encode()).hexdigest()[:16]
+
+
+def cfg_path(name: str) -> PurePosixPath:
+    return DOMAINS / f"{name}.cfg"
+
+
+def console_path(name: str) -> PurePosixPath:
+    return CONSOLE_DIR / f"guest-{name}.log"
+
+
+def parse_cfg_heads(text: str) -> dict[str, str | None]:
+    """The listing of _LIST_CFGS as {domain name: owner tag, None when none is named}."""
+    out: dict[str, str | None] = {}
+    for line in text.splitlines():
+        fname, sep, head = line.partition("\t")
+        if not sep or not fname.endswith(".cfg") or "/" in fname:
+            continue
+        owner = head.removeprefix(OWNER_PREFIX).strip() if head.startswith(OWNER_PREFIX) else ""
+        out[fname.removesuffix(".cfg")] = owner or None
+    return out
+
+
+@dataclass(frozen=True)
+class Owned:
+    """A domain config of one home on a host, and that domain's id while it exists."""
+
+    name: str
+    domid: int | None
 
 
 class XenBackend:
@@ -74,6 +142,8 @@ class XenBackend:
 
     # -- the Backend protocol ----------------------------------------------------------
     def create(self, spec: InstanceSpec) -> Handle:
+        if spec.initrd is None:
+            raise LaunchError("a Xen guest boots from an initrd: a --root image runs on QEMU only")
         kernel, ramdisk = self.ensure_image(spec.kernel, spec.initrd)
         vifs = []
         for nic in spec.nics:
@@ -91,9 +161,12 @@ class XenBackend:
                 vifs=vifs,
             )
         )
-        cfg = REMOTE_ROOT / "domains" / f"{spec.name}.cfg"
+        # An instance's runtime directory lives in its home's runtime root: that names the
+        # home without the backend knowing of homes.
+        owner = f"{OWNER_PREFIX}{owner_tag(spec.rundir.parent)}\n"
+        cfg = cfg_path(spec.name)
         self.ex.run(["mkdir", "-p", str(cfg.parent)], timeout=30)
-        self.ex.run(["sh", "-c", 'cat > "$1"', "sh", str(cfg)], input=cfg_text, timeout=30)
+        self.ex.run(["sh", "-c", 'cat > "$1"', "sh", str(cfg)], input=owner + cfg_text, timeout=30)
         try:
             self.ex.run(["xl", "create", str(cfg)], timeout=120)
         except CommandError as exc:
@@ -107,8 +180,8 @@ class XenBackend:
             runtime={"host": self.ex.name, "domain": spec.name, "cfg": str(cfg), "domid": domid},
         )
 
-    def _domains(self) -> list[xl_parse.Domain]:
-        return xl_parse.parse_list(self.ex.run(["xl", "list"], timeout=30).stdout)
+    def _domains(self, timeout: float = 30) -> list[xl_parse.Domain]:
+        return xl_parse.parse_list(self.ex.run(["xl", "list"], timeout=timeout).stdout)
 
     def _domid(self, name: str) -> int | None:
         for d in self._domains():
@@ -116,34 +189,75 @@ class XenBackend:
                 return d.domid
         return None
 
-    def list(self) -> list[xl_parse.Domain]:
-        return self._domains()
-
     def inspect(self, handle: Handle) -> Inspection:
         name = str(handle.runtime.get("domain"))
+        want = handle.runtime.get("domid")
         for d in self._domains():
-            if d.name == name and d.domid == handle.runtime.get("domid", d.domid):
-                return Inspection(
-                    alive=d.status not in ("shutdown", "crashed", "dying"),
-                    state=d.status,
-                    cpu_seconds=d.cpu_seconds,
-                    rss_bytes=d.mem_mb * 2**20,
-                )
-        return Inspection(alive=False, state="gone")
+            if d.name != name:
+                continue
+            if want is not None and d.domid != want:
+                break  # the name now belongs to another domain: ours is gone
+            alive = _STATES[d.status] != "stopped"
+            return Inspection(
+                alive=alive,
+                state=_STATES[d.status],
+                cpu_seconds=d.cpu_seconds,
+                rss_bytes=d.mem_mb * 2**20,
+                detail="" if alive else f"domain {name} is {d.status} on {self.ex.name}",
+            )
+        return Inspection(
+            alive=False, state="gone", detail=f"domain {name} is gone from {self.ex.name}"
+        )
 
     def console(self, handle: Handle) -> str:
-        path = CONSOLE_DIR / f"guest-{handle.runtime.get('domain')}.log"
+        path = console_path(str(handle.runtime.get("domain")))
         r = self.ex.run(["cat", str(path)], timeout=30, check=False)
         return r.stdout
 
     def destroy(self, handle: Handle, *, timeout: float = 10.0) -> None:
+        """`xl destroy` the domain if it still runs (and is still the one created: another
+        domain that took its name is left alone), then remove its config and console log."""
         name = str(handle.runtime.get("domain"))
-        if self._domid(name) is not None:
-            self.ex.run(["xl", "destroy", name], timeout=max(timeout, 30))
+        want = handle.runtime.get("domid")
+        domid = self._domid(name)
+        if domid is not None and want is not None and domid != want:
+            log.info(
+                "%s: domain %s is now id %s, not %s: left alone", self.ex.name, name, domid, want
+            )
+            domid = None
+        if domid is not None:
+            self._xl_destroy(domid, timeout=max(timeout, 30))
         cfg = handle.runtime.get("cfg")
-        if cfg:
-            self.ex.run(["rm", "-f", str(cfg)], timeout=30, check=False)
-        self.ex.run(["rm", "-f", str(CONSOLE_DIR / f"guest-{name}.log")], timeout=30, check=False)
+        self._remove_files(name, str(cfg) if cfg else None)
+
+    # -- listings (gc) ------------------------------------------------------------------
+    def owned(self, owner: str, *, timeout: float = 30) -> list[Owned]:
+        """The domain configs ``owner`` (an ``owner_tag``) has on the host, each with its
+        domain's id while that domain exists."""
+        r = self.ex.run(["sh", "-c", _LIST_CFGS, "sh", str(DOMAINS)], timeout=timeout)
+        mine = sorted(name for name, tag in parse_cfg_heads(r.stdout).items() if tag == owner)
+        domids = {d.name: d.domid for d in self._domains(timeout)}
+        return [Owned(name, domids.get(name)) for name in mine]
+
+    def remove(self, item: Owned, *, timeout: float = 30) -> None:
+        """Remove one leftover of ``owned``: that very domain (by id), its config, its log."""
+        if item.domid is not None:
+            self._xl_destroy(item.domid, timeout=timeout)
+        self._remove_files(item.name, str(cfg_path(item.name)))
+
+    def _xl_destroy(self, domid: int, *, timeout: float) -> None:
+        r = self.ex.run(["xl", "destroy", str(domid)], timeout=timeout, check=False)
+        # A domain that went away meanwhile is what was asked for.
+        if r.returncode != 0 and any(d.domid == domid for d in self._domains()):
+            raise CommandError(r.argv, r.returncode, r.stderr, host=self.ex.name)
+
+    def _remove_files(self, name: str, cfg: str | None) -> None:
+        paths = [p for p in (cfg, str(console_path(name))) if p]
+        self.ex.run(["rm", "-f", "--", *paths], timeout=30, check=False)
+
+    # Last: the method's name shadows the builtin in annotations below it.
+    def list(self) -> list[xl_parse.Domain]:
+        return self._domains()
 
 
 XenNic = dict[str, str | None]

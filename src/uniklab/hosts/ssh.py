@@ -4,6 +4,13 @@ Each argv is quoted with shlex.join into the one string ssh hands to the remote 
 an argument reaches the remote program verbatim whatever it contains.  Host keys are
 checked as an SSH user expects: against the user's known_hosts, or the host's own
 known_hosts file when the inventory names one (StrictHostKeyChecking=yes then).
+
+A command's timeout holds on both ends.  Without a tty, sshd does not signal a command when
+the client goes, so killing the local ssh alone would leave it running on the host; each
+command therefore runs under a small POSIX sh watchdog there (the dom0s uniklab drives need
+not have coreutils' `timeout`) that stops it, TERM then KILL, after ``timeout`` seconds.
+The local ssh waits a little longer, so the host's verdict normally arrives first; it is
+killed only when the host stops answering.
 """
 
 from __future__ import annotations
@@ -11,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import logging
+import math
 import os
 import shlex
 import socket
@@ -28,6 +36,67 @@ log = logging.getLogger(__name__)
 
 SSH_UNREACHABLE = 255
 CONTROL_PERSIST = 15
+REMOTE_KILL_AFTER = 2  # seconds from the host's SIGTERM to its SIGKILL
+# How much longer the local ssh waits than the host's own bound: the kill-after, and room
+# for the verdict to travel back.
+LOCAL_GRACE = REMOTE_KILL_AFTER + 3.0
+REMOTE_TIMED_OUT = 124  # the wrapper's exit status when it stopped the command
+TIMEOUT_MARK = "uniklab-timeout:"
+
+# $1 seconds, $2 kill-after seconds, then the argv.  coreutils' timeout where the host has
+# it (one process, a kernel timer; it signals the command's whole process group).  Else a
+# POSIX sh watchdog: it polls once a second and leaves by itself once the command is gone
+# (signalling a sleeping timer instead races in dash), tells the main shell it fired with
+# SIGUSR1 (which interrupts `wait`, hence the loop), and keeps its stdio on /dev/null so
+# sshd never waits for it.  It only signals the command itself, not the command's children.
+_WATCHDOG = f"""\
+t=$1 k=$2
+shift 2
+if command -v timeout >/dev/null 2>&1; then
+  timeout -k "$k" "$t" "$@"
+  r=$?
+  [ "$r" = 124 ] || [ "$r" = 137 ] || exit "$r"
+else
+  f=0
+  trap 'f=1' USR1
+  exec 3<&0
+  "$@" <&3 3<&- &
+  c=$!
+  exec 3<&-
+  (
+    n=0
+    while [ "$n" -lt "$t" ]; do
+      sleep 1
+      kill -0 "$c" || exit 0
+      n=$((n + 1))
+    done
+    kill -USR1 $$
+    kill -TERM "$c"
+    kill -CONT "$c"
+    n=0
+    while [ "$n" -lt "$k" ]; do
+      sleep 1
+      kill -0 "$c" || exit 0
+      n=$((n + 1))
+    done
+    kill -KILL "$c"
+  ) </dev/null >/dev/null 2>&1 &
+  while :; do
+    wait "$c" 2>/dev/null
+    r=$?
+    kill -0 "$c" 2>/dev/null || break
+  done
+  [ "$f" = 1 ] || exit "$r"
+fi
+echo "{TIMEOUT_MARK} stopped after ${{t}}s" >&2
+exit {REMOTE_TIMED_OUT}
+"""
+
+
+def bounded(argv: Sequence[str], timeout: float) -> list[str]:
+    """``argv`` as the host runs it: stopped there after ``timeout`` seconds (at least 1)."""
+    seconds = max(1, math.ceil(timeout))
+    return ["sh", "-c", _WATCHDOG, "uniklab-timeout", str(seconds), str(REMOTE_KILL_AFTER), *argv]
 
 
 def _control_dir() -> Path:
@@ -114,22 +183,38 @@ class SshExecutor:
             remote = ["env", *(f"{k}={v}" for k, v in env.items()), *remote]
         if cwd:
             remote = ["sh", "-c", 'cd "$1" && shift && exec "$@"', "sh", str(cwd), *remote]
+        late = f"{self.name}: {remote[0]} did not finish within {timeout:g}s"
+        start = time.monotonic()
         try:
-            r = local.run(self.ssh_argv(remote), timeout=timeout, check=False, input=input)
+            r = local.run(
+                self.ssh_argv(bounded(remote, timeout)),
+                timeout=timeout + LOCAL_GRACE,
+                check=False,
+                input=input,
+            )
         except CommandError as exc:
             if exc.timed_out:
-                raise HostUnreachableError(
-                    f"{self.name}: {remote[0]} did not finish within {timeout:.0f}s"
-                ) from exc
+                raise HostUnreachableError(f"{late} (the host stopped answering)") from exc
             raise
+        last = r.stderr.rstrip().rpartition("\n")[2]
+        # coreutils' timeout exits 124 (or 137) when it stopped the command, as a command
+        # may by itself: only one that also took its whole time was stopped.
+        stopped = r.returncode == REMOTE_TIMED_OUT and last.startswith(TIMEOUT_MARK)
+        if stopped and time.monotonic() - start >= timeout:
+            raise HostUnreachableError(f"{late} (stopped on the host)")
         if r.returncode == SSH_UNREACHABLE:
-            raise HostUnreachableError(
-                f"{self.name}: ssh failed: {r.stderr.strip().splitlines()[-1:] or ['?']}"[:300]
-            )
+            why = (r.stderr.strip().splitlines() or ["?"])[-1]
+            raise HostUnreachableError(f"{self.name}: ssh failed: {why}"[:300])
         result = Result(remote, r.returncode, r.stdout, r.stderr)
         if check and r.returncode != 0:
             raise CommandError(remote, r.returncode, r.stderr, host=self.name)
         return result
+
+    def close(self) -> None:
+        """End the shared connection now rather than CONTROL_PERSIST seconds from now."""
+        assert self.host.ssh is not None
+        argv = ["ssh", *self._options(), "-p", str(self.host.port), "-O", "exit", self.host.ssh]
+        local.run(argv, timeout=10, check=False)
 
     def upload(self, source: Path, dest: str, *, timeout: float = 300) -> None:
         """Copy one file to the host (scp over SFTP: the path is not shell-parsed)."""
