@@ -142,8 +142,9 @@ def _port_free(port: int) -> bool:
     return True
 
 
-def exit_reason(console: str) -> tuple[str, str]:
-    """(state, reason) for a guest whose hypervisor process is gone, from its console."""
+def exit_reason(console: str, gone: str = "") -> tuple[str, str]:
+    """(state, reason) for a guest whose hypervisor process is gone, from its console; when
+    the console says nothing, the backend's word (``gone``: "domain r1 is gone from dom0")."""
     m = _EXIT_RE.findall(console)
     if m:
         reason = f"app {m[-1]}"
@@ -154,7 +155,7 @@ def exit_reason(console: str) -> tuple[str, str]:
     if "uniklab-init: fatal:" in console:
         line = next(ln for ln in console.splitlines() if "uniklab-init: fatal:" in ln)
         return CRASHED, line.strip()[:160]
-    return CRASHED, "hypervisor process died"
+    return CRASHED, gone or "hypervisor process died"
 
 
 class Lab:
@@ -216,7 +217,7 @@ class Lab:
                 if insp.alive:
                     seen[row.id] = insp
                 else:
-                    state, reason = exit_reason(backend.console(self.handle(row)))
+                    state, reason = exit_reason(backend.console(self.handle(row)), insp.detail)
                     log.info("instance %s is %s: %s", row.name, state, reason)
                     if state == CRASHED and self._restart(row, reason):
                         continue

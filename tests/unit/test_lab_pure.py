@@ -22,3 +22,11 @@ def test_exit_reasons() -> None:
     state, why = exit_reason("[ 1.0] Kernel panic - not syncing: Out of memory\n")
     assert state == "crashed" and "Out of memory" in why
     assert exit_reason("") == ("crashed", "hypervisor process died")
+
+
+def test_a_silent_console_gives_the_backends_word() -> None:
+    assert exit_reason("") == ("crashed", "hypervisor process died")
+    gone = "domain r1 is gone from dom0"
+    assert exit_reason("uniklab-init: start\n", gone) == ("crashed", gone)
+    # what the console says wins
+    assert exit_reason("uniklab-init: app exited status 3\n", gone)[1] == "app exited status 3"
