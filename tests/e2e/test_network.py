@@ -14,7 +14,7 @@ import pytest
 
 from uniklab.cli.main import main
 from uniklab.lab import Lab, RunOptions
-from uniklab.net import links, netns
+from uniklab.net import links, netns, timesvc
 from uniklab.net.attach import NicRequest
 from uniklab.net.service import NetworkSpec
 
@@ -223,8 +223,13 @@ def test_bridged_guest_reads_the_host_clock(lab_net: Lab) -> None:
     err = float(_in_ns(sys.executable, "-c", CLOCK_SNIPPET, host))
     assert err < 0.050, f"guest clock off by at least {err * 1000:.1f} ms"
     # A time service that died is restarted by the next command.
-    pid = int((Path(lab.store.network("lab").rundir) / "timesvc.pid").read_text())
+    files = timesvc.TimeFiles(Path(lab.store.network("lab").rundir))
+    pid = timesvc.pid_of(files)
+    assert pid and timesvc.running(files)
     os.kill(pid, 9)
+    deadline = time.monotonic() + 5
+    while timesvc.running(files) and time.monotonic() < deadline:
+        time.sleep(0.05)  # the signal is sent; the process is gone a moment later
     lab.ps()
-    again = int((Path(lab.store.network("lab").rundir) / "timesvc.pid").read_text())
-    assert again != pid and Path(f"/proc/{again}").exists()
+    again = timesvc.pid_of(files)
+    assert again != pid and timesvc.running(files)
