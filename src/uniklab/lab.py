@@ -31,6 +31,7 @@ from uniklab.backends.base import (
 from uniklab.backends.hostinfo import choose_accel, tsc_khz
 from uniklab.backends.process import matches as pid_matches
 from uniklab.backends.qemu import QemuBackend
+from uniklab.backends.qemu_argv import SLIRP_GUEST
 from uniklab.backends.xen import XenBackend
 from uniklab.bake import baker, recipe
 from uniklab.bake.image import ImageStore, Manifest
@@ -50,7 +51,6 @@ from uniklab.net.service import NetworkService
 from uniklab.paths import Paths, default_paths
 from uniklab.probes import base as probes
 from uniklab.probes.kinds import from_spec
-from uniklab.run_plan import SLIRP_GUEST
 from uniklab.run_plan import RunOptions as RunOptions  # part of the Lab API
 from uniklab.state.store import CRASHED, CREATING, EXITED, RUNNING, InstanceRow, Store
 

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 
 from uniklab import validate
 from uniklab.backends.base import NicSpec
+from uniklab.backends.qemu_argv import SLIRP_DNS, SLIRP_GUEST, SLIRP_GW
 from uniklab.backends.xen import xen_plan
 from uniklab.errors import UsageError
 from uniklab.guest.config import Nic
@@ -22,11 +23,6 @@ from uniklab.state.store import InstanceRow
 
 DEFAULT_WAIT = 120.0
 RESTART_POLICIES = ("no", "on-failure")
-# Slirp's fixed addresses: the guest (what QEMU's built-in DHCP would give), the gateway
-# and the DNS forwarder.
-SLIRP_GUEST = "10.0.2.15"
-SLIRP_GW = "10.0.2.2"
-SLIRP_DNS = "10.0.2.3"
 
 
 @dataclass(frozen=True)

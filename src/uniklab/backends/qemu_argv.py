@@ -14,6 +14,11 @@ from uniklab.backends.base import InstanceSpec, NicSpec
 QEMU = "qemu-system-x86_64"
 # Where a user-mode guest finds the host's clock (see _netdev).
 TIME_SERVICE = ("10.0.2.100", 37)
+# Slirp's fixed addresses on a user-mode network: the guest (what QEMU's built-in DHCP
+# would give), the gateway and the DNS forwarder.
+SLIRP_GUEST = "10.0.2.15"
+SLIRP_GW = "10.0.2.2"
+SLIRP_DNS = "10.0.2.3"
 
 
 @dataclass(frozen=True)

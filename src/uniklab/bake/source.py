@@ -18,18 +18,17 @@ import logging
 import os
 import shutil
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 from uniklab import buildcache
 from uniklab.bake import apt_sources
 from uniklab.bake.recipe import BuildSpec
+from uniklab.buildcache import Progress
 from uniklab.errors import BakeError, CommandError
 from uniklab.executor import local
 
 log = logging.getLogger(__name__)
 
-Progress = Callable[[str], None]
 FETCH_TIMEOUT = 300.0
 BUILD_TIMEOUT = 30 * 60.0
 

@@ -38,16 +38,7 @@ def up(ctx: click.Context, name: str, timeout: float, as_json: bool) -> None:
     start = time.monotonic()
     uk = common.lab(ctx)
     host = xenlab.lab_up(uk.paths, name, timeout=timeout)
-    uk.hosts.add(
-        name=host.name,
-        ssh=host.ssh_target,
-        port=host.ssh_port,
-        identity=str(host.identity_file),
-        known_hosts=str(host.known_hosts),
-        hypervisor="xen",
-        labels={"lab": "virtual"},
-        replace=True,
-    )
+    uk.hosts.add(**host.inventory_fields(), labels={"lab": "virtual"}, replace=True)
     if as_json:
         common.print_json(dataclasses.asdict(host))
         return

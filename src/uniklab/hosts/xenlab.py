@@ -173,6 +173,17 @@ class LabHost:
     bmc: str | None = None
     hypervisor: str = "xen"
 
+    def inventory_fields(self) -> dict[str, str | int]:
+        """This lab as the fields of an inventory ``Host``."""
+        return {
+            "name": self.name,
+            "ssh": self.ssh_target,
+            "port": self.ssh_port,
+            "identity": str(self.identity_file),
+            "known_hosts": str(self.known_hosts),
+            "hypervisor": self.hypervisor,
+        }
+
 
 @dataclass(frozen=True)
 class LabStatus:
@@ -477,15 +488,7 @@ def _ensure_key(path: Path, comment: str) -> str:
 def executor(host: LabHost, *, connect_timeout: int = 5) -> SshExecutor:
     """The lab's dom0 as uniklab's SSH executor, checking its recorded host key."""
     return SshExecutor(
-        Host(
-            name=host.name,
-            ssh=host.ssh_target,
-            port=host.ssh_port,
-            identity=str(host.identity_file),
-            known_hosts=str(host.known_hosts),
-            hypervisor="xen",
-        ),
-        connect_timeout=connect_timeout,
+        Host.model_validate(host.inventory_fields()), connect_timeout=connect_timeout
     )
 
 

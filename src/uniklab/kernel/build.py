@@ -16,11 +16,11 @@ import logging
 import os
 import shutil
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from uniklab import buildcache
+from uniklab.buildcache import Progress
 from uniklab.errors import BakeError, CommandError
 from uniklab.executor import Executor, local
 from uniklab.kernel import config as kconfig
@@ -40,8 +40,6 @@ KBUILD_ENV = (
 BZIMAGE = "bzImage"
 CONFIG = "config"
 RELEASE = "release"
-
-Progress = Callable[[str], None]
 
 
 @dataclass(frozen=True)
