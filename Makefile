@@ -9,7 +9,7 @@ APT_PACKAGES = qemu-system-x86 linux-image-amd64 redis-server redis-tools musl-t
                apache2 nginx memcached media-types apache2-utils dnsmasq-utils \
                openssh-server openssh-client \
                linux-source-6.1 bc bison flex libelf-dev build-essential xz-utils \
-               erofs-utils dpkg-dev socat
+               erofs-utils dpkg-dev socat zstd
 
 .PHONY: deps venv demo test lint unit e2e bench clean
 
