@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
+import sys
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
@@ -138,12 +140,17 @@ def test_missing_spec_file(home: Path, capsys: pytest.CaptureFixture[str]) -> No
 @pytest.mark.e2e
 def test_example_spec_on_a_real_guest(home: Path, tmp_path: Path) -> None:
     junit = tmp_path / "junit.xml"
+    # As a user with the virtualenv active runs it: the CLI from this interpreter (never a
+    # `uniklab` found on PATH), and the example's `python` test command is the venv's.
+    bindir = str(Path(sys.executable).parent)
     proc = subprocess.run(
-        ["uniklab", "test", str(ROOT / "examples" / "lab.toml"), "--junit", str(junit)],
+        [sys.executable, "-m", "uniklab", "test", str(ROOT / "examples" / "lab.toml"),
+         "--junit", str(junit)],
         capture_output=True,
         text=True,
         timeout=300,
-    )
+        env={**os.environ, "PATH": f"{bindir}{os.pathsep}{os.environ.get('PATH', '')}"},
+    )  # fmt: skip
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "2 passed, 0 failed" in proc.stdout
     suite = ET.parse(junit).getroot()[0]
