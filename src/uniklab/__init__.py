@@ -80,4 +80,5 @@ __all__ = [
     "ps",
     "run",
 ]
-__version__ = "0.1.0"
+# The one place the version is written: pyproject reads it (dynamic), --version prints it.
+__version__ = "0.3.0"

@@ -7,27 +7,27 @@ the default ``UNIKLAB_HOME``::
     import uniklab
     with uniklab.run("redis", memory="128M") as vm:
         vm.redis().set("k", "v")
-    # destroyed here, even on error or Ctrl-C
+    # destroyed here, even on error, Ctrl-C, SIGTERM or SIGHUP
 
 ``run`` cleans up whatever it started when it fails (like testcontainers' ``__enter__``);
-``Instance.destroy`` is safe to call twice.
+``Instance.destroy`` is safe to call twice.  While ``run`` waits and inside ``with``, SIGTERM
+and SIGHUP left to their default action stop the program like Ctrl-C (``uniklab.signals``),
+so the guest is destroyed instead of outliving a killed program.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
-import signal
-import threading
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from types import FrameType, TracebackType
+from types import TracebackType
 from typing import Any
 
 import redis
 
-from uniklab import validate
+from uniklab import signals, validate
 from uniklab.bake.image import Manifest
 from uniklab.errors import NotFoundError, UniklabError, UsageError
 from uniklab.lab import DEFAULT_WAIT, InstanceView, Lab, RunOptions, nics_of
@@ -102,6 +102,7 @@ class Instance:
         self._client = client
         self._view = view
         self._destroyed = False
+        self._signals = contextlib.ExitStack()
 
     # -- identity -----------------------------------------------------------------------
     @property
@@ -224,11 +225,11 @@ class Instance:
     def destroy(self) -> None:
         """Stop the guest and remove everything it had.  Safe to call twice.
 
-        Ctrl-C during the teardown is held until it is done, then re-raised.
+        Ctrl-C, SIGTERM or SIGHUP during the teardown is held until it is done, then delivered.
         """
         if self._destroyed:
             return
-        with sigint_deferred():
+        with signals.deferred():
             try:
                 self._client.lab.destroy(self.name)
             except NotFoundError:
@@ -237,6 +238,8 @@ class Instance:
                 self._destroyed = True
 
     def __enter__(self) -> Instance:
+        # Killed inside the block, the program still leaves through __exit__.
+        self._signals.enter_context(signals.as_interrupts())
         return self
 
     def __exit__(
@@ -245,7 +248,10 @@ class Instance:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        self.destroy()
+        try:
+            self.destroy()
+        finally:
+            self._signals.close()
 
 
 class _NetnsConnection(redis.Connection):
@@ -254,26 +260,6 @@ class _NetnsConnection(redis.Connection):
     def _connect(self) -> Any:
         with _netns.inside(self.netns):
             return super()._connect()  # type: ignore[no-untyped-call]
-
-
-@contextlib.contextmanager
-def sigint_deferred() -> Iterator[None]:
-    """Hold SIGINT while the body runs (main thread only); re-raise it afterwards."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    got: list[int] = []
-
-    def hold(signum: int, _frame: FrameType | None) -> None:
-        got.append(signum)
-
-    previous = signal.signal(signal.SIGINT, hold)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, previous)
-    if got:
-        raise KeyboardInterrupt
 
 
 class Client:
@@ -337,12 +323,14 @@ class Client:
             wait=wait,
             timeout=timeout,
         )
-        # Lab.run removes what it made if it fails, KeyboardInterrupt included.
-        view = self.lab.run(image, opts)
+        # Lab.run removes what it made if it fails, KeyboardInterrupt included; SIGTERM and
+        # SIGHUP become one while it waits.
+        with signals.as_interrupts():
+            view = self.lab.run(image, opts)
         try:
             return Instance(self, view)
         except BaseException:
-            with sigint_deferred():
+            with signals.deferred():
                 self.lab.destroy(view.name)
             raise
 

@@ -87,3 +87,12 @@ class ProbeTimeoutError(UniklabError):
         if last_error:
             full += f" (last error: {last_error})"
         super().__init__(full)
+
+
+class StoreError(UniklabError):
+    """The state store cannot be used as it is: written by a newer uniklab, or unopenable."""
+
+
+class StoreDamagedError(StoreError):
+    """The state database is not a readable store (garbage, truncated, corrupt pages);
+    ``uniklab store rebuild`` makes a new one from what is on disk."""

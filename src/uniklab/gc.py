@@ -5,7 +5,9 @@ this UNIKLAB_HOME on their command line; taps and bridges carry this home's tag 
 names (``ukt<tag>…``, ``ukb<tag>…``); staging and image directories live in its store; on
 each Xen host of the inventory, a domain's config file names the home that created it
 (``xen.owner_tag``).  A host that does not answer costs a bounded wait and one line of
-the report; the rest is swept all the same.
+the report; the rest is swept all the same.  With a damaged state store the rows are
+lost: every guest, runtime directory, tap and bridge of this home is then a leftover
+(nothing can manage them any more), and the images are kept for ``store rebuild``.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from pathlib import Path
 
 from uniklab.backends import process, xen
 from uniklab.backends.xen import XenBackend
-from uniklab.errors import HostUnreachableError, UniklabError
+from uniklab.errors import HostUnreachableError, StoreDamagedError, UniklabError
 from uniklab.executor import Executor
 from uniklab.hosts.inventory import Host
 from uniklab.lab import Lab, nics_of
@@ -80,6 +82,8 @@ def find(lab: Lab, *, connect: Connect | None = None) -> Sweep:
     except HostUnreachableError as exc:
         # Its rows stay as they are; the host's own sweep below reports it.
         log.info("reconcile stopped at a host: %s", exc)
+    except StoreDamagedError as exc:
+        return without_store(lab, exc)
     except UniklabError as exc:
         problems.append(f"the store could not be reconciled: {exc}")
     owner = xen.owner_tag(lab.paths.run)
@@ -118,9 +122,16 @@ def xen_leftovers(
     return out
 
 
-def _local(lab: Lab, rows: list[InstanceRow]) -> list[Leftover]:
+def without_store(lab: Lab, damage: StoreDamagedError) -> Sweep:
+    """This machine's leftovers when the store cannot say what is whose.  Xen hosts are
+    not swept: the inventory that names them was in the store."""
+    found = _local(lab, [], store_lost=True)
+    return Sweep(found, [f"{damage} (gc swept this machine without it; images kept)"])
+
+
+def _local(lab: Lab, rows: list[InstanceRow], *, store_lost: bool = False) -> list[Leftover]:
     rundirs = {str(r.runtime.get("rundir")) for r in rows}
-    nets = lab.store.networks()
+    nets = [] if store_lost else lab.store.networks()
     net_dirs = {n.rundir for n in nets}
     home = str(lab.paths.home)
     # A virtual Xen host's QEMU (`uniklab lab`, under LabFiles.dir) is its lab's to stop:
@@ -145,6 +156,8 @@ def _local(lab: Lab, rows: list[InstanceRow]) -> list[Leftover]:
             found.append(Leftover("bridge", b, "bridge of no network"))
     for d in lab.paths.images.glob(".tmp-*"):
         found.append(Leftover("staging", str(d), "half-written image"))
+    if store_lost:
+        return found  # no tag is known: every image would look unused
     digests = {i.digest.replace(":", "-") for i in lab.store.images()}
     digests |= {r.digest.replace(":", "-") for r in rows}
     for d in lab.paths.images.iterdir():

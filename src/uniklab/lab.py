@@ -18,7 +18,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from uniklab import faults, run_plan, validate
+from uniklab import faults, run_plan, signals, validate
 from uniklab.backends import xl_parse
 from uniklab.backends.base import (
     Backend,
@@ -57,6 +57,8 @@ from uniklab.state.store import CRASHED, CREATING, EXITED, RUNNING, InstanceRow,
 log = logging.getLogger(__name__)
 
 DEFAULT_WAIT = run_plan.DEFAULT_WAIT
+TEST_TAG = "uniklab-test"
+"""The tags of images baked by the test faces start with this (see ``Lab.bake_for_tests``)."""
 MAX_RESTARTS = 5
 _EXIT_RE = re.compile(r"uniklab-init: app (exited status \d+|killed by signal \d+)")
 _NET_RE = re.compile(r"uniklab-init: net (\S+) (\S+) (\S+) via (\S+)")
@@ -315,6 +317,30 @@ class Lab:
         self.store.put_image(rec.name, tag, result.manifest.digest)
         return result
 
+    def bake_for_tests(
+        self, ref: str, *, progress: Callable[[str], None] | None = None
+    ) -> Manifest:
+        """Bake recipe ``ref`` (a built-in name or a recipe file; default kernel and root)
+        under a tag of its own, ``tag_for_tests(digest)``, and return the tagged manifest.
+
+        What a test face bakes never repoints a tag someone chose (a user's ``redis:latest``
+        baked with ``--kernel specialised`` stays as it is), and, the tag naming the content,
+        sessions that bake different inputs under one name never run each other's image.
+        """
+        rec, rec_dir = recipe.load(ref)
+        validate.image_ref(f"{rec.name}:{TEST_TAG}")
+        result = baker.bake(
+            rec,
+            recipe_dir=rec_dir,
+            store=self.images,
+            cache=self.paths.cache,
+            tag=TEST_TAG,
+            progress=progress,
+        )
+        tag = tag_for_tests(result.manifest.digest)
+        self.store.put_image(rec.name, tag, result.manifest.digest)
+        return result.manifest.model_copy(update={"name": rec.name, "tag": tag})
+
     def image(self, ref: str, *, bake_missing: bool = False) -> Manifest:
         name, tag = validate.image_ref(ref)
         row = self.store.image(name, tag)
@@ -458,11 +484,13 @@ class Lab:
                 self.wait_ready(view, m, timeout=o.timeout)
             return self.view(self.store.instance_by_id(row.id))
         except BaseException:
-            # Whatever this command created, it removes: process, runtime dir, row.
-            try:
-                self._teardown(self.store.instance_by_id(row.id))
-            finally:
-                self.store.delete_instance(row.id)
+            # Whatever this command created, it removes: process, runtime dir, row; a second
+            # Ctrl-C or SIGTERM waits until that is done.
+            with signals.deferred():
+                try:
+                    self._teardown(self.store.instance_by_id(row.id))
+                finally:
+                    self.store.delete_instance(row.id)
             raise
 
     def _new_name(self, image_name: str) -> str:
@@ -654,11 +682,18 @@ class Lab:
     def destroy(self, name: str) -> InstanceRow:
         self.reconcile()
         row = self.store.instance(name)
-        try:
-            self._teardown(row)
-        finally:
-            self.store.delete_instance(row.id)
+        # Stopped half way, the row would go and the guest stay: hold signals until done.
+        with signals.deferred():
+            try:
+                self._teardown(row)
+            finally:
+                self.store.delete_instance(row.id)
         return row
+
+
+def tag_for_tests(digest: str) -> str:
+    """The tag a test face gives the image it baked: ``uniklab-test-<12 hex of the digest>``."""
+    return f"{TEST_TAG}-{digest.split(':', 1)[-1][:12]}"
 
 
 def _local_free_mb() -> int:

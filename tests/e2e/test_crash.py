@@ -5,14 +5,19 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
 from tests.e2e.conftest import assert_nothing_left, qemu_processes
+from uniklab.lab import Lab
 from uniklab.net import links, netns
+from uniklab.paths import Paths
+from uniklab.state.store import RUNNING
 
 pytestmark = pytest.mark.e2e
 
@@ -46,6 +51,38 @@ def test_killed_run_is_repaired(lab_home: Path, point: str) -> None:
         assert qemu_processes(str(lab_home)), "QEMU should have been running at the crash"
     r = _cli(lab_home, "ps", "--json")
     assert r.returncode == 0 and json.loads(r.stdout) == []
+    assert_nothing_left(lab_home)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP], ids=["SIGTERM", "SIGHUP"])
+def test_run_wait_stopped_by_a_signal_cleans_up(lab_home: Path, sig: signal.Signals) -> None:
+    """A CI job's timeout (SIGTERM) or a closed terminal (SIGHUP) while `run --wait` waits
+    for the guest: what it started goes, as on Ctrl-C, and it exits 128 + the signal."""
+    env = {**os.environ, "UNIKLAB_HOME": str(lab_home)}
+    argv = [sys.executable, "-m", "uniklab", "run", "redis", "--wait", "--name", "victim"]
+    proc = subprocess.Popen(
+        argv, env=env, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    lab = Lab(Paths(lab_home))
+    try:
+        deadline = time.monotonic() + 60
+        # Running (QEMU up, the row says so) and waiting for the probe: a TCG boot takes
+        # seconds, so the signal lands before the guest is ready.
+        while not any(r.state == RUNNING for r in lab.store.instances()):
+            assert proc.poll() is None, proc.communicate()
+            assert time.monotonic() < deadline, "the guest never started"
+            time.sleep(0.05)
+        assert qemu_processes(str(lab_home)), "QEMU should be running when the signal comes"
+        proc.send_signal(sig)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        lab.close()
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 128 + sig, err
+    assert out == "", "killed before it was ready"
+    assert f"aborted ({sig.name})" in err
     assert_nothing_left(lab_home)
 
 

@@ -11,10 +11,11 @@ import os
 import signal
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
 
-from uniklab.api import Client, Image
 from uniklab.backends.base import Handle, Inspection, InstanceSpec
+from uniklab.bake.image import Manifest
 from uniklab.lab import Lab
 
 BANNER = "fake-guest: booting\nuniklab-init: exec /bin/redis-server\n"
@@ -77,9 +78,9 @@ class FakeBackend:
 
 
 FAKE = FakeBackend()
-BAKES: list[str] = []
+BAKES: list[str] = []  # what the test faces baked (Lab.bake_for_tests), in order
 _original = Lab.backend
-_original_bake = Client.bake
+_original_bake = Lab.bake_for_tests
 
 
 def _backend(
@@ -88,9 +89,9 @@ def _backend(
     return FAKE
 
 
-def _bake(self: Client, recipe: str, *, tag: str = "latest") -> Image:
-    BAKES.append(recipe)
-    return _original_bake(self, recipe, tag=tag)
+def _bake(self: Lab, ref: str, *, progress: Callable[[str], None] | None = None) -> Manifest:
+    BAKES.append(ref)
+    return _original_bake(self, ref, progress=progress)
 
 
 _depth = [0]  # nested installs (a test, and the pytester session inside it)
@@ -101,14 +102,14 @@ def install() -> None:
     if _depth[0] == 1:
         BAKES.clear()
         Lab.backend = _backend  # type: ignore[method-assign,assignment]
-        Client.bake = _bake  # type: ignore[method-assign]
+        Lab.bake_for_tests = _bake  # type: ignore[method-assign]
 
 
 def uninstall() -> None:
     _depth[0] -= 1
     if _depth[0] == 0:
         Lab.backend = _original  # type: ignore[method-assign]
-        Client.bake = _original_bake  # type: ignore[method-assign]
+        Lab.bake_for_tests = _original_bake  # type: ignore[method-assign]
 
 
 def redis_servers(marker: str) -> list[str]:

@@ -51,8 +51,8 @@ def demo(ctx: click.Context, memory: str, keep: bool) -> None:
     _step(f"uniklab run redis --name {name} --memory {memory} --vcpus 1 --wait")
     start = time.monotonic()
     view = lab.run("redis", RunOptions(name=name, memory=memory, vcpus=1, wait=True))
-    common.out.print(f"ready in {time.monotonic() - start:.1f}s at {view.address}")
     try:
+        common.out.print(f"ready in {time.monotonic() - start:.1f}s at {view.address}")
         _step("uniklab ps")
         common.out.print(
             f"{'Name':<24} {'ID':>4} {'Mem':>5} {'VCPUs':>5}  {'State':<8} {'Time(s)':>8}  Address"

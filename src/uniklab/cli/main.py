@@ -1,15 +1,18 @@
 """The ``uniklab`` command: a group of verbs, one module each, and the one place that
-turns errors into exit codes (a traceback only with -v)."""
+turns errors into exit codes (a traceback only with -v) and SIGTERM/SIGHUP into Ctrl-C."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import signal
 import sys
 
 import click
 from rich.logging import RichHandler
 from rich.markup import escape
 
+from uniklab import __version__, signals
 from uniklab.cli import common
 from uniklab.cli.bake import bake
 from uniklab.cli.check import check
@@ -28,13 +31,14 @@ from uniklab.cli.recipes import recipes
 from uniklab.cli.rmi import rmi
 from uniklab.cli.rumprun import rumprun
 from uniklab.cli.run import run
+from uniklab.cli.store import store
 from uniklab.cli.test import test
 from uniklab.errors import LaunchError, ProbeTimeoutError, UniklabError
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("-v", "--verbose", count=True, help="Show debug logs and tracebacks.")
-@click.version_option(package_name="uniklab")
+@click.version_option(version=__version__, prog_name="uniklab")
 @click.pass_context
 def cli(ctx: click.Context, verbose: int) -> None:
     """Bake applications into unikernel-style images and run them on QEMU."""
@@ -68,6 +72,7 @@ for command in (
     gc,
     lab,
     kernel,
+    store,
 ):
     cli.add_command(command)
 
@@ -96,15 +101,16 @@ def _explain(exc: UniklabError) -> None:
 def main(argv: list[str] | None = None) -> int:
     verbose = any(a in ("-v", "-vv", "--verbose") for a in (argv or sys.argv[1:]))
     try:
-        cli.main(args=argv, prog_name="uniklab", standalone_mode=False)
+        # Killed by a CI timeout or a closed terminal, a command cleans up as on Ctrl-C.
+        with signals.as_interrupts(take_over=True):
+            cli.main(args=argv, prog_name="uniklab", standalone_mode=False)
     except UniklabError as exc:
         if verbose:
             logging.getLogger("uniklab").exception("failed")
         _explain(exc)
         return exc.exit_code
-    except click.exceptions.Abort:
-        common.err.print("aborted")
-        return 130
+    except click.exceptions.Abort as exc:
+        return _stopped("aborted", exc.__cause__)
     except click.ClickException as exc:
         # One line, like every other error (click's own form is a usage block).
         hint = ""
@@ -112,10 +118,18 @@ def main(argv: list[str] | None = None) -> int:
             hint = f" (see '{exc.ctx.command_path} --help')"
         common.err.print(f"error: {one_line(exc.format_message())}{hint}", markup=False)
         return exc.exit_code
-    except KeyboardInterrupt:
-        common.err.print("interrupted")
-        return 130
+    except KeyboardInterrupt as exc:
+        return _stopped("interrupted", exc)
     return 0
+
+
+def _stopped(word: str, cause: BaseException | None) -> int:
+    """Ctrl-C, SIGTERM or SIGHUP (what the command made is removed by now): 128 + signal."""
+    signum = signals.signum_of(cause)
+    with contextlib.suppress(OSError):  # SIGHUP: the terminal may be gone
+        shown = word if signum == signal.SIGINT else f"{word} ({signal.Signals(signum).name})"
+        common.err.print(shown)
+    return signals.exit_code(cause)
 
 
 def entry() -> None:

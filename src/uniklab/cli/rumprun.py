@@ -16,15 +16,37 @@ from uniklab.rumprun_compat import translate
 from uniklab.state.store import RUNNING
 
 
+# rumprun's own options are parsed by rumprun_args (getopts, like its script): click sees
+# one opaque argv, and --help/-h is recognised here, before it.
 @click.command(
     context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False},
     add_help_option=False,
+    options_metavar="",
 )
-@click.argument("argv", nargs=-1, type=click.UNPROCESSED)
+@click.argument(
+    "argv",
+    nargs=-1,
+    type=click.UNPROCESSED,
+    metavar="[-DS] PLATFORM [GUEST OPTIONS] APP [ARGS]...",
+)
 @click.pass_context
 def rumprun(ctx: click.Context, argv: tuple[str, ...]) -> None:
-    """rumprun PLATFORM [-N name] [-M mem] [-I if,kind,mac=..,bridge=..] [-W if,inet,dhcp]
-    [-e VAR=VAL] IMAGE [ARGS]: launch like rumprun's own launcher."""
+    """Launch like rumprun's own launcher (its options as app-tools/rumprun reads them).
+
+    PLATFORM is xen, qemu or kvm; the guest options are -N NAME, -M MB,
+    -I TAG,KIND,mac=MAC,bridge=NET (NET: the uniklab network to attach to),
+    -W TAG,inet,dhcp or -W TAG,inet,static,ADDR/PREFIX[,GW], -e VAR=VAL,
+    -i (follow the console; Ctrl-C destroys the guest) and -d.  -b, -g, -D and -p
+    are refused.  Without -i it prints PLATFORM:PID NAME and returns.
+
+    \b
+    Example:
+      uniklab rumprun qemu -N redis -M 128 \\
+        -I net0,vioif,mac=00:11:22:33:44:55,bridge=lab -W net0,inet,dhcp redis
+    """
+    if argv[:1] in (("-h",), ("--help",)):
+        click.echo(ctx.get_help())
+        ctx.exit()
     inv = rumprun_args.parse(list(argv))
     lab = common.lab(ctx)
     lab.reconcile()

@@ -217,6 +217,8 @@ def _getopts(
             return
         if not word.startswith("-") or word == "-":
             return
+        if word.startswith("--"):  # getopts reads "--x" as the letters "-", "x": say the word
+            raise UsageError(f"rumprun: unknown {where} option {word}")
         i += 1
         pos = 1
         while pos < len(word):

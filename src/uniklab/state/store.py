@@ -2,7 +2,8 @@
 
 Every write is a short transaction; SQLite's locking plus a busy timeout lets several
 uniklab processes share the file.  Name uniqueness is enforced by the schema, so two
-concurrent ``run --name x`` cannot both win.
+concurrent ``run --name x`` cannot both win.  The schema is versioned (``migrations``);
+a damaged file is reported as one ``StoreDamagedError`` naming it, never a traceback.
 """
 
 from __future__ import annotations
@@ -17,57 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from uniklab.errors import ConflictError, NotFoundError
-
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS images (
-    name TEXT NOT NULL,
-    tag TEXT NOT NULL,
-    digest TEXT NOT NULL,
-    created REAL NOT NULL,
-    PRIMARY KEY (name, tag)
-);
-CREATE TABLE IF NOT EXISTS instances (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    name TEXT NOT NULL UNIQUE,
-    image TEXT NOT NULL,
-    digest TEXT NOT NULL,
-    backend TEXT NOT NULL,
-    host TEXT NOT NULL DEFAULT 'local',
-    state TEXT NOT NULL,
-    owner_pid INTEGER,
-    pid INTEGER,
-    memory_mb INTEGER NOT NULL,
-    vcpus INTEGER NOT NULL,
-    created REAL NOT NULL,
-    started REAL,
-    rundir TEXT,
-    spec TEXT NOT NULL DEFAULT '{}',
-    runtime TEXT NOT NULL DEFAULT '{}',
-    labels TEXT NOT NULL DEFAULT '{}',
-    exit_reason TEXT
-);
-CREATE TABLE IF NOT EXISTS hosts (
-    name TEXT PRIMARY KEY,
-    doc TEXT NOT NULL,
-    created REAL NOT NULL
-);
-CREATE TABLE IF NOT EXISTS networks (
-    name TEXT PRIMARY KEY,
-    state TEXT NOT NULL,
-    owner_pid INTEGER,
-    subnet TEXT,
-    gateway TEXT,
-    bridge TEXT NOT NULL,
-    netns TEXT,
-    dhcp INTEGER NOT NULL,
-    made_bridge INTEGER NOT NULL DEFAULT 0,
-    made_netns INTEGER NOT NULL DEFAULT 0,
-    dnsmasq_pid INTEGER,
-    rundir TEXT NOT NULL,
-    created REAL NOT NULL
-);
-"""
+from uniklab.errors import ConflictError, NotFoundError, StoreDamagedError, StoreError
+from uniklab.state import migrations
 
 # Instance states.  "creating" rows reserve a name while a CLI builds the instance; a
 # creating row whose owner process is gone is debris from a killed CLI.
@@ -135,38 +87,116 @@ class NetworkRow:
         return cls(**data)
 
 
+# SQLite's primary result codes for "this file is not (or no longer) a database".
+_DAMAGE_CODES = frozenset({sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB})
+
+
+def is_damage(exc: sqlite3.Error) -> bool:
+    # By result code, not message text; extended codes (SQLITE_CORRUPT_*) keep the primary
+    # code in their low byte.
+    return (getattr(exc, "sqlite_errorcode", 0) & 0xFF) in _DAMAGE_CODES
+
+
+def damaged(path: Path, exc: sqlite3.Error) -> StoreDamagedError:
+    return StoreDamagedError(
+        f"{path} is damaged ({exc}): run `uniklab store rebuild` to move it aside and "
+        "rebuild the store from the images on disk"
+    )
+
+
 class Store:
-    """Thin typed access to the state database."""
+    """Thin typed access to the state database.
+
+    A store whose file turns out damaged is still constructed, with ``damage`` set, and
+    every use raises that error: ``uniklab gc`` and ``uniklab store rebuild`` must work on
+    a home whose rows are lost, and every other command says so in one line at its first
+    use of the store.  A store from a newer uniklab raises at once: nothing here may read it.
+    """
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        path.parent.mkdir(parents=True, exist_ok=True)
-        # Owner-only from the start: SQLite gives the WAL and shm files the database's mode.
-        os.close(os.open(path, os.O_CREAT | os.O_RDWR, 0o600))
-        for p in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
-            if p.exists():
-                p.chmod(0o600)
-        self._db = sqlite3.connect(path, timeout=30.0, isolation_level=None)
-        self._db.row_factory = sqlite3.Row
-        self._db.execute("PRAGMA busy_timeout = 30000")
-        self._db.execute("PRAGMA journal_mode = WAL")
-        self._db.execute("PRAGMA synchronous = NORMAL")
-        self._db.executescript(SCHEMA)
+        self.damage: StoreDamagedError | None = None
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            # Owner-only from the start: SQLite gives the WAL and shm files the database's mode.
+            os.close(os.open(path, os.O_CREAT | os.O_RDWR, 0o600))
+            for p in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
+                if p.exists():
+                    p.chmod(0o600)
+        except OSError as exc:
+            raise StoreError(f"cannot open {path}: {exc.strerror}") from exc
+        self._conn: sqlite3.Connection | None = sqlite3.connect(
+            path, timeout=30.0, isolation_level=None
+        )
+        self._conn.row_factory = sqlite3.Row
+        try:
+            self._conn.execute("PRAGMA busy_timeout = 30000")
+            self._conn.execute("PRAGMA journal_mode = WAL")
+            self._conn.execute("PRAGMA synchronous = NORMAL")
+            migrations.migrate(self._conn, path)
+        except sqlite3.Error as exc:
+            self._conn.close()
+            self._conn = None
+            if not is_damage(exc):
+                raise StoreError(f"cannot open {path}: {exc}") from exc
+            self.damage = damaged(path, exc)
+            self.damage.__cause__ = exc
+        except BaseException:
+            self._conn.close()
+            raise
         path.chmod(0o600)
 
+    @property
+    def _db(self) -> sqlite3.Connection:
+        if self._conn is None:
+            assert self.damage is not None
+            # A new error per use: re-raising one instance would grow its traceback.
+            raise StoreDamagedError(str(self.damage)) from self.damage.__cause__
+        return self._conn
+
+    @property
+    def version(self) -> int:
+        """The schema version of the open store (``migrations.MIGRATIONS``)."""
+        with self._guard():
+            return migrations.version(self._db)
+
     def close(self) -> None:
-        self._db.close()
+        if self._conn is not None:
+            self._conn.close()
+
+    @contextmanager
+    def _guard(self) -> Iterator[None]:
+        """Corruption found by any statement, at any time, becomes the one-line error."""
+        try:
+            yield
+        except sqlite3.Error as exc:
+            if is_damage(exc):
+                raise damaged(self.path, exc) from exc
+            raise
+
+    def _all(self, sql: str, params: tuple[object, ...] = ()) -> list[sqlite3.Row]:
+        with self._guard():
+            return self._db.execute(sql, params).fetchall()
+
+    def _one(self, sql: str, params: tuple[object, ...] = ()) -> sqlite3.Row | None:
+        with self._guard():
+            row: sqlite3.Row | None = self._db.execute(sql, params).fetchone()
+            return row
 
     @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
-        self._db.execute("BEGIN IMMEDIATE")
-        try:
-            yield self._db
-        except BaseException:
-            self._db.execute("ROLLBACK")
-            raise
-        else:
-            self._db.execute("COMMIT")
+        db = self._db
+        with self._guard():
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                yield db
+            except BaseException:
+                # A statement that failed on a corrupt page may have ended the transaction.
+                if db.in_transaction:
+                    db.execute("ROLLBACK")
+                raise
+            else:
+                db.execute("COMMIT")
 
     # -- images -----------------------------------------------------------------------
     def put_image(self, name: str, tag: str, digest: str) -> None:
@@ -180,13 +210,11 @@ class Store:
             )
 
     def images(self) -> list[ImageRow]:
-        rows = self._db.execute("SELECT * FROM images ORDER BY name, tag").fetchall()
+        rows = self._all("SELECT * FROM images ORDER BY name, tag")
         return [ImageRow(**dict(r)) for r in rows]
 
     def image(self, name: str, tag: str) -> ImageRow | None:
-        row = self._db.execute(
-            "SELECT * FROM images WHERE name=? AND tag=?", (name, tag)
-        ).fetchone()
+        row = self._one("SELECT * FROM images WHERE name=? AND tag=?", (name, tag))
         return ImageRow(**dict(row)) if row else None
 
     def delete_image(self, name: str, tag: str) -> None:
@@ -194,10 +222,10 @@ class Store:
             db.execute("DELETE FROM images WHERE name=? AND tag=?", (name, tag))
 
     def digest_in_use(self, digest: str) -> bool:
-        row = self._db.execute(
+        row = self._one(
             "SELECT 1 FROM images WHERE digest=? UNION ALL SELECT 1 FROM instances WHERE digest=?",
             (digest, digest),
-        ).fetchone()
+        )
         return row is not None
 
     # -- instances --------------------------------------------------------------------
@@ -288,21 +316,19 @@ class Store:
             db.execute("DELETE FROM instances WHERE id=?", (row_id,))
 
     def instances(self) -> list[InstanceRow]:
-        rows = self._db.execute("SELECT * FROM instances ORDER BY id").fetchall()
+        rows = self._all("SELECT * FROM instances ORDER BY id")
         return [InstanceRow.from_sql(r) for r in rows]
 
     def instance_by_id(self, row_id: int) -> InstanceRow:
-        row = self._db.execute("SELECT * FROM instances WHERE id=?", (row_id,)).fetchone()
+        row = self._one("SELECT * FROM instances WHERE id=?", (row_id,))
         if row is None:
             raise NotFoundError(f"no instance with id {row_id}")
         return InstanceRow.from_sql(row)
 
     def instance(self, name_or_id: str) -> InstanceRow:
-        row = self._db.execute("SELECT * FROM instances WHERE name=?", (name_or_id,)).fetchone()
+        row = self._one("SELECT * FROM instances WHERE name=?", (name_or_id,))
         if row is None and name_or_id.isdigit():
-            row = self._db.execute(
-                "SELECT * FROM instances WHERE id=?", (int(name_or_id),)
-            ).fetchone()
+            row = self._one("SELECT * FROM instances WHERE id=?", (int(name_or_id),))
         if row is None:
             raise NotFoundError(f"no such instance: {name_or_id}")
         return InstanceRow.from_sql(row)
@@ -344,11 +370,11 @@ class Store:
             db.execute("DELETE FROM networks WHERE name=?", (name,))
 
     def networks(self) -> list[NetworkRow]:
-        rows = self._db.execute("SELECT * FROM networks ORDER BY name").fetchall()
+        rows = self._all("SELECT * FROM networks ORDER BY name")
         return [NetworkRow.from_sql(r) for r in rows]
 
     def network(self, name: str) -> NetworkRow:
-        row = self._db.execute("SELECT * FROM networks WHERE name=?", (name,)).fetchone()
+        row = self._one("SELECT * FROM networks WHERE name=?", (name,))
         if row is None:
             raise NotFoundError(f"no such network: {name}")
         return NetworkRow.from_sql(row)
@@ -366,11 +392,11 @@ class Store:
             raise ConflictError(f"a host named {name!r} already exists") from exc
 
     def hosts(self) -> list[tuple[str, str]]:
-        rows = self._db.execute("SELECT name, doc FROM hosts ORDER BY name").fetchall()
+        rows = self._all("SELECT name, doc FROM hosts ORDER BY name")
         return [(r["name"], r["doc"]) for r in rows]
 
     def host_doc(self, name: str) -> str:
-        row = self._db.execute("SELECT doc FROM hosts WHERE name=?", (name,)).fetchone()
+        row = self._one("SELECT doc FROM hosts WHERE name=?", (name,))
         if row is None:
             raise NotFoundError(f"no such host: {name}")
         return str(row["doc"])

@@ -4,16 +4,19 @@
         vm = unikernel("redis", memory="128M")
         assert vm.redis().ping()
 
-Each recipe is baked once per session; instance names are unique per session and per
-pytest-xdist worker; every instance carries the session's labels, and a reaper at session
-start removes leftovers of sessions that crashed.  A failing test gets its instances'
-console logs in its report; ``--uniklab-keep`` keeps those instances for debugging.
-Tests that use the fixture (or carry ``@pytest.mark.uniklab``) are skipped when no backend
-can run guests here.
+Each recipe is baked once per session under a tag of its own (a user's ``redis:latest`` is
+never repointed; ``unikernel("redis:latest")`` runs exactly that image); instance names are
+unique per session and per pytest-xdist worker; every instance carries the session's
+labels, and a reaper at session start removes leftovers of sessions that crashed.  Once a
+test uses the fixture, SIGTERM and SIGHUP stop the session like Ctrl-C, so its instances are
+destroyed on the way out.  A failing test gets its instances' console logs in its report;
+``--uniklab-keep`` keeps those instances for debugging.  Tests that use the fixture (or carry
+``@pytest.mark.uniklab``) are skipped when no backend can run guests here.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
@@ -24,6 +27,7 @@ from typing import TYPE_CHECKING, Protocol
 
 import pytest
 
+from uniklab import signals
 from uniklab.errors import NotFoundError, ProbeTimeoutError, UniklabError
 from uniklab.testing import session as owner
 
@@ -73,6 +77,12 @@ class UniklabSession:
         self._images: dict[str, str] = {}
         self._count = 0
         self._client: Client | None = None
+        self._signals = contextlib.ExitStack()
+
+    def handle_signals(self) -> None:
+        """From the first test that starts guests on: SIGTERM and SIGHUP (a CI job's timeout)
+        end the session like Ctrl-C, through the fixtures' teardown and ``close``."""
+        self._signals.enter_context(signals.as_interrupts())
 
     @property
     def client(self) -> Client:
@@ -90,14 +100,11 @@ class UniklabSession:
         }
 
     def image(self, ref: str) -> str:
-        """The image for ``ref``: a recipe (name or .toml path) is baked once per session."""
+        """The image for ``ref`` (``session.image_for_tests``): a recipe (a built-in name or
+        a .toml path) is baked once per session under a tag of its own; ``NAME:TAG`` is
+        that image, as it is."""
         if ref not in self._images:
-            from uniklab.bake import recipe
-
-            if ":" not in ref and (ref.endswith(".toml") or ref in recipe.builtin_names()):
-                self._images[ref] = self.client.bake(ref).ref
-            else:
-                self._images[ref] = self.client.image(ref).ref
+            self._images[ref] = owner.image_for_tests(self.client.lab, ref)
         return self._images[ref]
 
     def new_name(self, image: str) -> str:
@@ -128,15 +135,18 @@ class UniklabSession:
 
     def close(self) -> None:
         """Destroy what this session still has (a safety net), then close the store."""
-        for inst in reversed(self.live):
-            try:
-                inst.destroy()
-            except UniklabError as exc:
-                log.warning("could not destroy %s: %s", inst.name, exc)
-        self.live.clear()
-        if self._client is not None:
-            self._client.close()
-            self._client = None
+        try:
+            for inst in reversed(self.live):
+                try:
+                    inst.destroy()
+                except UniklabError as exc:
+                    log.warning("could not destroy %s: %s", inst.name, exc)
+            self.live.clear()
+            if self._client is not None:
+                self._client.close()
+                self._client = None
+        finally:
+            self._signals.close()
 
 
 SESSION_KEY = pytest.StashKey[UniklabSession]()
@@ -246,6 +256,7 @@ def uniklab_session(pytestconfig: pytest.Config) -> UniklabSession:
     us = pytestconfig.stash[SESSION_KEY]
     if us.unavailable:
         pytest.skip(f"uniklab: {us.unavailable}")
+    us.handle_signals()
     return us
 
 

@@ -18,8 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from uniklab import validate
-from uniklab.api import Client, Instance, sigint_deferred
+from uniklab import signals, validate
+from uniklab.api import Client, Instance
 from uniklab.errors import CommandError, NotFoundError, UniklabError
 from uniklab.executor import local
 from uniklab.lab import tail
@@ -113,9 +113,9 @@ def run_test(test: TestDecl, env: Mapping[str, str], base: Path, suite: str) -> 
 
 
 def _image(client: Client, decl: InstanceDecl, base: Path) -> str:
-    if decl.image.endswith(".toml"):
-        return client.bake(str(base / decl.image)).ref
-    return decl.image
+    """A recipe file is relative to the spec's directory; then the test faces' one rule."""
+    ref = str(base / decl.image) if decl.image.endswith(".toml") else decl.image
+    return owner.image_for_tests(client.lab, ref)
 
 
 @contextlib.contextmanager
@@ -157,7 +157,7 @@ def _environment(
             env.update(instance_env(decl, inst, ports))
         yield env
     finally:
-        with sigint_deferred():
+        with signals.deferred():
             for inst in reversed(instances):
                 try:
                     inst.destroy()

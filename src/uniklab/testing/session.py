@@ -80,6 +80,21 @@ def reap(lab: Lab) -> list[str]:
     return reaped
 
 
+def image_for_tests(lab: Lab, ref: str) -> str:
+    """The image ref a test face (the pytest plugin, ``uniklab test``) runs for ``ref``.
+
+    A recipe, that is a recipe file (``*.toml``) or a built-in recipe's name without a tag,
+    is baked with the default kernel under a tag of its own (``Lab.bake_for_tests``): a
+    test never repoints a user's tag.  An image ref with a tag (``redis:latest``) is exactly
+    that image, never baked nor retagged; a bare name that is no recipe means ``NAME:latest``.
+    """
+    from uniklab.bake import recipe
+
+    if ref.endswith(".toml") or (":" not in ref and ref in recipe.builtin_names()):
+        return lab.bake_for_tests(ref).ref
+    return lab.image(ref).ref
+
+
 def backend_unavailable(backend: str = "qemu") -> str | None:
     """Why no guest can run here (None: one can): no hypervisor binary, no readable kernel."""
     if backend not in BACKENDS:

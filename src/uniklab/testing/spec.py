@@ -54,7 +54,9 @@ class NetworkDecl(_Model):
 
 class InstanceDecl(_Model):
     name: DeclName
-    image: str  # an image ref (redis, redis:latest) or a recipe file (*.toml, baked first)
+    # A recipe (a built-in name such as redis, or a *.toml file), baked for the run under a
+    # tag of its own, or an image with its tag (redis:latest), run as it is.
+    image: str
     memory: str | int | None = None
     vcpus: int = Field(default=1, ge=1, le=64)
     nets: list[str] = Field(default_factory=list)  # NET[,mac=M][,ip=CIDR][,gw=IP]

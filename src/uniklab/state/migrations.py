@@ -1,0 +1,124 @@
+"""The state store's schema, as numbered steps: ``PRAGMA user_version`` says how many ran.
+
+A release that changes the schema appends one step (``_sql("ALTER TABLE instances ADD
+COLUMN ...")``) and never edits an old one: a home made by any earlier uniklab is brought
+up to date by running the steps it lacks, in one transaction.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from uniklab.errors import StoreError
+
+Migration = Callable[[sqlite3.Connection], None]
+
+
+def _sql(*statements: str) -> Migration:
+    # One statement per execute(): executescript() would COMMIT the migration's transaction.
+    def step(db: sqlite3.Connection) -> None:
+        for statement in statements:
+            db.execute(statement)
+
+    return step
+
+
+# Version 1 is the schema uniklab 0.1 and 0.2 made without numbering it.  IF NOT EXISTS
+# lets the same step adopt such a store (user_version 0, tables present) as well as create
+# a new one.
+V1 = _sql(
+    """CREATE TABLE IF NOT EXISTS images (
+        name TEXT NOT NULL,
+        tag TEXT NOT NULL,
+        digest TEXT NOT NULL,
+        created REAL NOT NULL,
+        PRIMARY KEY (name, tag)
+    )""",
+    """CREATE TABLE IF NOT EXISTS instances (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        name TEXT NOT NULL UNIQUE,
+        image TEXT NOT NULL,
+        digest TEXT NOT NULL,
+        backend TEXT NOT NULL,
+        host TEXT NOT NULL DEFAULT 'local',
+        state TEXT NOT NULL,
+        owner_pid INTEGER,
+        pid INTEGER,
+        memory_mb INTEGER NOT NULL,
+        vcpus INTEGER NOT NULL,
+        created REAL NOT NULL,
+        started REAL,
+        rundir TEXT,
+        spec TEXT NOT NULL DEFAULT '{}',
+        runtime TEXT NOT NULL DEFAULT '{}',
+        labels TEXT NOT NULL DEFAULT '{}',
+        exit_reason TEXT
+    )""",
+    """CREATE TABLE IF NOT EXISTS hosts (
+        name TEXT PRIMARY KEY,
+        doc TEXT NOT NULL,
+        created REAL NOT NULL
+    )""",
+    """CREATE TABLE IF NOT EXISTS networks (
+        name TEXT PRIMARY KEY,
+        state TEXT NOT NULL,
+        owner_pid INTEGER,
+        subnet TEXT,
+        gateway TEXT,
+        bridge TEXT NOT NULL,
+        netns TEXT,
+        dhcp INTEGER NOT NULL,
+        made_bridge INTEGER NOT NULL DEFAULT 0,
+        made_netns INTEGER NOT NULL DEFAULT 0,
+        dnsmasq_pid INTEGER,
+        rundir TEXT NOT NULL,
+        created REAL NOT NULL
+    )""",
+)
+
+# MIGRATIONS[i] takes a store from version i to version i + 1.  Append only.
+MIGRATIONS: tuple[Migration, ...] = (V1,)
+
+
+def version(db: sqlite3.Connection) -> int:
+    return int(db.execute("PRAGMA user_version").fetchone()[0])
+
+
+def too_new(path: Path, found: int, known: int) -> StoreError:
+    return StoreError(
+        f"{path} was written by a newer uniklab (store version {found}, this uniklab "
+        f"reads up to {known}): upgrade uniklab, or set UNIKLAB_HOME to another directory"
+    )
+
+
+def migrate(db: sqlite3.Connection, path: Path, steps: Sequence[Migration] | None = None) -> int:
+    """Bring the store on ``db`` (in autocommit mode) to the newest version; returns it.
+
+    Two processes may open an old store at once: the write lock is taken first and the
+    version read again under it, so the second finds the work done and runs no step twice.
+    """
+    steps = MIGRATIONS if steps is None else steps
+    latest = len(steps)
+    current = version(db)
+    if current == latest:
+        return current  # every command takes this path: no write lock
+    if current > latest:
+        raise too_new(path, current, latest)
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        current = version(db)
+        if current > latest:
+            raise too_new(path, current, latest)
+        for step in steps[current:]:
+            step(db)
+        # The header's user_version is written in the same transaction as the steps: a
+        # crash leaves the old version and the old schema, never one without the other.
+        db.execute(f"PRAGMA user_version = {latest:d}")
+    except BaseException:
+        if db.in_transaction:
+            db.execute("ROLLBACK")
+        raise
+    db.execute("COMMIT")
+    return latest
