@@ -19,6 +19,21 @@ REDIS = Path("/usr/bin/redis-check-rdb")
 LS = Path("/bin/ls")
 INTERP = PurePosixPath("/lib64/ld-linux-x86-64.so.2")
 
+
+
+def _ld_platform() -> str:
+    """What this machine's ld.so expands $PLATFORM to: the CPU's name ("haswell") where
+    glibc has one, else the kernel's ("x86_64").  Never spelled in the test: it differs
+    between machines."""
+    out = subprocess.run(
+        [str(INTERP), "--list-diagnostics"], capture_output=True, text=True, timeout=20
+    ).stdout
+    m = re.search(r'^dl_platform="([^"]+)"', out, re.M)
+    return m[1] if m else "x86_64"
+
+
+PLATFORM = _ld_platform()
+
 needs_gcc = pytest.mark.skipif(shutil.which("gcc") is None, reason="gcc not installed")
 needs_redis = pytest.mark.skipif(not REDIS.is_file(), reason="redis-check-rdb not installed")
 
@@ -144,12 +159,12 @@ def fx(tmp_path_factory: pytest.TempPathFactory) -> Fixtures:
         (d / name).write_text(text)
     for sub in ("bin", "libdirA", "libdirB", "libdir32", "gone", "lib/x86_64-linux-gnu"):
         (d / sub).mkdir(parents=True)
-    (d / "p/x86_64").mkdir(parents=True)
+    (d / "p" / PLATFORM).mkdir(parents=True)
     gcc("-shared", "-fPIC", "-o", d / "libdirB/libb.so", d / "b.c")
     gcc("-shared", "-fPIC", "-o", d / "libdirA/liba.so", d / "a.c", f"-L{d}/libdirB", "-lb")
     gcc("-shared", "-fPIC", "-o", d / "libdirA/libplug.so", d / "plug.c", f"-L{d}/libdirB", "-lb")
     gcc("-shared", "-fPIC", "-o", d / "lib/x86_64-linux-gnu/libsolo.so", d / "solo.c")
-    gcc("-shared", "-fPIC", "-o", d / "p/x86_64/libplat.so", d / "plat.c")
+    gcc("-shared", "-fPIC", "-o", d / "p" / PLATFORM / "libplat.so", d / "plat.c")
     gcc("-shared", "-fPIC", "-o", d / "gone/libgone.so", d / "gone.c")
     link_a: list[str | Path] = [d / "main_a.c", f"-L{d}/libdirA", f"-L{d}/libdirB", "-la"]
     rp = "$ORIGIN/../libdirA:$ORIGIN/../libdirB"
@@ -162,7 +177,7 @@ def fx(tmp_path_factory: pytest.TempPathFactory) -> Fixtures:
         d / "bin/app_dst",
         d / "main_dst.c",
         f"-L{d}/lib/x86_64-linux-gnu",
-        f"-L{d}/p/x86_64",
+        f"-L{d}/p/{PLATFORM}",
         "-lsolo",
         "-lplat",
         "-Wl,-rpath,$ORIGIN/../$LIB:$ORIGIN/../p/$PLATFORM",
@@ -240,7 +255,7 @@ def test_dst_lib_and_platform(fx: Fixtures) -> None:
     assert runs(fx.app_dst)
     closure = elf_closure([fx.app_dst])
     solo = fx.root / "lib/x86_64-linux-gnu/libsolo.so"
-    plat = fx.root / "p/x86_64/libplat.so"
+    plat = fx.root / "p" / PLATFORM / "libplat.so"
     assert closure[image(solo)] == solo
     assert closure[image(plat)] == plat
 

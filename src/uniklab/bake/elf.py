@@ -47,10 +47,15 @@ _DST_LIB: dict[str, tuple[str, ...]] = {
     "EM_AARCH64": ("lib/aarch64-linux-gnu", "lib64"),
     "EM_386": ("lib/i386-linux-gnu", "lib"),
 }
-_DST_PLATFORM: dict[str, str] = {
-    "EM_X86_64": "x86_64",
-    "EM_AARCH64": "aarch64",
-    "EM_386": "i686",
+# glibc's x86 ld.so names the platform after the CPU (sysdeps/x86/cpu-features.c:
+# "haswell" with AVX2/BMI/FMA/MOVBE…, "xeon_phi" with AVX512ER), not the kernel's
+# AT_PLATFORM: `ld.so --list-diagnostics` says dl_platform="haswell" on such a machine.
+# The CPU that will run the image is not known when it is baked, so every name ld.so may
+# use is searched, the CPU-specific ones first as ld.so has them.
+_DST_PLATFORM: dict[str, tuple[str, ...]] = {
+    "EM_X86_64": ("haswell", "xeon_phi", "x86_64"),
+    "EM_AARCH64": ("aarch64",),
+    "EM_386": ("i686",),
 }
 
 _ELF_MAGIC = b"\x7fELF"
@@ -187,20 +192,22 @@ class _Resolver:
 
     def expand(self, entries: Sequence[str], origin: PurePosixPath) -> list[PurePosixPath]:
         out: list[PurePosixPath] = []
-        platform = _DST_PLATFORM.get(self.machine, "")
         for raw in entries:
             p = raw
-            for token, value in (
-                ("ORIGIN", str(origin)),
-                ("LIB", self.dst_lib()),
-                ("PLATFORM", platform),
-            ):
+            for token, value in (("ORIGIN", str(origin)), ("LIB", self.dst_lib())):
                 p = p.replace("${" + token + "}", value).replace("$" + token, value)
-            if not p.startswith("/"):
-                # ld.so would resolve a relative entry against the process's cwd; in a baked
-                # image that is "/", so treat it as image-absolute.
-                p = "/" + p
-            out.append(PurePosixPath(os.path.normpath(p)))
+            platforms = _DST_PLATFORM.get(self.machine, ("",))
+            if "$PLATFORM" not in p and "${PLATFORM}" not in p:
+                platforms = platforms[:1]
+            for platform in platforms:
+                q = p.replace("${PLATFORM}", platform).replace("$PLATFORM", platform)
+                if not q.startswith("/"):
+                    # ld.so would resolve a relative entry against the process's cwd; in a
+                    # baked image that is "/", so treat it as image-absolute.
+                    q = "/" + q
+                path = PurePosixPath(os.path.normpath(q))
+                if path not in out:
+                    out.append(path)
         return out
 
     def compatible(self, path: Path) -> bool:
