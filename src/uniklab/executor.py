@@ -7,11 +7,14 @@ one exception, since it must outlive us; it still goes through ``spawn_detached`
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shlex
+import shutil
 import subprocess
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -46,6 +49,17 @@ class Executor(Protocol):
         env: Mapping[str, str] | None = None,
         cwd: Path | None = None,
     ) -> Result: ...
+
+    def upload(self, source: Path, dest: str, *, timeout: float = 300) -> None:
+        """Copy one local file to ``dest`` where the commands run."""
+        ...
+
+    def forward(
+        self, dest: str, dest_port: int, *, timeout: float = 15.0
+    ) -> AbstractContextManager[tuple[str, int]]:
+        """Where this machine connects to reach ``dest:dest_port`` as the executor's host
+        sees it (an address here, or a tunnel's end), for as long as the context lasts."""
+        ...
 
 
 class LocalExecutor:
@@ -87,6 +101,15 @@ class LocalExecutor:
         if check and proc.returncode != 0:
             raise CommandError(args, proc.returncode, stderr)
         return Result(args, proc.returncode, stdout, stderr)
+
+    def upload(self, source: Path, dest: str, *, timeout: float = 300) -> None:
+        shutil.copyfile(source, dest)
+
+    @contextlib.contextmanager
+    def forward(
+        self, dest: str, dest_port: int, *, timeout: float = 15.0
+    ) -> Iterator[tuple[str, int]]:
+        yield dest, dest_port  # this machine is the host: no tunnel
 
 
 def spawn_detached(

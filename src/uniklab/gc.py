@@ -16,10 +16,9 @@ import logging
 import shutil
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 
-from uniklab.backends import process, xen
-from uniklab.backends.xen import XenBackend
+from uniklab.backends import process, registry
+from uniklab.backends.base import Backend, Owned
 from uniklab.errors import HostUnreachableError, StoreDamagedError, UniklabError
 from uniklab.executor import Executor
 from uniklab.hosts.inventory import Host
@@ -30,9 +29,10 @@ from uniklab.state.store import InstanceRow
 
 log = logging.getLogger(__name__)
 
-# Per command on a Xen host (the SSH connect has its own 10 s): a dead host must not hold
-# up the sweep.
-XEN_HOST_TIMEOUT = 15.0
+# Per command on a host.  A dead host costs only the SSH connect's own 10 s; this bounds a
+# host that answers slowly, and must not be short: a host reported "not swept" has its
+# leftovers unseen, and a dom0 busy booting domUs under TCG answers slowly.
+HOST_TIMEOUT = 45.0
 
 Connect = Callable[[Host], Executor]
 
@@ -45,6 +45,19 @@ class Leftover:
     marker: str = ""  # for processes: what their command line must contain to be ours
     host: str = "local"
     domid: int | None = None  # for domains: the very domain found
+    backend: str | None = None  # a backend's leftover: that backend removes it
+    owned: Owned | None = field(default=None, compare=False, repr=False)
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "kind": self.kind,
+            "name": self.name,
+            "detail": self.detail,
+            "marker": self.marker,
+            "host": self.host,
+            "domid": self.domid,
+            "backend": self.backend,
+        }
 
 
 @dataclass(frozen=True)
@@ -53,28 +66,26 @@ class Sweep:
     problems: list[str] = field(default_factory=list)  # hosts not swept, one line each
 
 
-def _processes(marker: str) -> list[tuple[int, str]]:
+def _swept(lab: Lab, rows: Sequence[InstanceRow]) -> list[tuple[Host, str]]:
+    """Each host with the backends to ask there: its own, and any an instance row names."""
+    hosts = {"local": lab.hosts.get("local")} | {h.name: h for h in lab.hosts.ls()}
+    pairs = {(name, registry.for_host(h).name) for name, h in hosts.items()}
+    pairs |= {(r.host, r.backend) for r in rows if r.host in hosts}
     out = []
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit():
-            continue
-        try:
-            cmd = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-        except OSError:
-            continue
-        if marker in cmd and ("qemu-system" in cmd or "dnsmasq" in cmd):
-            out.append((int(proc.name), cmd.strip()))
+    for name, backend in sorted(pairs):
+        if registry.get(backend).local_only and not hosts[name].is_local:
+            continue  # nothing of that engine runs there
+        out.append((hosts[name], backend))
     return out
 
 
-def xen_hosts(lab: Lab) -> list[Host]:
-    here = lab.hosts.get("local")
-    hosts = [here] if here.hypervisor == "xen" else []
-    return hosts + [h for h in lab.hosts.ls() if h.hypervisor == "xen"]
+def _connect(lab: Lab, host: Host, backend: str, connect: Connect) -> Backend:
+    ctx = registry.BackendContext(host=host, executor=connect(host), cache=lab.paths.cache)
+    return registry.create(backend, ctx)
 
 
 def find(lab: Lab, *, connect: Connect | None = None) -> Sweep:
-    """Everything this home owns that no state row explains, here and on its Xen hosts."""
+    """Everything this home owns that no state row explains, here and on its hosts."""
     connect = connect or lab.hosts.executor
     problems: list[str] = []
     try:
@@ -86,46 +97,56 @@ def find(lab: Lab, *, connect: Connect | None = None) -> Sweep:
         return without_store(lab, exc)
     except UniklabError as exc:
         problems.append(f"the store could not be reconciled: {exc}")
-    owner = xen.owner_tag(lab.paths.run)
-    owned: dict[str, list[xen.Owned]] = {}
-    for host in xen_hosts(lab):
+    owned: list[tuple[str, str, Backend, list[Owned]]] = []
+    for host, name in _swept(lab, lab.store.instances()):
         try:
-            owned[host.name] = XenBackend(connect(host)).owned(owner, timeout=XEN_HOST_TIMEOUT)
+            backend = _connect(lab, host, name, connect)
+            items = backend.owned(lab.paths.run, timeout=HOST_TIMEOUT)
+            owned.append((host.name, name, backend, items))
         except UniklabError as exc:
             problems.append(f"host {host.name} not swept: {exc}")
-    # Read after the hosts' listings: a concurrent `run` reserves its row before it writes
-    # its domain's config, so a config seen above always has its row here.
+    # Read after the hosts' listings: a concurrent `run` reserves its row (and records
+    # what it will make) before it makes anything, so what was seen above has its row here.
     rows = lab.store.instances()
     found = _local(lab, rows)
-    for host_name, items in owned.items():
-        found += xen_leftovers(host_name, items, rows)
+    for host_name, name, backend, items in owned:
+        found += backend_leftovers(host_name, name, backend, items, rows)
     return Sweep(found, problems)
 
 
-def xen_leftovers(
-    host: str, owned: Sequence[xen.Owned], rows: Sequence[InstanceRow]
+def backend_leftovers(
+    host: str, name: str, backend: Backend, owned: Sequence[Owned], rows: Sequence[InstanceRow]
 ) -> list[Leftover]:
-    """The domains and configs of ``owned`` (one host's) that no instance row explains."""
-    explained = {
-        str(r.runtime.get("domain", r.name)) for r in rows if r.host == host and r.backend == "xen"
-    }
-    out = []
-    for o in owned:
-        if o.name in explained:
-            continue
-        cfg = xen.cfg_path(o.name)
-        if o.domid is not None:
-            detail = f"domain {o.domid} of no instance ({cfg})"
-            out.append(Leftover("domain", o.name, detail, host=host, domid=o.domid))
-        else:
-            out.append(Leftover("domain-cfg", o.name, f"{cfg} of no instance", host=host))
-    return out
+    """What ``backend`` made on ``host`` (``owned``) that no instance row explains."""
+    explained = {backend.key(Lab.handle(r)) for r in rows if r.host == host and r.backend == name}
+    return [
+        Leftover(
+            o.kind,
+            o.name,
+            o.detail,
+            marker=o.key + "/" if o.kind == "process" else "",
+            host=host,
+            domid=o.ident if o.kind == "domain" else None,
+            backend=name,
+            owned=o,
+        )
+        for o in owned
+        if o.key not in explained
+    ]
+
+
+def _local_owned(lab: Lab) -> list[Leftover]:
+    """With no rows, everything this machine's backend runs for this home is a leftover."""
+    host = lab.hosts.get("local")
+    name = registry.for_host(host).name
+    backend = _connect(lab, host, name, lab.hosts.executor)
+    return backend_leftovers("local", name, backend, backend.owned(lab.paths.run), [])
 
 
 def without_store(lab: Lab, damage: StoreDamagedError) -> Sweep:
     """This machine's leftovers when the store cannot say what is whose.  Xen hosts are
     not swept: the inventory that names them was in the store."""
-    found = _local(lab, [], store_lost=True)
+    found = _local_owned(lab) + _local(lab, [], store_lost=True)
     return Sweep(found, [f"{damage} (gc swept this machine without it; images kept)"])
 
 
@@ -134,13 +155,10 @@ def _local(lab: Lab, rows: list[InstanceRow], *, store_lost: bool = False) -> li
     nets = [] if store_lost else lab.store.networks()
     net_dirs = {n.rundir for n in nets}
     home = str(lab.paths.home)
-    # A virtual Xen host's QEMU (`uniklab lab`, under LabFiles.dir) is its lab's to stop:
-    # `lab down` does, even half-booted; killing it here would take a live host away.
-    labs = f"{lab.paths.home / 'labs'}/"
     found: list[Leftover] = []
-    for pid, cmd in _processes(home + "/"):
-        owned = any(d and d + "/" in cmd for d in rundirs | net_dirs) or labs in cmd
-        if not owned:
+    # The networks' daemons (guests' hypervisor processes are their backends' to find).
+    for pid, cmd in process.scan("dnsmasq", home + "/"):
+        if not any(d and d + "/" in cmd for d in net_dirs):
             found.append(Leftover("process", str(pid), cmd[:120], marker=home + "/"))
     for d in sorted(lab.paths.run.iterdir()) if lab.paths.run.exists() else []:
         if str(d) not in rundirs:
@@ -171,23 +189,23 @@ def remove(
 ) -> dict[Leftover, str]:
     """Remove what ``find`` found; returns the items that could not go, each with why."""
     connect = connect or lab.hosts.executor
-    backends: dict[str, XenBackend] = {}
+    backends: dict[tuple[str, str], Backend] = {}
     failed: dict[Leftover, str] = {}
     for item in items:
         log.info("removing %s %s on %s", item.kind, item.name, item.host)
         try:
-            if item.kind == "process":
+            if item.backend and item.owned:
+                key = (item.host, item.backend)
+                if key not in backends:
+                    host = lab.hosts.get(item.host)
+                    backends[key] = _connect(lab, host, item.backend, connect)
+                backends[key].remove(item.owned, timeout=HOST_TIMEOUT)
+            elif item.kind == "process":
                 process.stop(int(item.name), item.marker, grace=3.0)
             elif item.kind in ("rundir", "staging", "image"):
                 shutil.rmtree(item.name, ignore_errors=True)
             elif item.kind in ("tap", "bridge"):
                 links.delete_link(item.name)
-            elif item.kind in ("domain", "domain-cfg"):
-                if item.host not in backends:
-                    backends[item.host] = XenBackend(connect(lab.hosts.get(item.host)))
-                backends[item.host].remove(
-                    xen.Owned(item.name, item.domid), timeout=XEN_HOST_TIMEOUT
-                )
         except UniklabError as exc:
             failed[item] = f"{item.kind} {item.name} on {item.host} not removed: {exc}"
     return failed

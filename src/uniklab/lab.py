@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from uniklab import faults, run_plan, signals, validate
-from uniklab.backends import xl_parse
+from uniklab.backends import registry
 from uniklab.backends.base import (
     Backend,
     Handle,
@@ -28,11 +28,8 @@ from uniklab.backends.base import (
     spec_from_json,
     spec_to_json,
 )
-from uniklab.backends.hostinfo import choose_accel, tsc_khz
-from uniklab.backends.process import matches as pid_matches
 from uniklab.backends.qemu import QemuBackend
 from uniklab.backends.qemu_argv import SLIRP_GUEST
-from uniklab.backends.xen import XenBackend
 from uniklab.bake import baker, recipe
 from uniklab.bake.image import ImageStore, Manifest
 from uniklab.errors import (
@@ -43,8 +40,8 @@ from uniklab.errors import (
     UsageError,
 )
 from uniklab.guest.config import GuestConfig
+from uniklab.hosts.inventory import Host
 from uniklab.hosts.service import HostService
-from uniklab.hosts.ssh import SshExecutor
 from uniklab.net import attach, discover, remote
 from uniklab.net.attach import PlannedNic
 from uniklab.net.service import NetworkService
@@ -170,7 +167,7 @@ class Lab:
         self.networks = NetworkService(self.store, self.paths.home / "net")
         self.hosts = HostService(self.store)
         self._stack = contextlib.ExitStack()
-        self._tunnels: dict[tuple[str, str, int], int] = {}
+        self._tunnels: dict[tuple[str, str, int], tuple[str, int]] = {}
         self._backends: dict[str, Backend] = {}
 
     def close(self) -> None:
@@ -181,27 +178,26 @@ class Lab:
     def backend(
         self, name: str = "qemu", kernel: Path | None = None, host: str = "local"
     ) -> Backend:
+        """Backend ``name`` on inventory host ``host`` (made once per Lab)."""
         key = f"{name}@{host}"
         if key not in self._backends:
-            if name == "xen":
-                h = self.hosts.get(host)
-                self._backends[key] = XenBackend(
-                    self.hosts.executor(h), vif_script=h.labels.get("vif-script")
-                )
-            elif name == "qemu" and host == "local":
-                accel, why = choose_accel(self.paths.cache, kernel)
-                log.debug("qemu accelerator %s: %s", accel, why)
-                self._backends[key] = QemuBackend(accel=accel, tsc_khz=tsc_khz())
-            else:
-                raise NotFoundError(f"no backend {name!r} on host {host!r} (qemu: local only)")
+            h = self.hosts.get(host)
+            ctx = registry.BackendContext(
+                host=h, executor=self.hosts.executor(h), cache=self.paths.cache, kernel=kernel
+            )
+            self._backends[key] = registry.create(name, ctx)
         return self._backends[key]
+
+    def backend_on(self, host: Host) -> Backend:
+        """The backend that runs guests on ``host``."""
+        return self.backend(registry.for_host(host).name, host=host.name)
 
     def backend_of(self, row: InstanceRow) -> Backend:
         return self.backend(row.backend, host=row.host)
 
     @staticmethod
     def handle(row: InstanceRow) -> Handle:
-        return Handle(pid=row.pid, runtime=row.runtime)
+        return Handle(pid=row.pid, runtime=row.runtime, name=row.name)
 
     # -- reconcile --------------------------------------------------------------------
     def reconcile(self) -> dict[int, Inspection]:
@@ -261,23 +257,12 @@ class Lab:
 
     def _teardown(self, row: InstanceRow) -> None:
         rundir = row.runtime.get("rundir") or str(self.paths.run / str(row.id))
-        handle = Handle(
-            pid=row.pid or self._pid_from_rundir(Path(rundir)),
-            runtime={**row.runtime, "rundir": rundir},
-        )
+        handle = Handle(pid=row.pid, runtime={**row.runtime, "rundir": rundir}, name=row.name)
         try:
             self.backend_of(row).destroy(handle)
         finally:
             shutil.rmtree(rundir, ignore_errors=True)
             attach.detach(nics_of(row), self.networks, row.runtime.get("address"))
-
-    @staticmethod
-    def _pid_from_rundir(rundir: Path) -> int | None:
-        try:
-            pid = int((rundir / "qemu.pid").read_text().strip())
-        except (OSError, ValueError):
-            return None
-        return pid if pid_matches(pid, str(rundir)) else None
 
     # -- images -----------------------------------------------------------------------
     def bake(
@@ -384,10 +369,12 @@ class Lab:
         if o.name and any(r.name == o.name for r in self.store.instances()):
             raise ConflictError(f"an instance named {o.name!r} already exists")
         host = self.hosts.get(o.host)
-        backend_name = "xen" if host.hypervisor == "xen" else "qemu"
-        if backend_name == "xen" and (o.publish or not o.nets):
+        engine = registry.for_host(host)
+        backend_name = engine.name
+        if not engine.user_networking and (o.publish or not o.nets):
             raise UsageError(
-                f"a Xen guest on {host.name} joins a bridge there: give --net BRIDGE (and no -p)"
+                f"a {engine.name.capitalize()} guest on {host.name} joins a bridge there: "
+                "give --net BRIDGE (and no -p)"
             )
         m = self.image(image_ref, bake_missing=True)
         if backend_name not in m.platforms:
@@ -573,20 +560,20 @@ class Lab:
 
     def place(self) -> str:
         """`--host auto`: the reachable host with the most free memory (local included)."""
-        best, best_free = "local", _local_free_mb()
-        for h in self.hosts.ls():
-            if h.hypervisor != "xen":
+        best, best_free = "", -1
+        for h in [self.hosts.get("local"), *self.hosts.ls()]:
+            engine = registry.for_host(h)
+            if engine.local_only and not h.is_local:
                 continue
             try:
-                out = self.hosts.executor(h).run(["xl", "info"], timeout=20).stdout
-                free = int(xl_parse.parse_info(out).get("free_memory", "0"))
-            except (UniklabError, ValueError) as exc:
+                free = self.backend_on(h).facts(timeout=20).free_memory_mb
+            except UniklabError as exc:
                 log.info("host %s not a candidate: %s", h.name, exc)
                 continue
             if free > best_free:
                 best, best_free = h.name, free
         log.info("placing on %s (%d MB free)", best, best_free)
-        return best
+        return best or "local"
 
     def network_users(self) -> dict[str, list[str]]:
         users: dict[str, list[str]] = {}
@@ -641,13 +628,11 @@ class Lab:
         found = self._xen_address(row, timeout=0)
         if found is None or port is None:
             raise NotFoundError(f"{row.name}: address not known yet")
-        ex = self.hosts.executor(self.hosts.get(row.host))
-        if not isinstance(ex, SshExecutor):
-            return probes.Endpoint(found.ip, port)
         key = (row.host, found.ip, port)
         if key not in self._tunnels:
-            self._tunnels[key] = self._stack.enter_context(ex.tunnel(found.ip, port))
-        return probes.Endpoint("127.0.0.1", self._tunnels[key])
+            ex = self.hosts.executor(self.hosts.get(row.host))
+            self._tunnels[key] = self._stack.enter_context(ex.forward(found.ip, port))
+        return probes.Endpoint(*self._tunnels[key])
 
     def wait_ready(self, view: InstanceView, m: Manifest, *, timeout: float) -> probes.ProbeResult:
         backend = self.backend_of(view.row)
@@ -694,13 +679,6 @@ class Lab:
 def tag_for_tests(digest: str) -> str:
     """The tag a test face gives the image it baked: ``uniklab-test-<12 hex of the digest>``."""
     return f"{TEST_TAG}-{digest.split(':', 1)[-1][:12]}"
-
-
-def _local_free_mb() -> int:
-    for line in Path("/proc/meminfo").read_text().splitlines():
-        if line.startswith("MemAvailable:"):
-            return int(line.split()[1]) // 1024
-    return 0
 
 
 def nics_of(row: InstanceRow) -> list[PlannedNic]:

@@ -11,9 +11,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tests.hosts.conftest import SshServer
+from uniklab.backends.xen_doctor import doctor
 from uniklab.cli.main import main
 from uniklab.errors import CommandError, HostUnreachableError
-from uniklab.hosts.doctor import doctor
 from uniklab.hosts.inventory import Host
 from uniklab.hosts.ssh import SshExecutor
 

@@ -16,7 +16,7 @@ import pytest
 
 from uniklab.backends import xen
 from uniklab.backends.base import Handle, InstanceSpec, NicSpec
-from uniklab.backends.xen import Owned, XenBackend
+from uniklab.backends.xen import XenBackend
 from uniklab.digest import sha256_file
 from uniklab.errors import CommandError, LaunchError
 from uniklab.executor import DEFAULT_TIMEOUT, Result
@@ -160,14 +160,15 @@ def test_config_listing_parsed() -> None:
 
 
 def test_owned_is_this_homes_configs_with_their_domains() -> None:
-    host = RecordedXenHost(owner="feedfacefeedface")
-    assert XenBackend(host).owned("feedfacefeedface") == [
-        Owned("ghost", None),
-        Owned("keep", 1),
-        Owned("orphan", 2),
+    home, other = Path("/tmp/ukl-a/run"), Path("/tmp/ukl-b/run")
+    host = RecordedXenHost(owner=xen.owner_tag(home))
+    found = [(o.kind, o.name, o.key, o.ident) for o in XenBackend(host).owned(home)]
+    assert found == [
+        ("domain-cfg", "ghost", "ghost", None),
+        ("domain", "keep", "keep", 1),
+        ("domain", "orphan", "orphan", 2),
     ]
-    assert XenBackend(host).owned(OTHER_OWNER) == [Owned("other", None)]
-    assert XenBackend(host).owned("") == []  # unlabelled configs are nobody's to collect
+    assert XenBackend(host).owned(other) == []  # another home's, and unlabelled ones: kept
 
 
 def test_owner_tag_names_a_home() -> None:

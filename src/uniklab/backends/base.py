@@ -103,6 +103,7 @@ class Handle:
 
     pid: int | None
     runtime: dict[str, object] = field(default_factory=dict)
+    name: str = ""  # the instance's
 
 
 @dataclass(frozen=True)
@@ -115,7 +116,42 @@ class Inspection:
     detail: str = ""
 
 
+@dataclass(frozen=True)
+class Owned:
+    """Something a backend made for one uniklab home, found without the state store: a
+    hypervisor process, a domain, a domain's config.  ``key`` is what ``Backend.key`` says
+    of the instance that made it, so a row explains it."""
+
+    kind: str  # process | domain | domain-cfg
+    name: str  # as shown to the user (a pid, a domain name)
+    key: str
+    detail: str
+    ident: int | None = None  # the very process or domain found (pid, domid)
+
+
+@dataclass(frozen=True)
+class HostFacts:
+    """What placement and doctors ask of a host."""
+
+    free_memory_mb: int
+    total_memory_mb: int | None = None
+    detail: str = ""  # e.g. "Xen 4.17, dom0 kernel 6.1.0-…"
+
+
+@dataclass(frozen=True)
+class Check:
+    """One prerequisite of running guests on a host, with the commands that fix it."""
+
+    name: str
+    ok: bool
+    detail: str
+    fix: str = ""
+
+
 class Backend(Protocol):
+    """One engine on one host.  Everything a caller needs of it is here: nothing outside
+    the backend's module knows its hypervisor's commands or files."""
+
     name: str
 
     def create(self, spec: InstanceSpec) -> Handle: ...
@@ -125,3 +161,23 @@ class Backend(Protocol):
     def console(self, handle: Handle) -> str: ...
 
     def destroy(self, handle: Handle, *, timeout: float = 10.0) -> None: ...
+
+    def key(self, handle: Handle) -> str:
+        """How ``owned`` names this instance's things."""
+        ...
+
+    def owned(self, run_root: Path, *, timeout: float = 30.0) -> list[Owned]:
+        """What this backend made for the home whose runtime root is ``run_root``, live
+        or left over; ``gc`` takes what no instance row's ``key`` explains."""
+        ...
+
+    def remove(self, item: Owned, *, timeout: float = 30.0) -> None:
+        """Remove one leftover of ``owned`` (that very process or domain, and its files)."""
+        ...
+
+    def facts(self, *, timeout: float = 30.0) -> HostFacts: ...
+
+    def doctor(self, *, bridge: str | None = None) -> list[Check]:
+        """Is the host ready for this backend's guests (and ``bridge``, if named, there)?
+        Each failure names its fix."""
+        ...

@@ -133,3 +133,14 @@ def choose_accel(cache: Path, kernel: Path | None) -> tuple[str, str]:
     marker.parent.mkdir(parents=True, exist_ok=True)
     marker.write_text(f"{accel}: {why}")
     return accel, why
+
+
+def meminfo() -> dict[str, int]:
+    """/proc/meminfo in kB: {"MemTotal": …, "MemAvailable": …}."""
+    out = {}
+    for line in Path("/proc/meminfo").read_text().splitlines():
+        key, _, rest = line.partition(":")
+        value = rest.split()
+        if value and value[0].isdigit():
+            out[key] = int(value[0])
+    return out

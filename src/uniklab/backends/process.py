@@ -43,6 +43,21 @@ def matches(pid: int | None, marker: str) -> bool:
     return marker.encode() in cmdline
 
 
+def scan(*words: str) -> list[tuple[int, str]]:
+    """The processes whose command line contains every one of ``words``: (pid, cmdline)."""
+    out = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            cmd = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if all(w in cmd for w in words):
+            out.append((int(proc.name), cmd.strip()))
+    return out
+
+
 def info(pid: int) -> ProcInfo | None:
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()

@@ -15,20 +15,18 @@ from __future__ import annotations
 import hashlib
 import ipaddress
 import logging
-import shutil
 import socket
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from uniklab import validate
-from uniklab.backends import xl_parse
-from uniklab.backends.base import Handle, Inspection, InstanceSpec
+from uniklab.backends import xen_doctor, xl_parse
+from uniklab.backends.base import Check, Handle, HostFacts, Inspection, InstanceSpec, Owned
+from uniklab.backends.registry import BackendContext, BackendType
 from uniklab.backends.xen_config import XenDomain, XenVif, build_config
 from uniklab.digest import sha256_file
 from uniklab.errors import CommandError, LaunchError, UniklabError, UsageError
 from uniklab.executor import Executor
-from uniklab.hosts.ssh import SshExecutor
 from uniklab.net.attach import NicRequest
 from uniklab.net.service import ifname
 
@@ -91,14 +89,6 @@ def parse_cfg_heads(text: str) -> dict[str, str | None]:
     return out
 
 
-@dataclass(frozen=True)
-class Owned:
-    """A domain config of one home on a host, and that domain's id while it exists."""
-
-    name: str
-    domid: int | None
-
-
 class XenBackend:
     name = "xen"
 
@@ -115,12 +105,6 @@ class XenBackend:
             out[name.strip()] = digest
         return out
 
-    def _copy(self, source: Path, dest: PurePosixPath) -> None:
-        if isinstance(self.ex, SshExecutor):
-            self.ex.upload(source, str(dest))
-        else:
-            shutil.copyfile(source, dest)
-
     def ensure_image(self, kernel: Path, initrd: Path) -> tuple[PurePosixPath, PurePosixPath]:
         """Copy kernel and initrd to the host once; verify both by digest."""
         want = {"kernel": sha256_file(kernel), "initrd": sha256_file(initrd)}
@@ -132,7 +116,7 @@ class XenBackend:
         self.ex.run(["mkdir", "-p", str(folder)], timeout=30)
         for key, source in (("kernel", kernel), ("initrd", initrd)):
             tmp = PurePosixPath(f"{targets[key]}.part")
-            self._copy(source, tmp)
+            self.ex.upload(source, str(tmp))
             self.ex.run(["mv", "-f", str(tmp), str(targets[key])], timeout=30)
         have = self._remote_hashes(list(targets.values()))
         bad = [k for k in want if have.get(str(targets[k])) != want[k]]
@@ -230,20 +214,46 @@ class XenBackend:
         cfg = handle.runtime.get("cfg")
         self._remove_files(name, str(cfg) if cfg else None)
 
-    # -- listings (gc) ------------------------------------------------------------------
-    def owned(self, owner: str, *, timeout: float = 30) -> list[Owned]:
-        """The domain configs ``owner`` (an ``owner_tag``) has on the host, each with its
-        domain's id while that domain exists."""
+    # -- what gc, placement and doctors ask --------------------------------------------
+    def key(self, handle: Handle) -> str:
+        # A row reserved but not yet recorded names its domain after the instance.
+        return str(handle.runtime.get("domain") or handle.name)
+
+    def owned(self, run_root: Path, *, timeout: float = 30) -> list[Owned]:
+        """The domain configs of the home whose runtime root is ``run_root`` on the host,
+        each with its domain's id while that domain exists."""
+        owner = owner_tag(run_root)
         r = self.ex.run(["sh", "-c", _LIST_CFGS, "sh", str(DOMAINS)], timeout=timeout)
         mine = sorted(name for name, tag in parse_cfg_heads(r.stdout).items() if tag == owner)
         domids = {d.name: d.domid for d in self._domains(timeout)}
-        return [Owned(name, domids.get(name)) for name in mine]
+        out = []
+        for name in mine:
+            domid = domids.get(name)
+            if domid is not None:
+                detail = f"domain {domid} of no instance ({cfg_path(name)})"
+                out.append(Owned("domain", name, name, detail, ident=domid))
+            else:
+                out.append(Owned("domain-cfg", name, name, f"{cfg_path(name)} of no instance"))
+        return out
 
     def remove(self, item: Owned, *, timeout: float = 30) -> None:
         """Remove one leftover of ``owned``: that very domain (by id), its config, its log."""
-        if item.domid is not None:
-            self._xl_destroy(item.domid, timeout=timeout)
-        self._remove_files(item.name, str(cfg_path(item.name)))
+        if item.ident is not None:
+            self._xl_destroy(item.ident, timeout=timeout)
+        self._remove_files(item.key, str(cfg_path(item.key)))
+
+    def facts(self, *, timeout: float = 30) -> HostFacts:
+        info = xl_parse.parse_info(self.ex.run(["xl", "info"], timeout=timeout).stdout)
+        try:
+            free = int(info.get("free_memory", "0"))
+            total: int | None = int(info.get("total_memory", "0")) or None
+        except ValueError as exc:
+            raise UniklabError(f"{self.ex.name}: unreadable `xl info`: {exc}") from None
+        version = f"Xen {info.get('xen_version', '?')}, dom0 kernel {info.get('release', '?')}"
+        return HostFacts(free_memory_mb=free, total_memory_mb=total, detail=version)
+
+    def doctor(self, *, bridge: str | None = None) -> list[Check]:
+        return xen_doctor.doctor(self.ex, bridge=bridge or "xenbr0")
 
     def _xl_destroy(self, domid: int, *, timeout: float) -> None:
         r = self.ex.run(["xl", "destroy", str(domid)], timeout=timeout, check=False)
@@ -286,3 +296,10 @@ def xen_plan(requests: Sequence[NicRequest], default_macs: Sequence[str]) -> lis
     if len(set(macs)) != len(macs):
         raise UsageError("two NICs of one guest have the same MAC")
     return out
+
+
+def _create(ctx: BackendContext) -> XenBackend:
+    return XenBackend(ctx.executor, vif_script=ctx.host.labels.get("vif-script"))
+
+
+BACKEND = BackendType(name="xen", factory=_create, user_networking=False, local_only=False)

@@ -1,13 +1,12 @@
-"""Is a host prepped to run unikernels?  The runbook's dom0 prep, as checks with fixes.
+"""Is a Xen host prepped to run unikernels?  The runbook's dom0 prep, as checks with fixes.
 
 Each check says what it found and, when it fails, the exact commands that fix it.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from uniklab.backends import xl_parse
+from uniklab.backends.base import Check
 from uniklab.errors import CommandError, HostUnreachableError, UniklabError
 from uniklab.executor import Executor
 
@@ -18,14 +17,6 @@ _RUNNING = (
     'for f in /proc/[0-9]*/comm; do read -r c < "$f" 2>/dev/null || continue; '
     '[ "$c" = "$1" ] || [ "$c" = "o$1" ] && exit 0; done; exit 1'
 )
-
-
-@dataclass(frozen=True)
-class Check:
-    name: str
-    ok: bool
-    detail: str
-    fix: str = ""
 
 
 def _has(ex: Executor, tool: str) -> bool:

@@ -22,7 +22,7 @@ def gc(ctx: click.Context, dry_run: bool, as_json: bool) -> None:
     failed = {} if dry_run else gc_mod.remove(lab, sweep.items)
     problems = [*sweep.problems, *failed.values()]
     if as_json:
-        common.print_json([i.__dict__ for i in sweep.items])
+        common.print_json([i.as_dict() for i in sweep.items])
     else:
         verb = "would remove" if dry_run else "removed"
         for i in sweep.items:

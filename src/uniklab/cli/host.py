@@ -6,9 +6,9 @@ import click
 from rich.markup import escape
 
 from uniklab import validate
+from uniklab.backends import registry
 from uniklab.cli import common
 from uniklab.errors import UniklabError
-from uniklab.hosts.doctor import doctor as run_doctor
 
 
 @click.group()
@@ -24,7 +24,9 @@ def host() -> None:
 @click.option("--known-hosts", help="A known_hosts file for this host (strict checking).")
 @click.option("--data", help="Data-plane address (default: the SSH address).")
 @click.option("--bmc", help="BMC / iLO address (inventory only; never contacted).")
-@click.option("--hypervisor", type=click.Choice(["xen", "qemu"]), default="xen", show_default=True)
+@click.option(
+    "--hypervisor", type=click.Choice(registry.names()), default="xen", show_default=True
+)
 @click.option("-l", "--label", "labels", multiple=True, metavar="KEY=VALUE")
 @click.option("--replace", is_flag=True, help="Replace an existing entry of that name.")
 @click.pass_context
@@ -106,14 +108,14 @@ def rm(ctx: click.Context, name: str) -> None:
 
 @host.command("doctor")
 @click.argument("name")
-@click.option("--bridge", default="xenbr0", show_default=True)
+@click.option("--bridge", default=None, help="A bridge guests join there [Xen: xenbr0].")
 @common.json_option
 @click.pass_context
-def doctor(ctx: click.Context, name: str, bridge: str, as_json: bool) -> None:
+def doctor(ctx: click.Context, name: str, bridge: str | None, as_json: bool) -> None:
     """Check that host NAME is prepped to run unikernels; print what to fix."""
     lab = common.lab(ctx)
     h = lab.hosts.get(name)
-    checks = run_doctor(lab.hosts.executor(h), bridge=bridge)
+    checks = lab.backend_on(h).doctor(bridge=bridge)
     if as_json:
         common.print_json([c.__dict__ for c in checks])
     else:

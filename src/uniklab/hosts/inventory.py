@@ -9,11 +9,11 @@ from __future__ import annotations
 import ipaddress
 import re
 from pathlib import Path
-from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from uniklab import validate
+from uniklab.backends import registry
 from uniklab.errors import UsageError
 
 HOSTNAME_RE = re.compile(
@@ -44,7 +44,7 @@ class Host(BaseModel):
     known_hosts: str | None = None  # a known_hosts file of its own (else the user's)
     data: str | None = None  # data-plane address
     bmc: str | None = None  # BMC / iLO address (inventory data: never contacted)
-    hypervisor: Literal["xen", "qemu"] = "xen"
+    hypervisor: str = "xen"  # a backend's name (uniklab.backends.registry)
     labels: dict[str, str] = Field(default_factory=dict)
 
     @field_validator("name")
@@ -64,6 +64,13 @@ class Host(BaseModel):
         if not sep or not USER_RE.match(user):
             raise ValueError(f"invalid SSH target {v!r}: use USER@ADDRESS, e.g. root@10.0.0.5")
         return f"{user}@{address(host, 'SSH address')}"
+
+    @field_validator("hypervisor")
+    @classmethod
+    def _hypervisor(cls, v: str) -> str:
+        if v not in registry.names():
+            raise ValueError(f"unknown hypervisor {v!r}: one of {', '.join(registry.names())}")
+        return v
 
     @field_validator("data", "bmc")
     @classmethod

@@ -235,7 +235,9 @@ class SshExecutor:
             )
 
     @contextlib.contextmanager
-    def tunnel(self, dest: str, dest_port: int, *, timeout: float = 15.0) -> Iterator[int]:
+    def forward(
+        self, dest: str, dest_port: int, *, timeout: float = 15.0
+    ) -> Iterator[tuple[str, int]]:
         """Forward a free 127.0.0.1 port to ``dest:dest_port`` as seen from the host."""
         assert self.host.ssh is not None
         with socket.socket() as s:
@@ -271,7 +273,7 @@ class SshExecutor:
                 if time.monotonic() > deadline:
                     raise HostUnreachableError(f"{self.name}: ssh tunnel did not come up")
                 time.sleep(0.05)
-            yield local_port
+            yield "127.0.0.1", local_port
         finally:
             proc.terminate()
             try:

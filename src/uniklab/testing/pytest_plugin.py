@@ -181,9 +181,9 @@ def pytest_configure(config: pytest.Config) -> None:
         "uniklab: boots unikernels (skipped when no backend can run them here)",
     )
     backend = config.getoption("uniklab_backend")
-    if backend not in owner.BACKENDS:
+    if backend not in owner.test_backends():
         raise pytest.UsageError(
-            f"--uniklab-backend {backend!r}: available: {', '.join(owner.BACKENDS)}"
+            f"--uniklab-backend {backend!r}: available: {', '.join(owner.test_backends())}"
         )
     config.stash[SESSION_KEY] = UniklabSession(config)
 

@@ -10,11 +10,10 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from uniklab.backends.hostinfo import QEMU
+from uniklab.backends import registry
 from uniklab.bake.kernel import host_kernel
 from uniklab.errors import NotFoundError, UniklabError
 
@@ -27,7 +26,6 @@ SESSION = "uniklab.session"
 PID = "uniklab.pid"
 PIDSTART = "uniklab.pidstart"
 KEEP = "uniklab.keep"
-BACKENDS = ("qemu",)
 
 
 def proc_start(pid: int) -> str | None:
@@ -95,12 +93,18 @@ def image_for_tests(lab: Lab, ref: str) -> str:
     return lab.image(ref).ref
 
 
+def test_backends() -> list[str]:
+    """The backends a test session can start guests on: here, with published ports."""
+    return [n for n in registry.names() if registry.get(n).user_networking]
+
+
 def backend_unavailable(backend: str = "qemu") -> str | None:
     """Why no guest can run here (None: one can): no hypervisor binary, no readable kernel."""
-    if backend not in BACKENDS:
-        return f"unknown uniklab backend {backend!r} (available: {', '.join(BACKENDS)})"
-    if shutil.which(QEMU) is None:
-        return f"{QEMU} not found (apt-get install qemu-system-x86)"
+    if backend not in test_backends():
+        return f"unknown uniklab backend {backend!r} (available: {', '.join(test_backends())})"
+    why = registry.get(backend).unavailable()
+    if why:
+        return why
     try:
         host_kernel()
     except UniklabError as exc:
