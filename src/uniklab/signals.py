@@ -10,6 +10,7 @@ a teardown so that it runs to its end.
 from __future__ import annotations
 
 import contextlib
+import os
 import signal
 import threading
 from collections.abc import Callable, Iterator
@@ -39,8 +40,25 @@ def exit_code(exc: BaseException | None) -> int:
     return 128 + signum_of(exc)
 
 
+# The process whose handlers these are.  A child forked while they are set (pyroute2 forks
+# one to work inside a network namespace, and stops it with SIGTERM) inherits them; there a
+# signal must do what it would have done by default, not run the parent's cleanup (which
+# removed the very network the parent was creating).
+_owner = os.getpid()
+
+
+def _default_in_children(signum: int) -> bool:
+    """In a forked child: restore the default action of ``signum`` and take it now."""
+    if os.getpid() == _owner:
+        return False
+    signal.signal(signum, signal.SIG_DFL)
+    os.kill(os.getpid(), signum)
+    return True
+
+
 def _raise(signum: int, _frame: FrameType | None) -> None:
-    raise Interrupted(signum)
+    if not _default_in_children(signum):
+        raise Interrupted(signum)
 
 
 def _on_main_thread() -> bool:
@@ -68,6 +86,8 @@ def as_interrupts(*, take_over: bool = False) -> Iterator[None]:
         if current != signal.SIG_DFL and not take_over:
             continue
         previous[signum] = signal.signal(signum, _raise)
+    global _owner
+    _owner = os.getpid()
     try:
         yield
     finally:
@@ -87,8 +107,11 @@ def deferred() -> Iterator[None]:
     held: list[int] = []
 
     def hold(signum: int, _frame: FrameType | None) -> None:
-        held.append(signum)
+        if not _default_in_children(signum):
+            held.append(signum)
 
+    global _owner
+    _owner = os.getpid()
     previous: dict[signal.Signals, _Handler] = {}
     for signum in TERMINATING:
         if signal.getsignal(signum) not in (signal.SIG_IGN, None):

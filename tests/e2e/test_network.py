@@ -8,13 +8,15 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from uniklab.cli.main import main
+from uniklab.errors import UsageError
 from uniklab.lab import Lab, RunOptions
-from uniklab.net import links, netns, timesvc
+from uniklab.net import dnsmasq, links, netns, timesvc
 from uniklab.net.attach import NicRequest
 from uniklab.net.service import NetworkSpec
 
@@ -233,3 +235,100 @@ def test_bridged_guest_reads_the_host_clock(lab_net: Lab) -> None:
     lab.ps()
     again = timesvc.pid_of(files)
     assert again != pid and timesvc.running(files)
+
+
+# Two MACs that differ only in the top bit of the last byte: dnsmasq hashes both to the same
+# place in a 128-address pool (see _dnsmasq_slot), so it offers the second guest the first
+# one's address as soon as that is free.
+KEEPER_MAC, LATE_MAC = "52:54:00:1e:a5:01", "52:54:00:1e:a5:81"
+
+
+def _dnsmasq_slot(mac: str, pool: int) -> int:
+    """Where dnsmasq starts looking for a new client's address: the SDBM hash of its MAC
+    modulo the pool's size (dnsmasq's address_allocate)."""
+    j = 0
+    for byte in bytes.fromhex(mac.replace(":", "")):
+        j = (byte + (j << 6) + (j << 16) - j) & 0xFFFFFFFF
+    return (j or 1) % pool
+
+
+@pytest.fixture
+def short_net(lab: Lab, lab_home: Path) -> Iterator[Lab]:
+    lab.networks.create(NetworkSpec("short", "10.77.0.0/24", "xenbr0", NS, lease_time="2m"))
+    yield lab
+    for v in lab.ps():
+        lab.destroy(v.name)
+    for n in lab.store.networks():
+        lab.networks.rm(n.name, [])
+    _no_network_leftovers(lab_home)
+
+
+def test_lease_time_bad_input(lab: Lab, capsys: pytest.CaptureFixture[str]) -> None:
+    for value, message in [("1m", "out of range"), ("soon", "invalid lease time")]:
+        argv = ["net", "create", "x", "--subnet", "10.79.0.0/24", "--lease-time", value]
+        assert main(argv) != 0, value
+        assert message in capsys.readouterr().err, value
+    with pytest.raises(UsageError, match="whose DHCP server uniklab runs"):
+        lab.networks.create(NetworkSpec("x", "10.79.0.0/24", None, NS, dhcp=False, lease_time="2m"))
+    assert lab.store.networks() == [] and not netns.exists(NS)
+
+
+@pytest.mark.timeout(600)
+def test_a_guest_outlives_its_lease(short_net: Lab) -> None:
+    """2-minute leases: the guest renews (RFC 2131, in the init) and keeps its address past
+    the first lease's end, and a guest started after that end does not get the address,
+    although dnsmasq would offer it first."""
+    lab = short_net
+    files = dnsmasq.DnsmasqFiles(Path(lab.store.network("short").rundir))
+    t0 = time.time()
+    timeline: list[tuple[float, str]] = []
+
+    def mark(what: str) -> None:
+        timeline.append((time.time() - t0, what))
+
+    lab.run("redis", RunOptions(name="keeper", nets=[NicRequest("short", mac=KEEPER_MAC)]))
+    keeper = lab.ip("keeper").host
+    first = dnsmasq.lease_for(KEEPER_MAC, files)
+    assert first is not None and first.ip == keeper
+    mark(f"keeper ready at {keeper}, lease ends at +{first.expiry - t0:.1f}s")
+    # The hash model holds: the keeper got the first address dnsmasq looks at.
+    assert keeper == f"10.77.0.{127 + _dnsmasq_slot(KEEPER_MAC, 128)}"
+    assert _dnsmasq_slot(LATE_MAC, 128) == _dnsmasq_slot(KEEPER_MAC, 128)
+
+    expiry = first.expiry
+    while time.time() < first.expiry + 5:
+        lease = dnsmasq.lease_for(KEEPER_MAC, files)
+        if lease is not None and lease.expiry != expiry:
+            expiry = lease.expiry
+            mark(f"lease file: {lease.ip} renewed, ends at +{expiry - t0:.1f}s")
+        time.sleep(1)
+    mark("the first lease's end has passed")
+
+    lab.run("redis", RunOptions(name="late", nets=[NicRequest("short", mac=LATE_MAC)]))
+    late = lab.ip("late").host
+    mark(f"late guest ready at {late}")
+    assert late != keeper, "the second guest was given the first one's address"
+    assert _in_ns("redis-cli", "-h", keeper, "ping") == "PONG"
+    assert _in_ns("redis-cli", "-h", late, "ping") == "PONG"
+    mark(f"PONG from keeper ({keeper}) and late guest ({late})")
+
+    lease = dnsmasq.lease_for(KEEPER_MAC, files)
+    assert lease is not None and lease.ip == keeper
+    assert lease.expiry > first.expiry and lease.expiry > time.time(), (lease, first)
+    logs = lab.logs("keeper")
+    assert f"uniklab-init: net eth0 lease {keeper} renewed for 120 s" in logs
+    assert "address removed" not in logs
+
+    lab.destroy("keeper")
+    lab.destroy("late")
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and any(
+        dnsmasq.lease_for(mac, files) for mac in (KEEPER_MAC, LATE_MAC)
+    ):
+        time.sleep(0.1)
+    assert dnsmasq.lease_for(KEEPER_MAC, files) is None, "renewed lease not released"
+    assert dnsmasq.lease_for(LATE_MAC, files) is None, "lease not released"
+    mark("both destroyed, leases released")
+    print("\nlease timeline (2-minute leases):")
+    for at, what in timeline:
+        print(f"  +{at:6.1f}s  {what}")

@@ -16,13 +16,25 @@ from subprocess import Popen
 
 import pytest
 
+from uniklab.bake.kernel import MODULES, host_kernel
+from uniklab.errors import BakeError
 from uniklab.executor import local, spawn_detached
 from uniklab.guest.build import build_init
 from uniklab.guest.config import GuestConfig
 
-KVER = "6.1.0-56-amd64"
-KERNEL = Path(f"/boot/vmlinuz-{KVER}")
-MODDIR = Path(f"/lib/modules/{KVER}")
+
+def _host_kernel() -> tuple[Path, Path] | None:
+    """The host's newest kernel and its module tree, as the baker picks them (never a
+    version spelled here: a fresh machine has another one)."""
+    try:
+        kernel, release = host_kernel()
+    except BakeError:
+        return None
+    return kernel, MODULES / release
+
+
+HOST_KERNEL = _host_kernel()
+KERNEL, MODDIR = HOST_KERNEL or (Path("/nonexistent"), Path("/nonexistent"))
 NET_MODULES = [
     "kernel/drivers/virtio/virtio_ring.ko",
     "kernel/drivers/virtio/virtio.ko",
@@ -162,6 +174,7 @@ class GuestFactory:
         net: bool = True,
         extra_files: dict[str, Path | bytes] | None = None,
         extra_append: str = "",
+        netdev: str | None = None,
     ) -> Guest:
         self.n += 1
         d = self.tmp / f"g{self.n}"
@@ -196,8 +209,9 @@ class GuestFactory:
             "-kernel", str(KERNEL), "-initrd", str(initrd), "-append", append,
         ]  # fmt: skip
         if net:
+            # `netdev` replaces user-mode networking (e.g. a FakeLan's dgram netdev).
             argv += [
-                "-netdev", f"user,id=n0,hostfwd=tcp:127.0.0.1:{port}-:7777",
+                "-netdev", netdev or f"user,id=n0,hostfwd=tcp:127.0.0.1:{port}-:7777",
                 "-device", "virtio-net-device,netdev=n0,mac=52:54:00:12:34:56",
             ]  # fmt: skip
         log = d / "qemu.log"
@@ -213,8 +227,8 @@ class GuestFactory:
 
 @pytest.fixture
 def guests(tmp_path: Path, init_binary: Path, payload_binary: Path) -> Iterator[GuestFactory]:
-    if not KERNEL.exists() or shutil.which("qemu-system-x86_64") is None:
-        pytest.skip("needs the Debian kernel and qemu-system-x86_64")
+    if HOST_KERNEL is None or shutil.which("qemu-system-x86_64") is None:
+        pytest.skip("needs a readable /boot/vmlinuz-* with its modules and qemu-system-x86_64")
     f = GuestFactory(tmp_path, init_binary, payload_binary)
     try:
         yield f

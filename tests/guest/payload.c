@@ -1,8 +1,10 @@
-/* Test payload for the guest init's boot tests: reports what it was given, then either
- * exits with a chosen status or serves its wall-clock time over TCP. */
+/* Test payload for the guest init's boot tests: reports what it was given, then (after
+ * PAYLOAD_SLEEP seconds, if set) either exits with a chosen status, serves its wall-clock
+ * time over TCP, or (term-init) sends SIGTERM to PID 1 and waits for it to come back. */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
 #include <netinet/in.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -38,7 +40,13 @@ int main(int argc, char **argv)
     dump_file("resolv", "/etc/resolv.conf");
     dump_file("route", "/proc/net/route");
     fflush(stdout);
+    const char *nap = getenv("PAYLOAD_SLEEP"); /* seconds to live before the mode's action */
+    if (nap) sleep((unsigned)atoi(nap));
     const char *mode = getenv("PAYLOAD_MODE");
+    if (mode && strcmp(mode, "term-init") == 0) {
+        kill(1, SIGTERM); /* PID 1 forwards it to the app: to us */
+        for (;;) pause();
+    }
     if (!mode || strcmp(mode, "serve") != 0)
         return mode ? atoi(mode) : 0;
     /* serve: each connection gets "<realtime ns>\n"; a connection sending 'q' ends us. */

@@ -46,6 +46,15 @@ def test_dhcp_args_env_hostname_and_exit_status(guests: GuestFactory) -> None:
     assert "fatal" not in out
 
 
+def test_pid1_forwards_term_to_the_app_while_keeping_a_lease(guests: GuestFactory) -> None:
+    """PID 1 waits on a signalfd and the DHCP client's timer (slirp leases for a day)."""
+    cfg = GuestConfig(net=[Nic(mac=MAC)], clock="none")
+    g = guests.boot(cfg, image={"env": {"PAYLOAD_MODE": "term-init"}})
+    g.wait_for(r"^uniklab-init: app killed by signal 15$", 150)
+    assert g.wait_exit(60) == 0
+    assert f"uniklab-init: net eth0 {MAC} 10.0.2.15/24 via dhcp" in g.text()
+
+
 def test_static_address_serves_and_clock_is_set(guests: GuestFactory) -> None:
     cfg = GuestConfig(net=[Nic(mac=MAC, dhcp=False, addr="10.0.2.15/24", gw="10.0.2.2")])
     g = guests.boot(cfg)

@@ -3,6 +3,7 @@ from __future__ import annotations
 import ipaddress
 from pathlib import Path
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -43,3 +44,40 @@ def test_argv_is_dhcp_only_and_bound_to_the_bridge(tmp_path: Path) -> None:
 def test_lease_parser_never_crashes(text: str) -> None:
     for lease in dnsmasq.parse_leases(text):
         ipaddress.IPv4Address(lease.ip)
+
+
+def test_lease_time_goes_in_the_range_and_is_kept_for_a_restart(tmp_path: Path) -> None:
+    files = dnsmasq.DnsmasqFiles(tmp_path)
+    net = ipaddress.IPv4Network("10.77.0.0/24")
+    assert "--dhcp-range=10.77.0.127,10.77.0.254,255.255.255.0,1h" in dnsmasq.build_argv(
+        "xenbr0", net, files
+    )
+    argv = dnsmasq.build_argv("xenbr0", net, files, "2m")
+    assert "--dhcp-range=10.77.0.127,10.77.0.254,255.255.255.0,2m" in argv
+    assert dnsmasq.saved_lease_time(files) == "1h"  # nothing saved: the default
+    files.lease_time.write_text("2m\n")
+    assert dnsmasq.saved_lease_time(files) == "2m"
+    files.lease_time.write_text("garbage")
+    assert dnsmasq.saved_lease_time(files) == "1h"
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [("2m", 120), ("120", 120), ("120s", 120), ("1h", 3600), ("2d", 172800), ("1w", 604800),
+     ("infinite", None)],
+)  # fmt: skip
+def test_lease_seconds(text: str, seconds: int | None) -> None:
+    assert dnsmasq.lease_seconds(text) == seconds
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [("1m", "out of range"), ("119", "out of range"), ("0", "out of range"),
+     ("99999999w", "out of range"), ("", "invalid"), ("2 m", "invalid"), ("-5m", "invalid"),
+     ("2mm", "invalid"), ("forever", "invalid")],
+)  # fmt: skip
+def test_lease_seconds_refuses_what_dnsmasq_would_not_take_as_written(
+    text: str, message: str
+) -> None:
+    with pytest.raises(ValueError, match=message):
+        dnsmasq.lease_seconds(text)

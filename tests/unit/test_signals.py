@@ -8,6 +8,7 @@ import os
 import signal
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from types import FrameType
 
 import click
@@ -147,3 +148,23 @@ def test_cli_exit_code_is_128_plus_the_signal(
     assert cleaned == ["cleanup ran"]
     assert capsys.readouterr().err.strip().splitlines()[-1] == message
     assert getattr(restored, "__name__", None) == "fail", "main() restores the handlers"
+
+
+def test_a_forked_child_dies_by_the_signal_not_the_parents_cleanup(tmp_path: Path) -> None:
+    """pyroute2 forks a child to work inside a network namespace and stops it with
+    SIGTERM: the child must not raise the parent's interrupt (whose cleanup removed the
+    network the parent was creating) but die as it would have by default."""
+    marker = tmp_path / "cleanup-ran"
+    with signals.as_interrupts(take_over=True):
+        pid = os.fork()
+        if pid == 0:  # the child: wait for SIGTERM; cleanup would leave a marker
+            try:
+                time.sleep(30)
+            except KeyboardInterrupt:
+                marker.write_text("x")
+            os._exit(3)
+        time.sleep(0.2)
+        os.kill(pid, signal.SIGTERM)
+        _, status = os.waitpid(pid, 0)
+    assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGTERM
+    assert not marker.exists()

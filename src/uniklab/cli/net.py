@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from uniklab.cli import common
+from uniklab.net.dnsmasq import LEASE_TIME
 from uniklab.net.service import NetworkSpec
 
 
@@ -23,6 +24,11 @@ def net() -> None:
 )
 @click.option("--netns", help="Put the bridge (and dnsmasq) in this network namespace.")
 @click.option("--dhcp/--no-dhcp", default=True, show_default=True, help="Serve DHCP.")
+@click.option(
+    "--lease-time",
+    help=f"DHCP lease time (default {LEASE_TIME}; at least 2m, or infinite), e.g. 2m, 12h. "
+    "Guests renew at half of it.",
+)
 @common.json_option
 @click.pass_context
 def create(
@@ -32,17 +38,19 @@ def create(
     bridge: str | None,
     netns: str | None,
     dhcp: bool,
+    lease_time: str | None,
     as_json: bool,
 ) -> None:
     """Create network NAME."""
     lab = common.lab(ctx)
     lab.reconcile()
-    row = lab.networks.create(NetworkSpec(name, subnet, bridge, netns, dhcp))
+    row = lab.networks.create(NetworkSpec(name, subnet, bridge, netns, dhcp, lease_time))
     if as_json:
         common.print_json(row.__dict__)
         return
     where = f" in namespace {row.netns}" if row.netns else ""
-    dhcp_text = "DHCP by uniklab" if row.dhcp else "no DHCP of ours"
+    leases = lease_time or LEASE_TIME
+    dhcp_text = f"DHCP by uniklab ({leases} leases)" if row.dhcp else "no DHCP of ours"
     common.out.print(
         f"network {row.name}: bridge {row.bridge}{where}, "
         f"{row.subnet or 'subnet unknown'}, {dhcp_text}"

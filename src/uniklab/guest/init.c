@@ -14,6 +14,7 @@
 #include <netinet/in.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <limits.h>
 #include <poll.h>
 #include <signal.h>
 #include <stdint.h>
@@ -22,6 +23,7 @@
 #include <string.h>
 #include <sys/ioctl.h>
 #include <sys/mount.h>
+#include <sys/signalfd.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
@@ -70,6 +72,11 @@ struct image {
 };
 
 static char *cmdline;
+
+/* The DHCP clients of the NICs that have one; run_app keeps their leases. */
+static struct dhcp_client dhcp[MAX_NETS];
+static const struct nic *dhcp_nic[MAX_NETS];
+static int ndhcp;
 
 /* ---- early setup ---- */
 
@@ -616,6 +623,18 @@ static void write_resolv_conf(const struct config *cfg, const struct in_addr *dn
         close(fd);
 }
 
+static void log_net(const char *ifname, const struct nic *nic, const struct lease *l)
+{
+    char a[INET_ADDRSTRLEN], g[INET_ADDRSTRLEN];
+    inet_ntop(AF_INET, &l->addr, a, sizeof a);
+    if (l->gw.s_addr)
+        inet_ntop(AF_INET, &l->gw, g, sizeof g);
+    else
+        strcpy(g, "none");
+    say("net %s %s %s/%d via %s gw %s", ifname, nic->mac_str, a, l->prefix,
+        nic->dhcp ? "dhcp" : "static", g);
+}
+
 static void setup_network(const struct config *cfg)
 {
     int rc = net_lo_up();
@@ -633,8 +652,11 @@ static void setup_network(const struct config *cfg)
         struct lease l;
         memset(&l, 0, sizeof l);
         if (nic->dhcp) {
-            if (dhcp_run(ifname, nic->mac, cfg->name, 10000, &l, err, sizeof err))
+            struct dhcp_client *c = &dhcp[ndhcp];
+            if (dhcp_acquire(c, ifname, nic->mac, cfg->name, 10000, err, sizeof err))
                 fatal("dhcp on %s (%s): %s", ifname, nic->mac_str, err);
+            dhcp_nic[ndhcp++] = nic;
+            l = c->l;
             for (int k = 0; k < l.ndns && ndns < MAX_NETS * MAX_DNS; k++)
                 dns[ndns++] = l.dns[k];
         } else {
@@ -644,16 +666,35 @@ static void setup_network(const struct config *cfg)
         }
         if (net_apply(ifname, &l, err, sizeof err))
             fatal("configuring %s: %s", ifname, err);
-        char a[INET_ADDRSTRLEN], g[INET_ADDRSTRLEN];
-        inet_ntop(AF_INET, &l.addr, a, sizeof a);
-        if (l.gw.s_addr)
-            inet_ntop(AF_INET, &l.gw, g, sizeof g);
-        else
-            strcpy(g, "none");
-        say("net %s %s %s/%d via %s gw %s", ifname, nic->mac_str, a, l.prefix,
-            nic->dhcp ? "dhcp" : "static", g);
+        log_net(ifname, nic, &l);
     }
     write_resolv_conf(cfg, dns, ndns);
+}
+
+/* A guest may outlive its lease: renew it, or give the address up when it is lost (another
+ * guest may get it) and ask again.  resolv.conf stays as written at boot. */
+static void keep_leases(void)
+{
+    for (int i = 0; i < ndhcp; i++) {
+        struct dhcp_client *c = &dhcp[i];
+        char a[INET_ADDRSTRLEN], err[160];
+        inet_ntop(AF_INET, &c->l.addr, a, sizeof a);
+        switch (dhcp_step(c)) {
+        case DHCP_RENEWED:
+            say("net %s lease %s renewed for %u s", c->ifname, a, c->l.lease_s);
+            break;
+        case DHCP_LOST:
+            say("net %s lease %s %s: address removed, rediscovering", c->ifname, a, c->why);
+            break;
+        case DHCP_BOUND:
+            if (net_apply(c->ifname, &c->l, err, sizeof err))
+                say("warning: configuring %s: %s", c->ifname, err);
+            log_net(c->ifname, dhcp_nic[i], &c->l);
+            break;
+        default:
+            break;
+        }
+    }
 }
 
 /* ---- the app ---- */
@@ -788,30 +829,48 @@ static int run_app(const struct image *img, const struct config *cfg)
         _exit(127);
     }
 
-    /* PID 1: wait for signals synchronously; reap everyone, forward TERM/INT to the app. */
+    /* PID 1: signals (all blocked) arrive on a signalfd; reap everyone, forward TERM/INT/
+     * HUP/QUIT to the app, and wake for the DHCP clients' replies and timers. */
+    int sfd = signalfd(-1, &all, SFD_CLOEXEC | SFD_NONBLOCK);
+    if (sfd < 0)
+        fatal("signalfd: %s", strerror(errno));
     for (;;) {
-        siginfo_t si;
-        int sig = sigwaitinfo(&all, &si);
-        if (sig < 0)
-            continue;
-        if (sig == SIGTERM || sig == SIGINT || sig == SIGHUP || sig == SIGQUIT) {
-            kill(pid, sig);
-            continue;
+        struct pollfd pfd[1 + MAX_NETS];
+        long long next = LLONG_MAX;
+        pfd[0] = (struct pollfd){ sfd, POLLIN, 0 };
+        for (int i = 0; i < ndhcp; i++) {
+            pfd[1 + i] = (struct pollfd){ dhcp[i].fd, POLLIN, 0 }; /* -1: ignored */
+            if (dhcp[i].next < next)
+                next = dhcp[i].next;
         }
-        if (sig != SIGCHLD)
-            continue;
-        for (;;) {
-            int status;
-            pid_t r = waitpid(-1, &status, WNOHANG);
-            if (r <= 0)
-                break;
-            if (r != pid)
+        long long wait = next == LLONG_MAX ? -1 : next - mono_ms();
+        if (wait > INT_MAX)
+            wait = INT_MAX;
+        poll(pfd, 1 + (nfds_t)ndhcp, next == LLONG_MAX ? -1 : wait < 0 ? 0 : (int)wait);
+        keep_leases();
+        struct signalfd_siginfo si;
+        while (read(sfd, &si, sizeof si) == (ssize_t)sizeof si) {
+            int sig = (int)si.ssi_signo;
+            if (sig == SIGTERM || sig == SIGINT || sig == SIGHUP || sig == SIGQUIT) {
+                kill(pid, sig);
                 continue;
-            if (WIFEXITED(status))
-                say("app exited status %d", WEXITSTATUS(status));
-            else if (WIFSIGNALED(status))
-                say("app killed by signal %d", WTERMSIG(status));
-            return status;
+            }
+            if (sig != SIGCHLD)
+                continue;
+            for (;;) {
+                int status;
+                pid_t r = waitpid(-1, &status, WNOHANG);
+                if (r <= 0)
+                    break;
+                if (r != pid)
+                    continue;
+                if (WIFEXITED(status))
+                    say("app exited status %d", WEXITSTATUS(status));
+                else if (WIFSIGNALED(status))
+                    say("app killed by signal %d", WTERMSIG(status));
+                close(sfd);
+                return status;
+            }
         }
     }
 }

@@ -1,5 +1,6 @@
 /* Guest networking: interfaces found by MAC, ioctl-based addressing, and a DHCP client that
- * speaks raw Ethernet frames so it works before the interface has an address. */
+ * speaks raw Ethernet frames so it works before the interface has an address, then keeps
+ * its lease over UDP while the app runs. */
 #define _GNU_SOURCE
 #include "net.h"
 #include "util.h"
@@ -8,6 +9,7 @@
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <limits.h>
 #include <netinet/if_ether.h>
 #include <net/route.h>
 #include <netpacket/packet.h>
@@ -208,6 +210,16 @@ int net_find_by_mac(const uint8_t mac[6], char ifname[IFNAMSIZ], int timeout_ms)
     }
 }
 
+int net_clear(const char *ifname)
+{
+    int s = ifreq_sock();
+    if (s < 0) return -errno;
+    struct in_addr any = { 0 };
+    int rc = set_addr(s, ifname, SIOCSIFADDR, any); /* 0.0.0.0 deletes the address */
+    close(s);
+    return rc;
+}
+
 /* ---- DHCP (RFC 2131/2132) ---- */
 
 #define DHCP_DISCOVER 1
@@ -215,6 +227,14 @@ int net_find_by_mac(const uint8_t mac[6], char ifname[IFNAMSIZ], int timeout_ms)
 #define DHCP_REQUEST 3
 #define DHCP_ACK 5
 #define DHCP_NAK 6
+
+enum { D_SELECTING, D_REQUESTING, D_BOUND, D_RENEWING, D_REBINDING };
+
+/* A shorter lease would keep the init doing nothing but DHCP. */
+#define MIN_LEASE_S 4
+/* RFC 2131 4.4.5 halves the wait between retransmissions down to 60 s; with dnsmasq's
+ * shortest lease (2 minutes) that is one try before T2 and one before expiry. */
+#define RETRY_FLOOR_MS 10000
 
 struct bootp {
     uint8_t op, htype, hlen, hops;
@@ -263,42 +283,46 @@ struct offer {
     uint32_t router;
     uint32_t dns[MAX_DNS];
     int ndns;
+    uint32_t lease_s, t1_s, t2_s; /* host order; 0 when absent (a lease of 0 reads as 1) */
 };
 
-static size_t build_msg(struct frame *f, const uint8_t mac[6], uint32_t xid, uint16_t secs, int type,
-                        const struct offer *sel, const char *hostname)
+static size_t build_msg(struct frame *f, const struct dhcp_client *c)
 {
+    int type = c->state == D_SELECTING ? DHCP_DISCOVER : DHCP_REQUEST;
     memset(f, 0, sizeof *f);
     struct bootp *b = &f->b;
     b->op = 1;
     b->htype = 1;
     b->hlen = 6;
-    b->xid = xid;
-    b->secs = htons(secs);
-    b->flags = htons(0x8000); /* broadcast replies: we cannot receive unicast IP yet */
-    memcpy(b->chaddr, mac, 6);
+    b->xid = c->xid;
+    b->secs = htons((uint16_t)((c->sent - c->begun) / 1000));
+    if (c->state >= D_RENEWING)
+        b->ciaddr = c->l.addr.s_addr; /* RFC 2131 4.3.2: renewing or rebinding, no 50/54 */
+    else
+        b->flags = htons(0x8000); /* broadcast replies: we cannot receive unicast IP yet */
+    memcpy(b->chaddr, c->mac, 6);
     memcpy(b->magic, MAGIC, 4);
     uint8_t *o = b->options, *end = b->options + sizeof b->options - 1;
     *o++ = 53; *o++ = 1; *o++ = (uint8_t)type;
-    *o++ = 61; *o++ = 7; *o++ = 1; memcpy(o, mac, 6); o += 6;
-    if (type == DHCP_REQUEST && sel) {
-        *o++ = 50; *o++ = 4; memcpy(o, &sel->yiaddr, 4); o += 4;
-        *o++ = 54; *o++ = 4; memcpy(o, &sel->server_id, 4); o += 4;
+    *o++ = 61; *o++ = 7; *o++ = 1; memcpy(o, c->mac, 6); o += 6;
+    if (c->state == D_REQUESTING) {
+        *o++ = 50; *o++ = 4; memcpy(o, &c->offer.addr, 4); o += 4;
+        *o++ = 54; *o++ = 4; memcpy(o, &c->offer.server, 4); o += 4;
     }
-    size_t hl = hostname ? strlen(hostname) : 0;
+    size_t hl = c->hostname ? strlen(c->hostname) : 0;
     if (hl > 63) hl = 63;
     if (hl && o + 2 + hl < end) {
-        *o++ = 12; *o++ = (uint8_t)hl; memcpy(o, hostname, hl); o += hl;
+        *o++ = 12; *o++ = (uint8_t)hl; memcpy(o, c->hostname, hl); o += hl;
     }
     *o++ = 57; *o++ = 2; *o++ = 1500 >> 8; *o++ = 1500 & 0xff;
-    static const uint8_t prl[] = { 1, 3, 6, 15, 28, 51, 54 };
+    static const uint8_t prl[] = { 1, 3, 6, 15, 28, 51, 54, 58, 59 };
     *o++ = 55; *o++ = sizeof prl; memcpy(o, prl, sizeof prl); o += sizeof prl;
     *o++ = 255;
     size_t blen = (size_t)(o - (uint8_t *)b);
     if (blen < 300) blen = 300; /* BOOTP minimum; some servers insist */
 
     memset(f->dst, 0xff, 6);
-    memcpy(f->src, mac, 6);
+    memcpy(f->src, c->mac, 6);
     f->ethertype = htons(ETH_P_IP);
     f->vihl = 0x45;
     f->tot_len = htons((uint16_t)(20 + 8 + blen));
@@ -311,29 +335,18 @@ static size_t build_msg(struct frame *f, const uint8_t mac[6], uint32_t xid, uin
     f->dport = htons(67);
     f->ulen = htons((uint16_t)(8 + blen));
     f->ucsum = 0; /* optional over IPv4 */
-    return 14 + 20 + 8 + blen;
+    return offsetof(struct frame, b) + blen;
 }
 
-/* Parse a received frame; returns 1 if it is a DHCP reply for us. */
-static int parse_reply(const uint8_t *buf, size_t n, const uint8_t mac[6], uint32_t xid,
+static uint32_t be32(const uint8_t *p)
+{
+    return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | p[3];
+}
+
+/* Parse a BOOTP message (a UDP payload); returns 1 if it is a DHCP reply for us. */
+static int parse_bootp(const uint8_t *bp, size_t blen, const uint8_t mac[6], uint32_t xid,
                        struct offer *out)
 {
-    if (n < 14 + 20) return 0;
-    if (buf[12] != 0x08 || buf[13] != 0x00) return 0;
-    const uint8_t *ip = buf + 14;
-    size_t iplen = n - 14;
-    if ((ip[0] >> 4) != 4) return 0;
-    size_t ihl = (size_t)(ip[0] & 0xf) * 4;
-    if (ihl < 20 || ihl + 8 > iplen || ip[9] != 17) return 0;
-    if ((ip[6] & 0x3f) || ip[7]) return 0; /* fragment */
-    size_t tot = (size_t)(ip[2] << 8 | ip[3]);
-    if (tot < ihl + 8 || tot > iplen) return 0;
-    const uint8_t *udp = ip + ihl;
-    if ((udp[2] << 8 | udp[3]) != 68) return 0;
-    size_t ulen = (size_t)(udp[4] << 8 | udp[5]);
-    if (ulen < 8 || ulen > tot - ihl) return 0;
-    const uint8_t *bp = udp + 8;
-    size_t blen = ulen - 8;
     size_t fixed = offsetof(struct bootp, options);
     if (blen < fixed) return 0;
     struct bootp b;
@@ -359,11 +372,35 @@ static int parse_reply(const uint8_t *buf, size_t n, const uint8_t mac[6], uint3
             for (int i = 0; i + 4 <= len && out->ndns < MAX_DNS; i += 4)
                 memcpy(&out->dns[out->ndns++], o + i, 4);
             break;
+        case 51: if (len >= 4) out->lease_s = be32(o) ? be32(o) : 1; break;
+        case 58: if (len >= 4) out->t1_s = be32(o); break;
+        case 59: if (len >= 4) out->t2_s = be32(o); break;
         default: break;
         }
         o += len;
     }
     return out->type != 0;
+}
+
+/* Parse a received Ethernet frame; returns 1 if it is a DHCP reply for us. */
+static int parse_reply(const uint8_t *buf, size_t n, const uint8_t mac[6], uint32_t xid,
+                       struct offer *out)
+{
+    if (n < 14 + 20) return 0;
+    if (buf[12] != 0x08 || buf[13] != 0x00) return 0;
+    const uint8_t *ip = buf + 14;
+    size_t iplen = n - 14;
+    if ((ip[0] >> 4) != 4) return 0;
+    size_t ihl = (size_t)(ip[0] & 0xf) * 4;
+    if (ihl < 20 || ihl + 8 > iplen || ip[9] != 17) return 0;
+    if ((ip[6] & 0x3f) || ip[7]) return 0; /* fragment */
+    size_t tot = (size_t)(ip[2] << 8 | ip[3]);
+    if (tot < ihl + 8 || tot > iplen) return 0;
+    const uint8_t *udp = ip + ihl;
+    if ((udp[2] << 8 | udp[3]) != 68) return 0;
+    size_t ulen = (size_t)(udp[4] << 8 | udp[5]);
+    if (ulen < 8 || ulen > tot - ihl) return 0;
+    return parse_bootp(udp + 8, ulen - 8, mac, xid, out);
 }
 
 static int mask_prefix(uint32_t mask_be)
@@ -374,101 +411,259 @@ static int mask_prefix(uint32_t mask_be)
     return p;
 }
 
-int dhcp_run(const char *ifname, const uint8_t mac[6], const char *hostname, int timeout_ms,
-             struct lease *out, char *err, size_t errlen)
+/* The lease an OFFER or ACK describes; what it leaves out comes from `base` (the OFFER, or
+ * the lease being renewed).  T1 and T2 default to 1/2 and 7/8 of the lease (RFC 2131 4.4.5). */
+static void lease_from(const struct offer *o, const struct lease *base, struct lease *l)
 {
-    int ifindex = (int)if_nametoindex(ifname);
-    if (!ifindex) {
-        snprintf(err, errlen, "no interface %s", ifname);
-        return -1;
+    *l = *base;
+    l->addr.s_addr = o->yiaddr;
+    if (o->have_mask) l->prefix = mask_prefix(o->mask);
+    if (o->router) l->gw.s_addr = o->router;
+    if (o->ndns) {
+        for (int i = 0; i < o->ndns; i++) l->dns[i].s_addr = o->dns[i];
+        l->ndns = o->ndns;
     }
+    if (o->server_id) l->server.s_addr = o->server_id;
+    uint32_t t = o->lease_s ? o->lease_s : base->lease_s ? base->lease_s : DHCP_INFINITE;
+    if (t < MIN_LEASE_S) t = MIN_LEASE_S;
+    l->lease_s = t;
+    l->t1_s = o->t1_s && o->t1_s < t ? o->t1_s : t / 2;
+    l->t2_s = o->t2_s && o->t2_s < t && o->t2_s >= l->t1_s ? o->t2_s : (uint32_t)((uint64_t)t * 7 / 8);
+    if (l->t2_s < l->t1_s) l->t2_s = l->t1_s;
+}
+
+static uint32_t new_xid(const uint8_t mac[6])
+{
+    struct timespec now;
+    clock_gettime(CLOCK_MONOTONIC, &now);
+    uint32_t xid = (uint32_t)now.tv_nsec ^ (uint32_t)now.tv_sec * 2654435761u;
+    for (int i = 0; i < 6; i++) xid = xid * 31 + mac[i];
+    return xid;
+}
+
+static int packet_socket(int ifindex)
+{
     int s = socket(AF_PACKET, SOCK_RAW | SOCK_CLOEXEC, htons(ETH_P_IP));
-    if (s < 0) {
-        snprintf(err, errlen, "packet socket: %s", strerror(errno));
-        return -1;
-    }
+    if (s < 0) return -1;
     struct sockaddr_ll sll;
     memset(&sll, 0, sizeof sll);
     sll.sll_family = AF_PACKET;
     sll.sll_protocol = htons(ETH_P_IP);
     sll.sll_ifindex = ifindex;
     if (bind(s, (struct sockaddr *)&sll, sizeof sll) < 0) {
-        snprintf(err, errlen, "bind packet socket: %s", strerror(errno));
+        int e = errno;
         close(s);
+        errno = e;
         return -1;
     }
-    sll.sll_halen = 6;
-    memset(sll.sll_addr, 0xff, 6);
+    return s;
+}
 
-    struct timespec now;
-    clock_gettime(CLOCK_MONOTONIC, &now);
-    uint32_t xid = (uint32_t)now.tv_nsec ^ (uint32_t)now.tv_sec * 2654435761u;
-    for (int i = 0; i < 6; i++) xid = xid * 31 + mac[i];
-
-    long long start = mono_ms(), deadline = start + timeout_ms;
-    int state = DHCP_DISCOVER;
-    struct offer sel, rep;
-    memset(&sel, 0, sizeof sel);
-    int rc = -1;
-    int sends = 0;
-    snprintf(err, errlen, "no DHCP offer within %d ms", timeout_ms);
-    int wait_ms = 1000;
-    while (mono_ms() < deadline) {
-        struct frame f;
-        uint16_t secs = (uint16_t)((mono_ms() - start) / 1000);
-        size_t flen = build_msg(&f, mac, xid, secs, state, state == DHCP_REQUEST ? &sel : NULL, hostname);
-        if (sendto(s, &f, flen, 0, (struct sockaddr *)&sll, sizeof sll) < 0 && errno != ENETDOWN)
-            say("warning: dhcp send on %s: %s", ifname, strerror(errno));
-        sends++;
-        long long until = mono_ms() + wait_ms;
-        if (until > deadline) until = deadline;
-        int restart = 0;
-        for (;;) {
-            long long left = until - mono_ms();
-            if (left <= 0) break;
-            struct pollfd pfd = { s, POLLIN, 0 };
-            int pr = poll(&pfd, 1, (int)left);
-            if (pr < 0 && errno == EINTR) continue;
-            if (pr <= 0) break;
-            uint8_t buf[2048];
-            ssize_t n = recv(s, buf, sizeof buf, 0);
-            if (n <= 0) continue;
-            if (!parse_reply(buf, (size_t)n, mac, xid, &rep)) continue;
-            if (state == DHCP_DISCOVER && rep.type == DHCP_OFFER && rep.yiaddr) {
-                sel = rep;
-                state = DHCP_REQUEST;
-                snprintf(err, errlen, "no DHCP ACK within %d ms", timeout_ms);
-                restart = 1;
-                break;
-            }
-            if (state == DHCP_REQUEST && rep.type == DHCP_NAK &&
-                (!sel.server_id || rep.server_id == sel.server_id)) {
-                state = DHCP_DISCOVER;
-                snprintf(err, errlen, "DHCP NAK from server");
-                restart = 1;
-                break;
-            }
-            if (state == DHCP_REQUEST && rep.type == DHCP_ACK && rep.yiaddr &&
-                (!sel.server_id || !rep.server_id || rep.server_id == sel.server_id)) {
-                memset(out, 0, sizeof *out);
-                out->addr.s_addr = rep.yiaddr;
-                uint32_t mask = rep.have_mask ? rep.mask : sel.have_mask ? sel.mask : htonl(0xffffff00u);
-                out->prefix = mask_prefix(mask);
-                out->gw.s_addr = rep.router ? rep.router : sel.router;
-                const struct offer *d = rep.ndns ? &rep : &sel;
-                for (int i = 0; i < d->ndns; i++) out->dns[i].s_addr = d->dns[i];
-                out->ndns = d->ndns;
-                rc = 0;
-                goto done;
-            }
-        }
-        if (restart) {
-            wait_ms = 1000;
-            continue;
-        }
-        if (wait_ms < 4000) wait_ms *= 2; /* 1, 2, 4, 4 s ... */
+/* Renewing and rebinding speak UDP from the leased address: the kernel finds the server's
+ * MAC, and the server answers unicast to that address (RFC 2131 4.1). */
+static int udp_socket(const char *ifname)
+{
+    int s = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0), one = 1;
+    if (s < 0) return -1;
+    struct sockaddr_in sin;
+    memset(&sin, 0, sizeof sin);
+    sin.sin_family = AF_INET;
+    sin.sin_port = htons(68);
+    if (setsockopt(s, SOL_SOCKET, SO_BINDTODEVICE, ifname, (socklen_t)strlen(ifname) + 1) < 0 ||
+        setsockopt(s, SOL_SOCKET, SO_BROADCAST, &one, sizeof one) < 0 ||
+        setsockopt(s, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one) < 0 ||
+        bind(s, (struct sockaddr *)&sin, sizeof sin) < 0) {
+        int e = errno;
+        close(s);
+        errno = e;
+        return -1;
     }
-done:
-    close(s);
-    return rc;
+    return s;
+}
+
+static void dhcp_send(struct dhcp_client *c)
+{
+    int udp = c->state >= D_RENEWING;
+    if (c->fd < 0) c->fd = udp ? udp_socket(c->ifname) : packet_socket(c->ifindex);
+    c->sent = mono_ms();
+    struct frame f;
+    size_t flen = build_msg(&f, c);
+    ssize_t r = -1;
+    if (c->fd >= 0 && udp) {
+        struct sockaddr_in to;
+        memset(&to, 0, sizeof to);
+        to.sin_family = AF_INET;
+        to.sin_port = htons(67);
+        /* renewing: unicast to the server that gave the lease; rebinding: any server */
+        to.sin_addr.s_addr = c->state == D_RENEWING && c->l.server.s_addr ? c->l.server.s_addr
+                                                                           : INADDR_BROADCAST;
+        r = sendto(c->fd, &f.b, flen - offsetof(struct frame, b), 0, (struct sockaddr *)&to, sizeof to);
+    } else if (c->fd >= 0) {
+        struct sockaddr_ll sll;
+        memset(&sll, 0, sizeof sll);
+        sll.sll_family = AF_PACKET;
+        sll.sll_protocol = htons(ETH_P_IP);
+        sll.sll_ifindex = c->ifindex;
+        sll.sll_halen = 6;
+        memset(sll.sll_addr, 0xff, 6);
+        r = sendto(c->fd, &f, flen, 0, (struct sockaddr *)&sll, sizeof sll);
+    }
+    if (r < 0 && errno != ENETDOWN)
+        say("warning: dhcp send on %s: %s", c->ifname, strerror(errno));
+}
+
+/* To SELECTING: a new exchange, DISCOVER now (the packet socket works without an address). */
+static void restart(struct dhcp_client *c)
+{
+    if (c->state >= D_RENEWING && c->fd >= 0) {
+        close(c->fd);
+        c->fd = -1;
+    }
+    c->state = D_SELECTING;
+    c->xid = new_xid(c->mac);
+    c->begun = mono_ms();
+    c->wait_ms = 1000;
+    dhcp_send(c);
+    c->next = c->sent + c->wait_ms;
+}
+
+static void bound(struct dhcp_client *c)
+{
+    if (c->fd >= 0) close(c->fd);
+    c->fd = -1;
+    c->state = D_BOUND;
+    if (c->l.lease_s == DHCP_INFINITE) {
+        c->t1 = c->t2 = c->expiry = c->next = LLONG_MAX;
+        return;
+    }
+    /* The lease runs from when the request was sent (RFC 2131 4.4.1). */
+    c->t1 = c->sent + c->l.t1_s * 1000LL;
+    c->t2 = c->sent + c->l.t2_s * 1000LL;
+    c->expiry = c->sent + c->l.lease_s * 1000LL;
+    c->next = c->t1;
+}
+
+static int lose(struct dhcp_client *c, const char *why)
+{
+    c->why = why;
+    net_clear(c->ifname);
+    restart(c);
+    return DHCP_LOST;
+}
+
+static int on_reply(struct dhcp_client *c, const struct offer *rep)
+{
+    if (c->state == D_SELECTING) {
+        if (rep->type != DHCP_OFFER || !rep->yiaddr) return DHCP_NONE;
+        struct lease dflt;
+        memset(&dflt, 0, sizeof dflt);
+        dflt.prefix = 24;
+        lease_from(rep, &dflt, &c->offer);
+        c->state = D_REQUESTING;
+        c->tries = 0;
+        c->wait_ms = 1000;
+        c->nak = 0;
+        dhcp_send(c);
+        c->next = c->sent + c->wait_ms;
+        return DHCP_NONE;
+    }
+    /* requesting or renewing: the server we asked; rebinding: any */
+    uint32_t asked = c->state == D_REQUESTING ? c->offer.server.s_addr
+                     : c->state == D_RENEWING ? c->l.server.s_addr : 0;
+    if (asked && rep->server_id && rep->server_id != asked) return DHCP_NONE;
+    if (rep->type == DHCP_NAK && c->state == D_REQUESTING) {
+        c->nak = 1;
+        restart(c);
+        return DHCP_NONE;
+    }
+    if (rep->type == DHCP_NAK) return lose(c, "refused (DHCPNAK)");
+    if (rep->type != DHCP_ACK || !rep->yiaddr) return DHCP_NONE;
+    struct lease old = c->l;
+    int renewing = c->state != D_REQUESTING;
+    lease_from(rep, renewing ? &old : &c->offer, &c->l);
+    bound(c);
+    if (!renewing) return DHCP_BOUND;
+    if (c->l.addr.s_addr == old.addr.s_addr && c->l.prefix == old.prefix &&
+        c->l.gw.s_addr == old.gw.s_addr)
+        return DHCP_RENEWED;
+    net_clear(c->ifname);
+    return DHCP_BOUND;
+}
+
+static int on_timer(struct dhcp_client *c)
+{
+    long long now = mono_ms();
+    if (c->state == D_SELECTING || c->state == D_REQUESTING) {
+        if (c->wait_ms < 4000) c->wait_ms *= 2; /* 1, 2, 4, 4 s ... */
+        if (c->state == D_REQUESTING && ++c->tries >= 4) {
+            restart(c); /* no answer to the REQUEST: start over (RFC 2131 4.4.1) */
+            return DHCP_NONE;
+        }
+        dhcp_send(c);
+        c->next = c->sent + c->wait_ms;
+        return DHCP_NONE;
+    }
+    if (now >= c->expiry) return lose(c, "expired");
+    if (c->state == D_BOUND) {
+        c->xid = new_xid(c->mac);
+        c->begun = now;
+    }
+    c->state = now >= c->t2 ? D_REBINDING : D_RENEWING;
+    dhcp_send(c);
+    long long until = c->state == D_RENEWING ? c->t2 : c->expiry;
+    long long wait = (until - now) / 2;
+    c->next = now + (wait < RETRY_FLOOR_MS ? RETRY_FLOOR_MS : wait);
+    if (c->next > until) c->next = until;
+    return DHCP_NONE;
+}
+
+int dhcp_step(struct dhcp_client *c)
+{
+    uint8_t buf[2048];
+    struct offer rep;
+    ssize_t n;
+    while (c->fd >= 0 && (n = recv(c->fd, buf, sizeof buf, MSG_DONTWAIT)) >= 0) {
+        int ok = c->state >= D_RENEWING ? parse_bootp(buf, (size_t)n, c->mac, c->xid, &rep)
+                                        : parse_reply(buf, (size_t)n, c->mac, c->xid, &rep);
+        int ev = ok ? on_reply(c, &rep) : DHCP_NONE;
+        if (ev != DHCP_NONE) return ev;
+    }
+    return mono_ms() >= c->next ? on_timer(c) : DHCP_NONE;
+}
+
+int dhcp_acquire(struct dhcp_client *c, const char *ifname, const uint8_t mac[6],
+                 const char *hostname, int timeout_ms, char *err, size_t errlen)
+{
+    memset(c, 0, sizeof *c);
+    snprintf(c->ifname, sizeof c->ifname, "%s", ifname);
+    memcpy(c->mac, mac, 6);
+    c->hostname = hostname;
+    c->ifindex = (int)if_nametoindex(ifname);
+    if (!c->ifindex) {
+        snprintf(err, errlen, "no interface %s", ifname);
+        return -1;
+    }
+    c->fd = packet_socket(c->ifindex);
+    if (c->fd < 0) {
+        snprintf(err, errlen, "packet socket: %s", strerror(errno));
+        return -1;
+    }
+    restart(c);
+    long long deadline = mono_ms() + timeout_ms;
+    for (;;) {
+        long long now = mono_ms(), until = c->next < deadline ? c->next : deadline;
+        if (now >= deadline) break;
+        struct pollfd pfd = { c->fd, POLLIN, 0 };
+        if (until > now) poll(&pfd, 1, (int)(until - now));
+        if (dhcp_step(c) == DHCP_BOUND) return 0;
+    }
+    if (c->fd >= 0) close(c->fd);
+    c->fd = -1;
+    if (c->state == D_REQUESTING)
+        snprintf(err, errlen, "no DHCP ACK within %d ms", timeout_ms);
+    else if (c->nak)
+        snprintf(err, errlen, "DHCP NAK from server");
+    else
+        snprintf(err, errlen, "no DHCP offer within %d ms", timeout_ms);
+    return -1;
 }

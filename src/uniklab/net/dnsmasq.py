@@ -2,12 +2,15 @@
 
 dnsmasq reports a bad option or a busy port before it daemonizes, so ``start`` either
 returns a running server (pid from its pid file) or raises with dnsmasq's own words.
+Guests renew their leases (the guest init, RFC 2131), so the lease time only bounds how
+long the address of a guest that vanished without ``destroy`` stays taken.
 """
 
 from __future__ import annotations
 
 import ipaddress
 import logging
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,6 +22,24 @@ from uniklab.net import netns as ns
 log = logging.getLogger(__name__)
 
 LEASE_TIME = "1h"
+MIN_LEASE_SECONDS = 120  # dnsmasq silently raises a shorter lease to 2 minutes
+_LEASE_RE = re.compile(r"^([0-9]{1,10})([smhdw]?)$")
+_UNIT = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+def lease_seconds(text: str) -> int | None:
+    """Seconds in a dnsmasq lease time ("2m", "1h", "90s", "3600"; None for "infinite").
+
+    Raises ValueError for what dnsmasq would not take as written."""
+    if text == "infinite":
+        return None
+    m = _LEASE_RE.match(text)
+    if not m:
+        raise ValueError(f"invalid lease time {text!r}: a number with s, m, h, d or w, or infinite")
+    seconds = int(m.group(1)) * _UNIT[m.group(2)]
+    if not MIN_LEASE_SECONDS <= seconds < 2**31:
+        raise ValueError(f"lease time {text!r} out of range: dnsmasq takes 2m to 68 years")
+    return seconds
 
 
 @dataclass(frozen=True)
@@ -45,6 +66,20 @@ class DnsmasqFiles:
     def log(self) -> Path:
         return self.rundir / "dnsmasq.log"
 
+    @property
+    def lease_time(self) -> Path:
+        """The network's lease time, kept for restarting a dnsmasq that died."""
+        return self.rundir / "dhcp-lease-time"
+
+
+def saved_lease_time(files: DnsmasqFiles) -> str:
+    try:
+        text = files.lease_time.read_text().strip()
+        lease_seconds(text)
+    except (OSError, ValueError):
+        return LEASE_TIME
+    return text
+
 
 def dhcp_pool(subnet: ipaddress.IPv4Network) -> tuple[str, str]:
     """The upper half of the subnet's hosts; the lower half stays free for static use."""
@@ -54,7 +89,12 @@ def dhcp_pool(subnet: ipaddress.IPv4Network) -> tuple[str, str]:
     return str(ipaddress.IPv4Address(start)), str(ipaddress.IPv4Address(last))
 
 
-def build_argv(bridge: str, subnet: ipaddress.IPv4Network, files: DnsmasqFiles) -> list[str]:
+def build_argv(
+    bridge: str,
+    subnet: ipaddress.IPv4Network,
+    files: DnsmasqFiles,
+    lease_time: str = LEASE_TIME,
+) -> list[str]:
     start, end = dhcp_pool(subnet)
     return [
         "dnsmasq",
@@ -63,7 +103,7 @@ def build_argv(bridge: str, subnet: ipaddress.IPv4Network, files: DnsmasqFiles) 
         f"--interface={bridge}",
         "--bind-interfaces",
         "--except-interface=lo",
-        f"--dhcp-range={start},{end},{subnet.netmask},{LEASE_TIME}",
+        f"--dhcp-range={start},{end},{subnet.netmask},{lease_time}",
         f"--dhcp-leasefile={files.leases}",
         f"--pid-file={files.pidfile}",
         f"--log-facility={files.log}",
@@ -81,13 +121,16 @@ def start(
     subnet: ipaddress.IPv4Network,
     files: DnsmasqFiles,
     netns: str | None,
+    lease_time: str = LEASE_TIME,
     executor: Executor = local,
 ) -> int:
+    lease_seconds(lease_time)
     files.rundir.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     files.rundir.mkdir(mode=0o700, parents=True, exist_ok=True)
     files.leases.touch(mode=0o600)
     files.log.touch(mode=0o600)  # dnsmasq would make it 0640
-    argv = ns.exec_prefix(netns) + build_argv(bridge, subnet, files)
+    files.lease_time.write_text(lease_time + "\n")
+    argv = ns.exec_prefix(netns) + build_argv(bridge, subnet, files, lease_time)
     try:
         executor.run(argv, timeout=15)
     except CommandError as exc:

@@ -38,6 +38,7 @@ class NetworkSpec:
     bridge: str | None = None
     netns: str | None = None
     dhcp: bool = True
+    lease_time: str | None = None  # dnsmasq's form ("2m", "1h"); None: dnsmasq.LEASE_TIME
 
 
 def require_root(what: str) -> None:
@@ -86,6 +87,11 @@ class NetworkService:
             if spec.bridge is not None
             else f"ukb{short_hash(str(self.rundir))}-{spec.name}"[:15]
         )
+        if spec.lease_time is not None:
+            try:
+                dnsmasq.lease_seconds(spec.lease_time)
+            except ValueError as exc:
+                raise UsageError(str(exc)) from None
         subnet = None
         if spec.subnet is not None:
             try:
@@ -119,6 +125,8 @@ class NetworkService:
             raise ConflictError(f"{bridge} exists and is not a bridge")
         if not existing and subnet is None:
             raise UsageError(f"bridge {bridge} does not exist: give --subnet to create it")
+        if spec.lease_time is not None and (existing or not spec.dhcp):
+            raise UsageError("a lease time is for a network whose DHCP server uniklab runs")
         if subnet and not existing:
             for net in _host_networks(spec.netns):
                 if subnet.overlaps(net):
@@ -153,7 +161,13 @@ class NetworkService:
                 faults.point("net.after_bridge")
             if row.dhcp:
                 assert subnet is not None
-                pid = dnsmasq.start(bridge, subnet, dnsmasq.DnsmasqFiles(rundir), spec.netns)
+                pid = dnsmasq.start(
+                    bridge,
+                    subnet,
+                    dnsmasq.DnsmasqFiles(rundir),
+                    spec.netns,
+                    spec.lease_time or dnsmasq.LEASE_TIME,
+                )
                 self.store.update_network(spec.name, dnsmasq_pid=pid)
                 faults.point("net.after_dnsmasq")
                 assert row.gateway is not None
@@ -202,7 +216,11 @@ class NetworkService:
                     log.warning("dnsmasq of network %s had died: restarting it", row.name)
                     assert row.subnet is not None
                     pid = dnsmasq.start(
-                        row.bridge, ipaddress.IPv4Network(row.subnet), files, row.netns
+                        row.bridge,
+                        ipaddress.IPv4Network(row.subnet),
+                        files,
+                        row.netns,
+                        dnsmasq.saved_lease_time(files),
                     )
                     self.store.update_network(row.name, dnsmasq_pid=pid)
                 clock = timesvc.TimeFiles(Path(row.rundir))
