@@ -9,7 +9,8 @@ APT_PACKAGES = qemu-system-x86 linux-image-amd64 redis-server redis-tools musl-t
                apache2 nginx memcached media-types apache2-utils dnsmasq-utils \
                openssh-server openssh-client \
                linux-source-6.1 bc bison flex libelf-dev build-essential xz-utils \
-               erofs-utils dpkg-dev socat zstd
+               erofs-utils dpkg-dev socat zstd \
+               git libxen-dev genisoimage
 
 .PHONY: deps venv demo test lint unit e2e bench clean
 
@@ -53,6 +54,7 @@ bench: deps venv
 	$(BIN)/python bench/bench_network.py
 	$(BIN)/python bench/bench_apps.py
 	$(BIN)/python bench/bench_pytest.py
+	$(BIN)/python bench/bench_soak.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -29,17 +29,12 @@ from uniklab.bake import recipe
 from uniklab.errors import UniklabError
 from uniklab.lab import Lab, RunOptions
 from uniklab.paths import Paths
+from uniklab.ports import free_port
 
 APPS = ("apache", "nginx", "memcached")
 REQUESTS, CONCURRENCY = 2000, 8
 BOOT_TIMEOUT = 60.0
 LOAD_TIMEOUT = 120
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _wait_port(port: int, timeout: float = 10) -> None:
@@ -105,7 +100,7 @@ def load(app: str, port: int) -> float:
 def native(app: str) -> Iterator[int]:
     """The app's binary, run on this host with the recipe's own config, on a free port."""
     rec = recipe.load(app)[0]
-    port = _free_port()
+    port = free_port()
     tmp = Path(tempfile.mkdtemp(prefix=f"ukl-native-{app}-", dir="/tmp"))
     tmp.chmod(0o755)
     argv: list[str]

@@ -28,7 +28,7 @@ NS = f"uklbench{os.getpid() % 10000}"
 
 def one(lab: Lab, name: str, nic: NicRequest) -> tuple[float, float, str]:
     start = time.monotonic()
-    lab.run("redis", RunOptions(name=name, nets=[nic], wait=False))
+    lab.run("redis", RunOptions(name=name, net=[nic], wait=False))
     addr_at = None
     source = ""
     ip = ""

@@ -25,6 +25,7 @@ from uniklab.errors import (
 if TYPE_CHECKING:
     from uniklab.api import Client, Image, Instance, Stats, destroy, images, ps, run
     from uniklab.net.attach import NicRequest
+    from uniklab.options import RunOptions
 
 # ``uniklab.bake`` is both a subpackage and the API's verb.  The subpackage is loaded here,
 # first, so that importing it later does not rebind ``uniklab.bake`` to the module.
@@ -48,6 +49,7 @@ _LAZY = {
     "ps": "uniklab.api",
     "run": "uniklab.api",
     "NicRequest": "uniklab.net.attach",
+    "RunOptions": "uniklab.options",
 }
 
 
@@ -70,6 +72,7 @@ __all__ = [
     "NicRequest",
     "NotFoundError",
     "ProbeTimeoutError",
+    "RunOptions",
     "Stats",
     "UniklabError",
     "UsageError",

@@ -19,27 +19,25 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import Any
 
 import redis
+from typing_extensions import Unpack
 
 from uniklab import signals, validate
 from uniklab.bake.image import Manifest
 from uniklab.errors import NotFoundError, UniklabError, UsageError
-from uniklab.lab import DEFAULT_WAIT, InstanceView, Lab, RunOptions, nics_of
+from uniklab.lab import InstanceView, Lab
 from uniklab.net import netns as _netns
-from uniklab.net.attach import NicRequest, check_request, parse_net_option
+from uniklab.options import NetArg, RunFields, RunOptions, nic_requests
 from uniklab.paths import Paths, default_paths
+from uniklab.reach import Reach
 
 log = logging.getLogger(__name__)
-
-NetArg = str | NicRequest
-"""A NIC on a managed network: ``NicRequest`` or the CLI's ``NET[,mac=M][,ip=CIDR][,gw=IP]``."""
-
 
 @dataclass(frozen=True)
 class Image:
@@ -75,21 +73,6 @@ class Stats:
     vcpus: int
 
 
-def _nic(value: NetArg) -> NicRequest:
-    if isinstance(value, str):
-        return parse_net_option(value)
-    return check_request(value)
-
-
-def nic_requests(net: NetArg | Sequence[NetArg] | None) -> list[NicRequest]:
-    """``net=`` as the API takes it (one NIC or several, parsed or CLI-style) as requests."""
-    if net is None:
-        return []
-    if isinstance(net, str | NicRequest):
-        return [_nic(net)]
-    if not isinstance(net, Sequence):
-        raise UsageError(f"invalid net {net!r}: a network name, a NicRequest, or a list of them")
-    return [_nic(n) for n in net]
 
 
 class Instance:
@@ -136,33 +119,32 @@ class Instance:
     # -- where ----------------------------------------------------------------------------
     @property
     def address(self) -> str:
-        """The host to connect to from this machine (127.0.0.1 for user-mode networking)."""
-        view = self.reload()
-        return self._client.lab.endpoint(view, None).host
+        """The guest's address as this machine knows it: 127.0.0.1 for user-mode
+        networking, its address on its bridge otherwise (for a guest on a remote host's
+        bridge, connect through ``endpoint``)."""
+        return self._client.lab.ip(self.name).host
 
     @property
     def netns(self) -> str | None:
         """The network namespace the address is reachable from (None: this one)."""
-        nics = nics_of(self._view.row)
-        return nics[0].netns if nics else None
+        return Reach.netns(self._view.row)
 
     def port(self, guest_port: int) -> int:
-        """The port to connect to for the guest's ``guest_port`` (a forward, or itself)."""
-        validate.port(guest_port, "guest port")
-        view = self.reload()
-        if nics_of(view.row):
-            return guest_port
-        for host, guest in view.forwards:
-            if guest == guest_port:
-                return host
-        published = ", ".join(str(g) for _h, g in view.forwards) or "none"
-        raise NotFoundError(
-            f"{self.name} does not publish port {guest_port} (published: {published})"
-        )
+        """The port to connect to for the guest's ``guest_port`` (a forward, a tunnel's
+        end, or the port itself)."""
+        return self.endpoint(guest_port)[1]
 
     def endpoint(self, guest_port: int) -> tuple[str, int]:
-        """``(host, port)`` to reach the guest's ``guest_port``."""
-        return self.address, self.port(guest_port)
+        """``(host, port)`` to reach the guest's ``guest_port`` from this machine."""
+        validate.port(guest_port, "guest port")
+        view = self.reload()
+        ep = self._client.lab.endpoint(view, guest_port)
+        if ep.port is None:
+            published = ", ".join(str(g) for _h, g in view.forwards) or "none"
+            raise NotFoundError(
+                f"{self.name} does not publish port {guest_port} (published: {published})"
+            )
+        return ep.host, ep.port
 
     # -- clients --------------------------------------------------------------------------
     def redis(self, port: int = 6379, **kwargs: Any) -> redis.Redis:
@@ -293,36 +275,14 @@ class Client:
         return Image.from_manifest(self.lab.image(ref))
 
     def run(
-        self,
-        image: str,
-        *,
-        name: str | None = None,
-        memory: str | int | None = None,
-        vcpus: int = 1,
-        publish: Sequence[tuple[int, int]] = (),
-        env: Mapping[str, str] | None = None,
-        args: Sequence[str] = (),
-        labels: Mapping[str, str] | None = None,
-        net: NetArg | Sequence[NetArg] | None = None,
-        wait: bool = True,
-        timeout: float = DEFAULT_WAIT,
+        self, image: str, options: RunOptions | None = None, /, **fields: Unpack[RunFields]
     ) -> Instance:
         """Start an instance of ``image`` (baking a built-in recipe if needed); by default
-        wait until the image's probe passes.  Whatever it started is removed if it fails."""
-        if isinstance(args, str):
-            raise UsageError("args is a list of arguments, not one string")
-        opts = RunOptions(
-            name=name,
-            memory=memory,
-            vcpus=vcpus,
-            publish=list(publish) if isinstance(publish, Sequence) else publish,
-            env=env if env is not None else {},
-            args=args,
-            labels=labels if labels is not None else {},
-            nets=nic_requests(net),
-            wait=wait,
-            timeout=timeout,
-        )
+        wait until the image's probe passes.  Whatever it started is removed if it fails.
+        Options are a ``RunOptions`` or its fields as keywords (``memory="128M"``)."""
+        opts = options if options is not None else RunOptions(**fields)
+        if options is not None and fields:
+            raise UsageError("give a RunOptions or keyword options, not both")
         # Lab.run removes what it made if it fails, KeyboardInterrupt included; SIGTERM and
         # SIGHUP become one while it waits.
         with signals.as_interrupts():
@@ -385,40 +345,23 @@ def destroy(name: str, *, home: str | Path | None = None) -> None:
 
 def run(
     image: str,
+    options: RunOptions | None = None,
+    /,
     *,
-    name: str | None = None,
-    memory: str | int | None = None,
-    vcpus: int = 1,
-    publish: Sequence[tuple[int, int]] = (),
-    env: Mapping[str, str] | None = None,
-    args: Sequence[str] = (),
-    labels: Mapping[str, str] | None = None,
-    net: NetArg | Sequence[NetArg] | None = None,
-    wait: bool = True,
-    timeout: float = DEFAULT_WAIT,
     home: str | Path | None = None,
+    **fields: Unpack[RunFields],
 ) -> Instance:
     """Run ``image`` and return a ready ``Instance``; use it in ``with`` to destroy it.
 
-    ``memory``: "128M", "1G" or MB; ``publish``: (host, guest) port pairs on 127.0.0.1
-    (default: every port of the image on a free port); ``net``: NICs on managed networks
-    instead of user-mode networking; ``args`` are appended to the app's command line.
+    The options (a ``RunOptions``, or its fields as keywords): ``memory`` "128M", "1G" or
+    MB; ``publish`` (host, guest) port pairs on 127.0.0.1 (default: every port of the image
+    on a free port); ``net`` NICs on networks instead of user-mode networking; ``args``
+    appended to the app's command line; ``host`` an inventory host (or "auto");
+    ``restart`` "on-failure".
     """
     client = Client(home)
     try:
-        inst = client.run(
-            image,
-            name=name,
-            memory=memory,
-            vcpus=vcpus,
-            publish=publish,
-            env=env,
-            args=args,
-            labels=labels,
-            net=net,
-            wait=wait,
-            timeout=timeout,
-        )
+        inst = client.run(image, options, **fields)
     except BaseException:
         client.close()
         raise
@@ -430,6 +373,8 @@ __all__ = [
     "Image",
     "Instance",
     "NetArg",
+    "RunFields",
+    "RunOptions",
     "Stats",
     "UniklabError",
     "bake",

@@ -73,6 +73,10 @@ class LaunchError(UniklabError):
         super().__init__(message)
 
 
+class QmpUnavailable(UniklabError):
+    """QEMU's monitor (QMP) did not answer: socket gone, QEMU hung or exiting."""
+
+
 class HostUnreachableError(UniklabError):
     """A remote host did not answer (SSH connect, auth or timeout)."""
 

@@ -17,12 +17,13 @@ import shutil
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from uniklab.backends import process, registry
+from uniklab import daemons
+from uniklab.backends import registry
 from uniklab.backends.base import Backend, Owned
 from uniklab.errors import HostUnreachableError, StoreDamagedError, UniklabError
 from uniklab.executor import Executor
 from uniklab.hosts.inventory import Host
-from uniklab.lab import Lab, nics_of
+from uniklab.lab import Lab
 from uniklab.net import links
 from uniklab.net.service import short_hash
 from uniklab.state.store import InstanceRow
@@ -157,14 +158,14 @@ def _local(lab: Lab, rows: list[InstanceRow], *, store_lost: bool = False) -> li
     home = str(lab.paths.home)
     found: list[Leftover] = []
     # The networks' daemons (guests' hypervisor processes are their backends' to find).
-    for pid, cmd in process.scan("dnsmasq", home + "/"):
+    for pid, cmd in daemons.scan("dnsmasq", home + "/"):
         if not any(d and d + "/" in cmd for d in net_dirs):
             found.append(Leftover("process", str(pid), cmd[:120], marker=home + "/"))
     for d in sorted(lab.paths.run.iterdir()) if lab.paths.run.exists() else []:
         if str(d) not in rundirs:
             found.append(Leftover("rundir", str(d), "runtime directory of no instance"))
     tag = short_hash(str(lab.networks.rundir))
-    taps = {n.tap for r in rows for n in nics_of(r)}
+    taps = {n.tap for r in rows for n in r.attachments if n.tap}
     for t in links.taps(f"ukt{tag}"):
         if t not in taps:
             found.append(Leftover("tap", t, "tap of no instance"))
@@ -201,7 +202,7 @@ def remove(
                     backends[key] = _connect(lab, host, item.backend, connect)
                 backends[key].remove(item.owned, timeout=HOST_TIMEOUT)
             elif item.kind == "process":
-                process.stop(int(item.name), item.marker, grace=3.0)
+                daemons.stop(int(item.name), item.marker, grace=3.0)
             elif item.kind in ("rundir", "staging", "image"):
                 shutil.rmtree(item.name, ignore_errors=True)
             elif item.kind in ("tap", "bridge"):

@@ -12,7 +12,6 @@ import os
 import re
 import secrets
 import shutil
-import socket
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -28,8 +27,6 @@ from uniklab.backends.base import (
     spec_from_json,
     spec_to_json,
 )
-from uniklab.backends.qemu import QemuBackend
-from uniklab.backends.qemu_argv import SLIRP_GUEST
 from uniklab.bake import baker, recipe
 from uniklab.bake.image import ImageStore, Manifest
 from uniklab.errors import (
@@ -42,18 +39,20 @@ from uniklab.errors import (
 from uniklab.guest.config import GuestConfig
 from uniklab.hosts.inventory import Host
 from uniklab.hosts.service import HostService
-from uniklab.net import attach, discover, remote
-from uniklab.net.attach import PlannedNic
+from uniklab.net import attach
+from uniklab.net.attachment import Attachment
 from uniklab.net.service import NetworkService
+from uniklab.options import DEFAULT_WAIT as DEFAULT_WAIT
+from uniklab.options import RunOptions as RunOptions  # part of the Lab API
 from uniklab.paths import Paths, default_paths
+from uniklab.ports import free_port, port_free
 from uniklab.probes import base as probes
 from uniklab.probes.kinds import from_spec
-from uniklab.run_plan import RunOptions as RunOptions  # part of the Lab API
+from uniklab.reach import Reach
 from uniklab.state.store import CRASHED, CREATING, EXITED, RUNNING, InstanceRow, Store
 
 log = logging.getLogger(__name__)
 
-DEFAULT_WAIT = run_plan.DEFAULT_WAIT
 TEST_TAG = "uniklab-test"
 """The tags of images baked by the test faces start with this (see ``Lab.bake_for_tests``)."""
 MAX_RESTARTS = 5
@@ -78,17 +77,15 @@ class InstanceView:
 
     @property
     def forwards(self) -> list[tuple[int, int]]:
-        return [(int(h), int(g)) for h, g in self.row.runtime.get("forwards", [])]
+        return Reach.forwards(self.row)
 
     @property
     def address(self) -> str:
         fw = self.forwards
         if fw:
             return ",".join(f"127.0.0.1:{h}->{g}" for h, g in fw)
-        nics = self.row.runtime.get("nics", [])
-        if nics and nics[0].get("addr"):
-            return str(nics[0]["addr"]).split("/")[0]
-        return str(self.row.runtime.get("address", ""))
+        found = Reach.known(self.row)
+        return found.ip if found else ""
 
     def as_dict(self) -> dict[str, object]:
         insp = self.inspection
@@ -108,7 +105,7 @@ class InstanceView:
             "rss_bytes": insp.rss_bytes if insp else None,
             "address": self.address,
             "ports": [{"host": h, "guest": g} for h, g in self.forwards],
-            "mac": self.row.runtime.get("mac"),
+            "mac": self.row.attachments[0].mac if self.row.attachments else None,
             "accel": self.row.runtime.get("accel"),
             "labels": self.row.labels,
             "exit_reason": self.row.exit_reason,
@@ -123,22 +120,6 @@ class AddressInfo:
     source: str  # how it was found
     guest_address: str | None = None
     netns: str | None = None
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _port_free(port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            s.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
 
 
 def exit_reason(console: str, gone: str = "") -> tuple[str, str]:
@@ -167,7 +148,7 @@ class Lab:
         self.networks = NetworkService(self.store, self.paths.home / "net")
         self.hosts = HostService(self.store)
         self._stack = contextlib.ExitStack()
-        self._tunnels: dict[tuple[str, str, int], tuple[str, int]] = {}
+        self.reach = Reach(self.store, self.hosts, self._stack)
         self._backends: dict[str, Backend] = {}
 
     def close(self) -> None:
@@ -262,7 +243,7 @@ class Lab:
             self.backend_of(row).destroy(handle)
         finally:
             shutil.rmtree(rundir, ignore_errors=True)
-            attach.detach(nics_of(row), self.networks, row.runtime.get("address"))
+            attach.detach(row.attachments, self.networks)
 
     # -- images -----------------------------------------------------------------------
     def bake(
@@ -360,15 +341,14 @@ class Lab:
 
     # -- instances --------------------------------------------------------------------
     def run(self, image_ref: str, opts: RunOptions | None = None) -> InstanceView:
+        # The options were checked when they were made: before any work (or bake) starts.
         o = opts or RunOptions()
-        # Check everything the caller gave before any work (or bake) starts.
-        checked = run_plan.check(o)
-        vcpus, env, app_args, labels = checked.vcpus, checked.env, checked.args, checked.labels
+        app_args, env = list(o.args), dict(o.env or {})
         validate.image_ref(image_ref)
         self.reconcile()
         if o.name and any(r.name == o.name for r in self.store.instances()):
             raise ConflictError(f"an instance named {o.name!r} already exists")
-        host = self.hosts.get(o.host)
+        host = self.hosts.get(self.place() if o.host == "auto" else o.host)
         engine = registry.for_host(host)
         backend_name = engine.name
         if not engine.user_networking and (o.publish or not o.nets):
@@ -383,7 +363,7 @@ class Lab:
                 f"(its kernel: {m.kernel.choice}, root: {m.root_kind})"
             )
         name = o.name or self._new_name(m.name)
-        memory = validate.memory_mb(o.memory if o.memory is not None else m.memory)
+        memory = o.memory_mb if o.memory_mb is not None else validate.memory_mb(m.memory)
         wanted = [] if o.nets else (list(o.publish) or [(0, p) for p in m.ports])
         if len({h for h, _ in wanted if h}) != len([h for h, _ in wanted if h]):
             raise ConflictError("a host port is published twice")
@@ -394,26 +374,28 @@ class Lab:
             backend=backend_name,
             host=host.name,
             memory_mb=memory,
-            vcpus=vcpus,
+            vcpus=o.vcpus,
             owner_pid=os.getpid(),
             spec={"args": app_args, "env": env, "publish": [], "restart": o.restart},
-            labels=labels,
+            labels=dict(o.labels or {}),
         )
         rundir = self.paths.run / str(row.id)
         handle: Handle | None = None
         try:
             # Claimed in the store, so two concurrent runs never pick the same free port.
-            forwards = self.store.claim_ports(row.id, wanted, _free_port, _port_free)
+            forwards = self.store.claim_ports(row.id, wanted, free_port, port_free)
             others = [r for r in self.store.instances() if r.id != row.id]
-            nics = run_plan.plan_nics(
-                backend_name, o.nets, name, row.id, self.networks, others, forwards
+            nics = run_plan.plan_attachments(
+                engine, o.nets, name, row.id, self.networks, others, forwards, host.name
             )
-            planned, nic_specs, mac, xen_nics = nics.planned, nics.specs, nics.mac, nics.xen_nics
-            timesrc = QemuBackend.time_source(nic_specs) if backend_name == "qemu" else None
-            if planned and timesrc is None:
-                timesrc = self.networks.time_source(planned[0].net)
+            guest_nics, dns = run_plan.guest_nics(nics, engine)
             cfg = GuestConfig(
-                name=name, args=app_args, env=env, net=nics.guest, dns=nics.dns, timesrc=timesrc
+                name=name,
+                args=app_args,
+                env=env,
+                net=guest_nics,
+                dns=dns,
+                timesrc=self._time_source(nics[0], engine) if nics else None,
             )
             try:
                 encoded = cfg.encode()
@@ -426,38 +408,21 @@ class Lab:
                 root_disk=self.images.initrd_path(m) if m.block_root else None,
                 cmdline=f"{m.cmdline} {encoded}",
                 memory_mb=memory,
-                vcpus=vcpus,
+                vcpus=o.vcpus,
                 rundir=rundir,
-                nics=nic_specs,
-                netns=planned[0].netns if planned else None,
+                nics=tuple(nics),
+                netns=nics[0].netns if nics else None,
                 acpi=m.acpi,
             )
-            nics_json = [p.to_json() for p in planned]
             # Recorded before anything is made, so a crash leaves a plan to undo.
-            self.store.update(
-                row.id,
-                runtime={
-                    "rundir": str(rundir),
-                    "nics": nics_json,
-                    "xen_nics": xen_nics,
-                    "domain": name,
-                },
-            )
+            self.store.update(row.id, runtime={"rundir": str(rundir)}, attachments=nics)
             faults.point("run.before_taps")
-            attach.create_taps(planned)
+            attach.create_taps(nics)
             faults.point("run.after_taps")
             backend = self.backend(backend_name, spec.kernel, host.name)
             handle = backend.create(spec)
             faults.point("run.after_create")
-            runtime = {
-                **handle.runtime,
-                "forwards": forwards,
-                "mac": mac,
-                "nics": nics_json,
-                "xen_nics": xen_nics,
-                "launch": spec_to_json(spec),
-                "restarts": 0,
-            }
+            runtime = {**handle.runtime, "launch": spec_to_json(spec), "restarts": 0}
             self.store.update(
                 row.id,
                 state=RUNNING,
@@ -468,7 +433,7 @@ class Lab:
             )
             view = self.view(self.store.instance_by_id(row.id))
             if o.wait:
-                self.wait_ready(view, m, timeout=o.timeout)
+                self.wait_ready(view, m, timeout=o.timeout or DEFAULT_WAIT)
             return self.view(self.store.instance_by_id(row.id))
         except BaseException:
             # Whatever this command created, it removes: process, runtime dir, row; a second
@@ -480,6 +445,15 @@ class Lab:
                     self.store.delete_instance(row.id)
             raise
 
+    def _time_source(self, nic: Attachment, engine: registry.BackendType) -> str | None:
+        """Where the guest reads the host's clock: its user-mode network's time service,
+        or its uniklab network's (a guest on a host's own bridge keeps its RTC)."""
+        if nic.kind == "user":
+            return engine.user_net.time_source if engine.user_net else None
+        if nic.kind == "bridge" and nic.net:
+            return self.networks.time_source(nic.net)
+        return None
+
     def _new_name(self, image_name: str) -> str:
         return f"{image_name}-{secrets.token_hex(3)}"
 
@@ -487,35 +461,11 @@ class Lab:
         insp = None
         if row.state == RUNNING:
             insp = inspection or self.backend_of(row).inspect(self.handle(row))
-            if (nics_of(row) or row.runtime.get("xen_nics")) and "address" not in row.runtime:
-                self.bridged_address(row, timeout=0)
+            first = self.reach.first(row)
+            bridged = first is not None and first.kind != "user"
+            if bridged and self.reach.known(row) is None and self.reach.address(row, timeout=0):
                 row = self.store.instance_by_id(row.id)
         return InstanceView(row, insp)
-
-    def bridged_address(self, row: InstanceRow, *, timeout: float) -> discover.Found | None:
-        """The first bridged NIC's address: static, cached, or found by MAC (and cached)."""
-        if row.runtime.get("xen_nics"):
-            return self._xen_address(row, timeout=timeout)
-        nics = nics_of(row)
-        if not nics:
-            return None
-        nic = nics[0]
-        if nic.addr:
-            return discover.Found(nic.addr.split("/")[0], "static")
-        if "address" in row.runtime:
-            return discover.Found(
-                str(row.runtime["address"]), str(row.runtime.get("address_source", ""))
-            )
-        net = self.store.network(nic.net)
-        if timeout > 0:
-            found: discover.Found | None = discover.find(nic.mac, net, timeout=timeout)
-        else:
-            found = discover.lookup(nic.mac, net)
-        if found:
-            self.store.update(
-                row.id, runtime={**row.runtime, "address": found.ip, "address_source": found.source}
-            )
-        return found
 
     def get(self, name: str) -> InstanceView:
         self.reconcile()
@@ -531,32 +481,6 @@ class Lab:
         if not all:
             rows = [r for r in rows if r.state == RUNNING]
         return [self.view(r, seen.get(r.id)) for r in rows]
-
-    def _xen_address(self, row: InstanceRow, *, timeout: float) -> discover.Found | None:
-        nic = row.runtime["xen_nics"][0]
-        if nic.get("addr"):
-            return discover.Found(str(nic["addr"]).split("/")[0], "static")
-        if "address" in row.runtime:
-            return discover.Found(
-                str(row.runtime["address"]), str(row.runtime.get("address_source", ""))
-            )
-        h = self.hosts.get(row.host)
-        ex = self.hosts.executor(h)
-        leases = [h.labels["leases"]] if "leases" in h.labels else list(remote.DEFAULT_LEASES)
-        deadline = time.monotonic() + timeout
-        while True:
-            found = remote.lookup(ex, str(nic["mac"]), str(nic["bridge"]), leases)
-            if found:
-                self.store.update(
-                    row.id,
-                    runtime={**row.runtime, "address": found.ip, "address_source": found.source},
-                )
-                return found
-            if time.monotonic() >= deadline:
-                if timeout > 0:
-                    raise NotFoundError(f"no address for MAC {nic['mac']} on {row.host}")
-                return None
-            time.sleep(0.5)
 
     def place(self) -> str:
         """`--host auto`: the reachable host with the most free memory (local included)."""
@@ -578,8 +502,9 @@ class Lab:
     def network_users(self) -> dict[str, list[str]]:
         users: dict[str, list[str]] = {}
         for row in self.store.instances():
-            for nic in nics_of(row):
-                users.setdefault(nic.net, []).append(row.name)
+            for nic in row.attachments:
+                if nic.kind == "bridge" and nic.net:
+                    users.setdefault(nic.net, []).append(row.name)
         return users
 
     def logs(self, name: str) -> str:
@@ -592,47 +517,21 @@ class Lab:
         for m in _NET_RE.finditer(self.logs(name)):
             guest = m.group(3).split("/")[0]
         if view.forwards:
+            engine = registry.get(view.row.backend)
+            user = engine.user_net.guest if engine.user_net else None
             return AddressInfo(
-                "127.0.0.1",
-                view.forwards,
-                "user-mode networking (ports forwarded)",
-                guest or SLIRP_GUEST,
+                "127.0.0.1", view.forwards, "user-mode networking (ports forwarded)", guest or user
             )
-        if (nics_of(view.row) or view.row.runtime.get("xen_nics")) and view.state == RUNNING:
-            found = self.bridged_address(view.row, timeout=timeout)
-            assert found is not None
-            nics = nics_of(view.row)
-            return AddressInfo(
-                found.ip, [], found.source, found.ip, nics[0].netns if nics else None
-            )
+        first = self.reach.first(view.row)
+        if first and first.kind != "user" and view.state == RUNNING:
+            found = self.reach.address(view.row, timeout=timeout)
+            assert found is not None  # a timeout raises
+            return AddressInfo(found.ip, [], found.source, found.ip, self.reach.netns(view.row))
         raise NotFoundError(f"{name} has no address reachable from this machine")
 
     def endpoint(self, view: InstanceView, guest_port: int | None) -> probes.Endpoint:
-        if view.row.runtime.get("xen_nics"):
-            return self._xen_endpoint(self.store.instance_by_id(view.row.id), guest_port)
-        nics = nics_of(view.row)
-        if nics:
-            row = self.store.instance_by_id(view.row.id)
-            found = self.bridged_address(row, timeout=0)
-            if found is None:
-                raise NotFoundError(f"{view.name}: address of {nics[0].mac} not known yet")
-            return probes.Endpoint(found.ip, guest_port, nics[0].netns)
-        for host, guest in view.forwards:
-            if guest_port is None or guest == guest_port:
-                return probes.Endpoint("127.0.0.1", host)
-        return probes.Endpoint("127.0.0.1", None)
-
-    def _xen_endpoint(self, row: InstanceRow, port: int | None) -> probes.Endpoint:
-        """A Xen guest sits on its host's bridge: reach it through an SSH tunnel, kept
-        open for this Lab's lifetime (or directly when this machine is the dom0)."""
-        found = self._xen_address(row, timeout=0)
-        if found is None or port is None:
-            raise NotFoundError(f"{row.name}: address not known yet")
-        key = (row.host, found.ip, port)
-        if key not in self._tunnels:
-            ex = self.hosts.executor(self.hosts.get(row.host))
-            self._tunnels[key] = self._stack.enter_context(ex.forward(found.ip, port))
-        return probes.Endpoint(*self._tunnels[key])
+        """Where a client on this machine connects to ``guest_port`` of the guest."""
+        return self.reach.endpoint(self.store.instance_by_id(view.row.id), guest_port)
 
     def wait_ready(self, view: InstanceView, m: Manifest, *, timeout: float) -> probes.ProbeResult:
         backend = self.backend_of(view.row)
@@ -679,10 +578,6 @@ class Lab:
 def tag_for_tests(digest: str) -> str:
     """The tag a test face gives the image it baked: ``uniklab-test-<12 hex of the digest>``."""
     return f"{TEST_TAG}-{digest.split(':', 1)[-1][:12]}"
-
-
-def nics_of(row: InstanceRow) -> list[PlannedNic]:
-    return [PlannedNic.from_json(n) for n in row.runtime.get("nics", [])]
 
 
 def all_items_in(want: Mapping[str, str], have: Mapping[str, str]) -> bool:

@@ -1,6 +1,6 @@
 """Turning a rumprun launcher command line into a uniklab run.
 
-``net/rumprun_args.py`` parses the launcher's options with rumprun's own meanings; this
+``rumprun_args.py`` parses the launcher's options with rumprun's own meanings; this
 module maps them onto uniklab: ``-I …,bridge=B`` attaches to the managed network whose
 bridge is B, ``-W`` picks DHCP or a static address, ``-M`` the memory, ``-N`` the name,
 ``-e`` the environment, the words after the image the app's arguments.  What uniklab
@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from uniklab.errors import NotFoundError, UsageError
 from uniklab.lab import RunOptions
 from uniklab.net.attach import NicRequest
-from uniklab.net.rumprun_args import RumprunIf, RumprunInvocation
+from uniklab.rumprun_args import RumprunIf, RumprunInvocation
 from uniklab.state.store import NetworkRow
 
 
@@ -107,7 +107,7 @@ def translate(inv: RumprunInvocation, networks: Sequence[NetworkRow]) -> Transla
         memory=inv.memory_mb,
         env=dict(inv.env),
         args=args,
-        nets=requests,
+        net=requests,
         wait=False,
     )
     backend = "xen" if inv.platform == "xen" else "qemu"

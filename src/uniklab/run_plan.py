@@ -1,5 +1,5 @@
-"""Planning a `run` before anything is made: the caller's options checked, and each NIC's
-MAC, address and hypervisor device decided (user-mode, a bridged tap, or a Xen vif).
+"""Planning a `run` before anything is made: each NIC's attachment decided (user-mode,
+a tap on a uniklab network, or a bridge of the host).
 
 Pure decisions over the store's rows; ``Lab.run`` records the plan, then makes it real.
 """
@@ -7,72 +7,18 @@ Pure decisions over the store's rows; ``Lab.run`` records the plan, then makes i
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+import ipaddress
+from collections.abc import Sequence
 
 from uniklab import validate
-from uniklab.backends.base import NicSpec
-from uniklab.backends.qemu_argv import SLIRP_DNS, SLIRP_GUEST, SLIRP_GW
-from uniklab.backends.xen import xen_plan
-from uniklab.errors import UsageError
+from uniklab.backends.registry import BackendType
+from uniklab.errors import ConflictError, UsageError
 from uniklab.guest.config import Nic
 from uniklab.net import attach
-from uniklab.net.attach import NicRequest, PlannedNic
-from uniklab.net.service import NetworkService
+from uniklab.net.attach import NicRequest
+from uniklab.net.attachment import Attachment
+from uniklab.net.service import NetworkService, ifname
 from uniklab.state.store import InstanceRow
-
-DEFAULT_WAIT = 120.0
-RESTART_POLICIES = ("no", "on-failure")
-
-
-@dataclass(frozen=True)
-class RunOptions:
-    name: str | None = None
-    memory: str | int | None = None
-    vcpus: int = 1
-    publish: Sequence[tuple[int, int]] = ()
-    env: Mapping[str, str] = field(default_factory=dict)
-    args: Sequence[str] = ()
-    labels: Mapping[str, str] = field(default_factory=dict)
-    nets: Sequence[NicRequest] = ()  # bridged NICs; none means one user-mode NIC
-    host: str = "local"  # an inventory host; a Xen host's --net names its bridges
-    wait: bool = True
-    timeout: float = DEFAULT_WAIT
-    restart: str = "no"  # or "on-failure": relaunched (up to MAX_RESTARTS) when it crashes
-
-
-@dataclass(frozen=True)
-class Checked:
-    vcpus: int
-    env: dict[str, str]
-    args: list[str]
-    labels: dict[str, str]
-
-
-def check(o: RunOptions) -> Checked:
-    """Everything the caller gave, checked before any work (or bake) starts."""
-    if o.name is not None:
-        validate.name(o.name, "instance name")
-    if o.memory is not None:
-        validate.memory_mb(o.memory)
-    vcpus = validate.vcpus(o.vcpus)
-    if o.restart not in RESTART_POLICIES:
-        raise UsageError(f"invalid restart policy {o.restart!r}: use no or on-failure")
-    if o.wait:
-        validate.timeout(o.timeout, "readiness timeout")
-    checked = Checked(vcpus, validate.env(o.env), validate.args(o.args), validate.labels(o.labels))
-    for pair in o.publish:
-        if not isinstance(pair, tuple | list) or len(pair) != 2:
-            raise UsageError(f"invalid port mapping {validate.short(pair)}: (HOST, GUEST)")
-        host_port, guest = pair
-        validate.port(guest, "guest port")
-        if host_port:
-            validate.port(host_port, "host port")
-    for req in o.nets:
-        attach.check_request(req)
-    if o.nets and o.publish:
-        raise UsageError("-p publishes ports of the user-mode network; not with --net")
-    return checked
 
 
 def instance_mac(name: str, row_id: int, nic: int = 0) -> str:
@@ -81,54 +27,66 @@ def instance_mac(name: str, row_id: int, nic: int = 0) -> str:
     return "52:54:00:" + ":".join(f"{b:02x}" for b in h[:3])
 
 
-@dataclass(frozen=True)
-class NicPlan:
-    guest: list[Nic]  # what the guest init configures
-    specs: tuple[NicSpec, ...]  # what the backend creates
-    mac: str  # the first NIC's
-    planned: list[PlannedNic] = field(default_factory=list)  # local taps to make
-    xen_nics: list[dict[str, str | None]] = field(default_factory=list)
-    dns: list[str] = field(default_factory=list)
-
-
-def plan_nics(
-    backend: str,
+def plan_attachments(
+    engine: BackendType,
     nets: Sequence[NicRequest],
     name: str,
     row_id: int,
     networks: NetworkService,
     others: list[InstanceRow],
     forwards: list[tuple[int, int]],
-) -> NicPlan:
+    host: str = "local",
+) -> list[Attachment]:
+    """Each NIC of a new guest: its kind, MAC, address and device, checked against the
+    other instances (a MAC or address taken on the same network is refused)."""
     macs = [instance_mac(name, row_id, i) for i in range(max(1, len(nets)))]
-    if backend == "xen":
-        xen_nics = xen_plan(nets, macs[: len(nets)])
-        return NicPlan(
-            guest=[
-                Nic(mac=str(n["mac"]), dhcp=n["addr"] is None, addr=n["addr"], gw=n["gw"])
-                for n in xen_nics
-            ],
-            specs=tuple(
-                NicSpec(mac=str(n["mac"]), mode="tap", bridge=n["bridge"]) for n in xen_nics
-            ),
-            mac=str(xen_nics[0]["mac"]),
-            xen_nics=xen_nics,
-        )
+    if engine.user_net is None:
+        return host_bridges(nets, macs, [r for r in others if r.host == host])
     if nets:
-        planned = attach.plan(networks, nets, row_id=row_id, default_macs=macs, instances=others)
-        return NicPlan(
-            guest=[Nic(mac=p.mac, dhcp=p.addr is None, addr=p.addr, gw=p.gw) for p in planned],
-            specs=tuple(
-                NicSpec(mac=p.mac, mode="tap", tap=p.tap, bridge=p.bridge) for p in planned
-            ),
-            mac=planned[0].mac,
-            planned=planned,
-        )
-    # Slirp's addresses are fixed: configured statically, the guest skips a DHCP exchange
-    # (~0.13 s under TCG).
-    return NicPlan(
-        guest=[Nic(mac=macs[0], dhcp=False, addr=f"{SLIRP_GUEST}/24", gw=SLIRP_GW)],
-        specs=(NicSpec(mac=macs[0], mode="user", forwards=tuple(forwards)),),
-        mac=macs[0],
-        dns=[SLIRP_DNS],
-    )
+        return attach.plan(networks, nets, row_id=row_id, default_macs=macs, instances=others)
+    return [Attachment(kind="user", mac=macs[0], forwards=tuple(forwards))]
+
+
+def host_bridges(
+    requests: Sequence[NicRequest], default_macs: Sequence[str], others: Sequence[InstanceRow]
+) -> list[Attachment]:
+    """The NICs of a guest on a host whose bridges uniklab did not make (a Xen dom0's
+    xenbr0): --net names a bridge there; DHCP is that LAN's."""
+    used = {(a.bridge, a.mac) for r in others for a in r.attachments}
+    out: list[Attachment] = []
+    for i, req in enumerate(requests):
+        addr = None
+        if req.ip:
+            try:
+                addr = str(ipaddress.IPv4Interface(req.ip if "/" in req.ip else f"{req.ip}/24"))
+            except ValueError:
+                raise UsageError(f"invalid address {req.ip!r}: use e.g. 10.0.0.20/24") from None
+        gw = str(ipaddress.IPv4Address(req.gateway)) if req.gateway else None
+        mac = validate.mac(req.mac) if req.mac else default_macs[i]
+        bridge = ifname(req.network)
+        if (bridge, mac) in used:
+            raise ConflictError(f"MAC {mac} is already used on bridge {bridge}")
+        out.append(Attachment(kind="host-bridge", mac=mac, bridge=bridge, addr=addr, gw=gw))
+    macs = [a.mac for a in out]
+    if len(set(macs)) != len(macs):
+        raise UsageError("two NICs of one guest have the same MAC")
+    return out
+
+
+def guest_nics(
+    attachments: Sequence[Attachment], engine: BackendType
+) -> tuple[list[Nic], list[str]]:
+    """What the guest init configures for each NIC, and its DNS servers."""
+    nics: list[Nic] = []
+    dns: list[str] = []
+    for a in attachments:
+        if a.kind == "user":
+            user = engine.user_net
+            assert user is not None
+            nics.append(
+                Nic(mac=a.mac, dhcp=False, addr=f"{user.guest}/{user.prefix}", gw=user.gateway)
+            )
+            dns.append(user.dns)
+        else:
+            nics.append(Nic(mac=a.mac, dhcp=a.addr is None, addr=a.addr, gw=a.gw))
+    return nics, dns

@@ -7,9 +7,15 @@ Validated values are safe to put in file names, QEMU options and remote command 
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, TypeVar
 
 from uniklab.errors import UsageError
+
+if TYPE_CHECKING:
+    from pydantic import ValidationError
+
+T = TypeVar("T")
 
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,62}$")
 TAG_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
@@ -177,3 +183,26 @@ def env_pair(item: str) -> tuple[str, str]:
     if "\0" in val:
         raise UsageError(f"invalid environment value for {key}: NUL byte")
     return key, val
+
+
+# ---------------------------------------------------------------- inside pydantic models
+
+
+def in_model(fn: Callable[..., T], *args: object) -> T:
+    """Run one of these functions inside a pydantic validator: pydantic turns a
+    ``ValueError`` into the field's error, while a ``UsageError`` would escape it."""
+    try:
+        return fn(*args)
+    except UsageError as exc:
+        raise ValueError(str(exc)) from None
+
+
+def first_problem(exc: ValidationError, whole: str) -> str:
+    """The first problem pydantic found, as one line ``key.path: message`` (``whole``
+    names the document when the problem is not one key's)."""
+    first = exc.errors()[0]
+    where = ".".join(str(p) for p in first["loc"]) or whole
+    msg = str(first["msg"]).removeprefix("Value error, ")
+    if first["type"] == "extra_forbidden":
+        msg = "unknown key"
+    return f"{where}: {msg}"

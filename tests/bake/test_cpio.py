@@ -12,7 +12,14 @@ from pathlib import Path, PurePosixPath
 
 import pytest
 
-from uniklab.bake.cpio import DEFAULT_COMPRESSION, CpioArchive, compress
+from uniklab.bake.cpio import (
+    DEFAULT_COMPRESSION,
+    CpioArchive,
+    compress,
+    decompress,
+    members,
+    read_file,
+)
 from uniklab.errors import BakeError
 
 needs_cpio = pytest.mark.skipif(shutil.which("cpio") is None, reason="GNU cpio not installed")
@@ -286,3 +293,33 @@ def test_lz4_missing_is_a_bake_error(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(shutil, "which", lambda _name: None)
     with pytest.raises(BakeError, match="needs the lz4 command"):
         compress(PAYLOAD, "lz4")
+
+
+def test_reader_finds_what_the_writer_wrote(tmp_path: Path) -> None:
+    arc = sample(tmp_path)
+    arc.add_file("/uniklab/image.json", b'{"modules": []}')
+    data = arc.to_bytes()
+    listed = [(str(p), mode) for p, mode, _ in members(data)]
+    assert listed == [(r["name"], r["mode"]) for r in parse_newc(data) if r["name"] != "TRAILER!!!"]
+    assert read_file(data, "/uniklab/image.json") == b'{"modules": []}'
+    assert read_file(data, "uniklab/image.json") == b'{"modules": []}'
+    assert read_file(data, "/no/such/file") is None
+    # Only the first archive of a concatenation (the kernel reads on; pv_initrd relies on it).
+    later = CpioArchive()
+    later.add_file("/late", b"x")
+    assert read_file(data + later.to_bytes(), "/late") is None
+
+
+def test_reader_rejects_what_is_not_newc() -> None:
+    with pytest.raises(BakeError, match="not a newc cpio archive"):
+        read_file(b"\x00" * 200, "/x")
+
+
+def test_decompress_undoes_gzip_and_passes_raw_through() -> None:
+    assert decompress(compress(PAYLOAD, "gzip")) == PAYLOAD
+    assert decompress(PAYLOAD) is PAYLOAD
+
+
+@needs_lz4
+def test_decompress_undoes_the_lz4_legacy_frame() -> None:
+    assert decompress(compress(PAYLOAD, "lz4")) == PAYLOAD

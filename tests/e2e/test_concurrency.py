@@ -1,31 +1,21 @@
 """Twenty CLI processes at once on one state store: runs (three racing for one name),
-listings and destroys.  No corruption, unique names, no lost or leaked instance."""
+listings and destroys; then a hundred listings, from processes and threads, while ten runs
+and destroys race.  No corruption, no "database is locked", unique names, no lost or
+leaked instance."""
 
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 
 from tests.e2e.conftest import assert_nothing_left, qemu_processes
+from tests.soak import cli as _cli
+from tests.soak import race, race_figures
 
 pytestmark = pytest.mark.e2e
-
-
-def _cli(home: Path, *argv: str) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "UNIKLAB_HOME": str(home)}
-    return subprocess.run(
-        [sys.executable, "-m", "uniklab", *argv],
-        env=env,
-        text=True,
-        capture_output=True,
-        timeout=240,
-    )
 
 
 def test_parallel_run_ps_destroy(lab_home: Path) -> None:
@@ -55,5 +45,21 @@ def test_parallel_run_ps_destroy(lab_home: Path) -> None:
     with ThreadPoolExecutor(max_workers=20) as pool:
         results = list(pool.map(lambda a: _cli(lab_home, *a), jobs))
     assert all(r.returncode == 0 for r in results), [r.stderr for r in results if r.returncode]
+    assert json.loads(_cli(lab_home, "ps", "--json").stdout) == []
+    assert_nothing_left(lab_home)
+
+
+def test_ps_races_runs_and_destroys(lab_home: Path) -> None:
+    """100 `python -m uniklab ps --json` (8 at a time) and in-process ps in threads (some
+    through the module-level ``uniklab.ps``, a client per call) while 10 runs and
+    destroys race: every listing shows each instance from its run's success to its
+    destroy, and none after; no "database is locked"; nothing left."""
+    r = race(lab_home, "redis", runs=10, ps_cli=100, ps_pool=8)
+    print("\n".join(race_figures(r)))
+    assert r.locked == []
+    assert r.failed == []
+    assert r.lost == []
+    assert all(life.destroy_ok is not None for life in r.lives)
+    assert r.witnessed > 0, "no listing overlapped a running instance: the race tested nothing"
     assert json.loads(_cli(lab_home, "ps", "--json").stdout) == []
     assert_nothing_left(lab_home)

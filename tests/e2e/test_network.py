@@ -115,13 +115,13 @@ def test_runbook_dhcp_flow(
 
 def test_static_and_replication(lab_net: Lab) -> None:
     lab = lab_net
-    lab.run("redis", RunOptions(name="primary", nets=[NicRequest("lab", ip="10.77.0.10/24")]))
+    lab.run("redis", RunOptions(name="primary", net=[NicRequest("lab", ip="10.77.0.10/24")]))
     assert lab.ip("primary").source == "static"
     lab.run(
         "redis",
         RunOptions(
             name="replica",
-            nets=[NicRequest("lab", ip="10.77.0.11", gateway="10.77.0.1")],
+            net=[NicRequest("lab", ip="10.77.0.11", gateway="10.77.0.1")],
             args=["--replicaof", "10.77.0.10", "6379"],
         ),
     )
@@ -168,7 +168,7 @@ def test_network_bad_input(lab_net: Lab, capsys: pytest.CaptureFixture[str]) -> 
 def test_duplicate_mac_and_rm_in_use(lab_net: Lab, capsys: pytest.CaptureFixture[str]) -> None:
     lab = lab_net
     lab.run(
-        "redis", RunOptions(name="a", wait=False, nets=[NicRequest("lab", mac="00:11:22:33:44:55")])
+        "redis", RunOptions(name="a", wait=False, net=[NicRequest("lab", mac="00:11:22:33:44:55")])
     )
     assert main(["run", "redis", "--name", "b", "--net", "lab", "--mac", "00:11:22:33:44:55"]) == 4
     assert "already used on network lab" in capsys.readouterr().err
@@ -219,7 +219,7 @@ def test_bridged_guest_reads_the_host_clock(lab_net: Lab) -> None:
     clock as QEMU's guestfwd does on user-mode networking: within 50 ms, not the RTC's
     whole seconds."""
     lab = lab_net
-    lab.run("redis", RunOptions(name="tick", nets=[NicRequest("lab")]))
+    lab.run("redis", RunOptions(name="tick", net=[NicRequest("lab")]))
     assert "clock set from host 10.77.0.1:37" in lab.logs("tick")
     host = lab.ip("tick").host
     err = float(_in_ns(sys.executable, "-c", CLOCK_SNIPPET, host))
@@ -286,7 +286,7 @@ def test_a_guest_outlives_its_lease(short_net: Lab) -> None:
     def mark(what: str) -> None:
         timeline.append((time.time() - t0, what))
 
-    lab.run("redis", RunOptions(name="keeper", nets=[NicRequest("short", mac=KEEPER_MAC)]))
+    lab.run("redis", RunOptions(name="keeper", net=[NicRequest("short", mac=KEEPER_MAC)]))
     keeper = lab.ip("keeper").host
     first = dnsmasq.lease_for(KEEPER_MAC, files)
     assert first is not None and first.ip == keeper
@@ -304,7 +304,7 @@ def test_a_guest_outlives_its_lease(short_net: Lab) -> None:
         time.sleep(1)
     mark("the first lease's end has passed")
 
-    lab.run("redis", RunOptions(name="late", nets=[NicRequest("short", mac=LATE_MAC)]))
+    lab.run("redis", RunOptions(name="late", net=[NicRequest("short", mac=LATE_MAC)]))
     late = lab.ip("late").host
     mark(f"late guest ready at {late}")
     assert late != keeper, "the second guest was given the first one's address"

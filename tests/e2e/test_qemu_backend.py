@@ -9,7 +9,7 @@ import signal
 import pytest
 
 from tests.e2e.contract import BackendContract, Target
-from uniklab.backends import process
+from uniklab import daemons
 from uniklab.lab import Lab, RunOptions
 from uniklab.state.store import InstanceRow
 
@@ -20,7 +20,7 @@ def _kill_qemu(lab: Lab, row: InstanceRow) -> None:
     """SIGKILL, then wait until it is gone (as `xl destroy` returns once the domain is)."""
     assert row.pid
     os.kill(row.pid, signal.SIGKILL)
-    assert process.wait_gone(row.pid, str(row.runtime["rundir"]), timeout=10)
+    assert daemons.wait_gone(row.pid, str(row.runtime["rundir"]), timeout=10)
 
 
 class TestQemuContract(BackendContract):

@@ -246,5 +246,5 @@ class TestXenContract(BackendContract):
         def xl_destroy(lab: Lab, row: InstanceRow) -> None:
             dom0.run(["xl", "destroy", row.name])
 
-        opts = RunOptions(host=xen_lab, memory="128M", nets=[NicRequest("xenbr0")])
+        opts = RunOptions(host=xen_lab, memory="128M", net=[NicRequest("xenbr0")])
         return Target(lab, opts, xl_destroy)

@@ -17,10 +17,11 @@ import pytest
 from click.testing import CliRunner
 
 from tests.e2e.conftest import qemu_processes
+from uniklab.bake import dom0
 from uniklab.cli.lab import lab as lab_cli
 from uniklab.executor import Result, local
 from uniklab.guest.config import GuestConfig, Nic
-from uniklab.hosts import xenlab
+from uniklab.hosts import virtual_xen
 from uniklab.lab import Lab
 from uniklab.paths import Paths
 
@@ -39,11 +40,13 @@ FIXTURES = Path(__file__).parent.parent / "fixtures" / "xen"
 MAC = "00:11:22:33:44:55"
 
 
-def _ssh(host: xenlab.LabHost, *argv: str, check: bool = True, timeout: float = 60) -> Result:
-    return local.run(xenlab.ssh_argv(host, list(argv)), check=check, timeout=timeout)
+def _ssh(
+    host: virtual_xen.VirtualXenHost, *argv: str, check: bool = True, timeout: float = 60
+) -> Result:
+    return local.run(virtual_xen.ssh_argv(host, list(argv)), check=check, timeout=timeout)
 
 
-def _scp(host: xenlab.LabHost, sources: list[Path], dest: str) -> None:
+def _scp(host: virtual_xen.VirtualXenHost, sources: list[Path], dest: str) -> None:
     local.run(
         [
             "scp", "-q", "-o", "BatchMode=yes",
@@ -61,8 +64,8 @@ def _record(name: str, text: str) -> None:
         (FIXTURES / name).write_text(text)
 
 
-def _lease(host: xenlab.LabHost, mac: str) -> str | None:
-    leases = _ssh(host, "cat", xenlab.LEASES, check=False).stdout
+def _lease(host: virtual_xen.VirtualXenHost, mac: str) -> str | None:
+    leases = _ssh(host, "cat", dom0.LEASES, check=False).stdout
     for line in leases.splitlines():
         fields = line.split()  # expiry mac ip hostname client-id
         if len(fields) >= 3 and fields[1] == mac:
@@ -82,7 +85,7 @@ def test_lab_runs_redis_as_pv_domu(lab_home: Path, tmp_path: Path) -> None:
     # The image as baked boots as a PV domU: it carries xen-netfront (and pv_initrd
     # would add it to an image baked before that).
     pv = tmp_path / "redis.initrd"
-    pv.write_bytes(xenlab.pv_initrd(initrd, release=manifest.kernel.release))
+    pv.write_bytes(dom0.pv_initrd(initrd, release=manifest.kernel.release))
     assert pv.read_bytes() == initrd.read_bytes()
 
     runner = CliRunner()
@@ -91,12 +94,12 @@ def test_lab_runs_redis_as_pv_domu(lab_home: Path, tmp_path: Path) -> None:
         res = runner.invoke(lab_cli, ["up", "--json"], catch_exceptions=False)
         assert res.exit_code == 0, res.output
         up_seconds = time.monotonic() - t0
-        host = xenlab.LabHost(**json.loads(res.output))
+        host = virtual_xen.VirtualXenHost(**json.loads(res.output))
         assert (host.ssh_target, host.hypervisor) == ("root@127.0.0.1", "xen")
         assert Path(host.identity_file).stat().st_mode & 0o077 == 0
         # A second `up` is a no-op that returns the same lab.
-        assert xenlab.lab_up(paths) == host
-        assert xenlab.lab_status(paths).running
+        assert virtual_xen.up(paths) == host
+        assert virtual_xen.status(paths).running
 
         xl_list = _ssh(host, "xl", "list").stdout
         assert "Domain-0" in xl_list.splitlines()[1]
@@ -118,7 +121,7 @@ def test_lab_runs_redis_as_pv_domu(lab_home: Path, tmp_path: Path) -> None:
                 "memory = 128",
                 "vcpus = 1",
                 f'extra = "{extra}"',
-                f"vif = ['mac={MAC},bridge=xenbr0,script={xenlab.VIF_SCRIPT}']",
+                f"vif = ['mac={MAC},bridge=xenbr0,script={dom0.VIF_SCRIPT}']",
                 'on_poweroff = "destroy"',
                 'on_crash = "destroy"',
                 "",
@@ -140,7 +143,7 @@ def test_lab_runs_redis_as_pv_domu(lab_home: Path, tmp_path: Path) -> None:
                     break
             time.sleep(1)
         pong_seconds = time.monotonic() - t1
-        console = _ssh(host, "cat", f"{xenlab.CONSOLE_DIR}/guest-redis.log", check=False).stdout
+        console = _ssh(host, "cat", f"{dom0.CONSOLE_DIR}/guest-redis.log", check=False).stdout
         assert pong == "PONG", f"no PONG from {ip}; domU console:\n{console[-3000:]}"
         print(f"\nlab up {up_seconds:.1f}s; xl create to PONG {pong_seconds:.1f}s ({ip})")
 
@@ -157,7 +160,7 @@ def test_lab_runs_redis_as_pv_domu(lab_home: Path, tmp_path: Path) -> None:
         assert again.returncode != 0
         _record("xl_create_exists.stderr", again.stderr)
         _record("domu_console.log", console)
-        _record("dnsmasq.leases", _ssh(host, "cat", xenlab.LEASES).stdout)
+        _record("dnsmasq.leases", _ssh(host, "cat", dom0.LEASES).stdout)
         _record("redis.cfg", config)
 
         _ssh(host, "xl", "destroy", "redis")
@@ -170,7 +173,7 @@ def test_lab_runs_redis_as_pv_domu(lab_home: Path, tmp_path: Path) -> None:
     finally:
         runner.invoke(lab_cli, ["down"])
 
-    status = xenlab.lab_status(paths)
+    status = virtual_xen.status(paths)
     assert not status.running
     assert not Path(status.rundir).exists()
     assert qemu_processes(str(lab_home)) == []

@@ -21,8 +21,8 @@ from tests.faults.conftest import processes_mentioning
 from uniklab.backends import xen
 from uniklab.backends.xen import XenBackend
 from uniklab.errors import HostUnreachableError, UniklabError
-from uniklab.executor import Result, local
-from uniklab.hosts import ssh, xenlab
+from uniklab.executor import LocalExecutor, Result, local
+from uniklab.hosts import ssh, virtual_xen
 from uniklab.lab import Lab, RunOptions
 from uniklab.net import netns
 from uniklab.net.service import NetworkSpec
@@ -71,18 +71,18 @@ def test_ssh_control_dir_is_owner_only(tmp_path: Path, monkeypatch: pytest.Monke
 def test_lab_keys_are_owner_only(tmp_path: Path) -> None:
     old = os.umask(0o022)
     try:
-        pub = xenlab._ensure_key(tmp_path / "id_lab", "uniklab-test")
+        pub = virtual_xen._ensure_key(tmp_path / "id_lab", "uniklab-test")
     finally:
         os.umask(old)
     assert pub.startswith("ssh-ed25519 ")
     assert mode(tmp_path / "id_lab") == 0o600
     # A key whose mode was loosened is tightened again on the next use.
     (tmp_path / "id_lab").chmod(0o644)
-    xenlab._ensure_key(tmp_path / "id_lab", "uniklab-test")
+    virtual_xen._ensure_key(tmp_path / "id_lab", "uniklab-test")
     assert mode(tmp_path / "id_lab") == 0o600
 
 
-class CorruptingExecutor:
+class CorruptingExecutor(LocalExecutor):
     """This machine, except that every file moved into place gets a byte flipped: a copy
     to the Xen host that went wrong on the way."""
 

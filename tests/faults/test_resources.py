@@ -45,8 +45,8 @@ def test_bridge_vanished_under_a_running_network(
     lab = Lab(Paths(fault_home))
     try:
         row = lab.networks.create(NetworkSpec("gone", "10.94.0.0/24", None, ns))
-        view = lab.run("redis", RunOptions(name="orphan", nets=[NicRequest("gone")], wait=False))
-        tap = view.row.runtime["nics"][0]["tap"]
+        view = lab.run("redis", RunOptions(name="orphan", net=[NicRequest("gone")], wait=False))
+        tap = view.row.attachments[0].tap
         assert links.link_exists(tap, ns)
         # Behind uniklab's back: the bridge goes.
         with IPRoute(netns=ns) as ipr:

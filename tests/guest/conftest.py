@@ -16,7 +16,7 @@ from subprocess import Popen
 
 import pytest
 
-from uniklab.bake.kernel import MODULES, host_kernel
+from uniklab.bake.kernel_choice import MODULES, host_kernel
 from uniklab.errors import BakeError
 from uniklab.executor import local, spawn_detached
 from uniklab.guest.build import build_init

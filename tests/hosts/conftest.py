@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from uniklab.ports import free_port
+
 SSHD = shutil.which("sshd") or "/usr/sbin/sshd"
 
 
@@ -22,12 +24,6 @@ class SshServer:
     identity: Path
     known_hosts: Path
     workdir: Path
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.fixture(scope="session")
@@ -41,7 +37,7 @@ def sshd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SshServer]:
         )
     auth = d / "authorized_keys"
     shutil.copy(d / "client.pub", auth)
-    port = _free_port()
+    port = free_port()
     (d / "sshd_config").write_text(
         f"Port {port}\nListenAddress 127.0.0.1\nHostKey {d / 'host'}\n"
         f"AuthorizedKeysFile {auth}\nPidFile {d / 'sshd.pid'}\nPermitRootLogin yes\n"

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from uniklab.bake.kernel import KernelChoice
+from uniklab.bake.kernel_choice import KernelChoice
 from uniklab.errors import UsageError
 from uniklab.kernel import config as kconfig
 

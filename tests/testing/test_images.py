@@ -13,6 +13,7 @@ from tests.testing.test_plugin import inner, run  # noqa: F401  (inner: a fixtur
 from uniklab.api import Client
 from uniklab.bake.image import MANIFEST
 from uniklab.lab import TEST_TAG, Lab, tag_for_tests
+from uniklab.options import RunOptions
 from uniklab.paths import Paths
 from uniklab.testing import runner, spec
 
@@ -100,10 +101,10 @@ def test_spec_runner_leaves_the_users_latest_alone(
     ran: dict[str, str] = {}
     real_run = Client.run
 
-    def recording_run(self: Client, image: str, **kw: object) -> object:
+    def recording_run(self: Client, image: str, options: RunOptions) -> object:
         m = self.lab.image(image)
-        ran[str(kw["name"]).rsplit("-", 1)[0]] = f"{m.ref} {m.digest}"
-        return real_run(self, image, **kw)  # type: ignore[arg-type]
+        ran[str(options.name).rsplit("-", 1)[0]] = f"{m.ref} {m.digest}"
+        return real_run(self, image, options)
 
     monkeypatch.setattr(Client, "run", recording_run)
     with Client(home) as client:

@@ -6,8 +6,9 @@ import json
 import os
 from pathlib import Path
 
-from uniklab.backends.base import InstanceSpec, NicSpec
+from uniklab.backends.base import InstanceSpec
 from uniklab.backends.qemu_argv import build_argv
+from uniklab.net.attachment import Attachment
 
 GOLDEN = Path(__file__).parent.parent / "golden" / "qemu_argv.json"
 
@@ -21,7 +22,9 @@ def _spec(rundir: str = "/run/ukl/7") -> InstanceSpec:
         memory_mb=128,
         vcpus=1,
         rundir=Path(rundir),
-        nics=(NicSpec(mac="52:54:00:12:34:56", forwards=((16379, 6379), (18080, 80))),),
+        nics=(
+            Attachment(kind="user", mac="52:54:00:12:34:56", forwards=((16379, 6379), (18080, 80))),
+        ),
     )
 
 
@@ -53,7 +56,7 @@ def test_tap_nic() -> None:
         memory_mb=64,
         vcpus=2,
         rundir=Path("/r"),
-        nics=(NicSpec(mac="00:11:22:33:44:55", mode="tap", tap="ukt1"),),
+        nics=(Attachment(kind="bridge", mac="00:11:22:33:44:55", tap="ukt1", bridge="br0"),),
     )
     argv = build_argv(spec, accel="tcg", tsc_khz=None, daemonize=False)
     assert "tap,id=n0,ifname=ukt1,script=no,downscript=no" in argv

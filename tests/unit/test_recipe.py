@@ -191,7 +191,7 @@ def test_from_binary(tmp_path: Path) -> None:
 
 def test_files_from_recipe_dir_and_escape(tmp_path: Path) -> None:
     from uniklab.bake import baker
-    from uniklab.bake.kernel import KernelChoice
+    from uniklab.bake.kernel_choice import KernelChoice
 
     (tmp_path / "app").mkdir()
     (tmp_path / "app" / "ok.conf").write_text("ok")

@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from uniklab.errors import UsageError
-from uniklab.net.rumprun_args import (
+from uniklab.rumprun_args import (
     RumprunBlock,
     RumprunIf,
     RumprunInvocation,

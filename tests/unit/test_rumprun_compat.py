@@ -4,7 +4,7 @@ import pytest
 
 from uniklab.errors import NotFoundError, UsageError
 from uniklab.net.attach import NicRequest
-from uniklab.net.rumprun_args import parse
+from uniklab.rumprun_args import parse
 from uniklab.rumprun_compat import translate
 from uniklab.state.store import NetworkRow
 

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from uniklab.backends.base import spec_from_json
 from uniklab.cli.main import main
 from uniklab.errors import StoreError
 from uniklab.state import migrations
@@ -46,13 +47,23 @@ def test_a_0_2_store_opens_with_every_row(tmp_path: Path) -> None:
     ]
     redis = store.instance("redis-a1b2c3")
     assert redis.spec["publish"] == [[40123, 6379]]
-    assert redis.runtime["forwards"] == [[40123, 6379]]
-    assert redis.runtime["launch"]["nics"][0]["mode"] == "user"
+    # Version 2: the NICs of 0.2's runtime keys (nics, xen_nics, mac, forwards) became
+    # one typed list, and the restart policy's launch spec says the same.
+    [user] = redis.attachments
+    assert (user.kind, user.mac, user.forwards) == ("user", "52:54:00:12:34:56", ((40123, 6379),))
+    assert not {"forwards", "mac", "nics", "xen_nics"} & set(redis.runtime)
+    assert spec_from_json(redis.runtime["launch"]).nics == (user,)
     assert redis.labels == {"uniklab.session": "s-1"}
     web = store.instance("web")
-    assert web.runtime["nics"][0]["addr"] == "10.77.0.20/24"
+    [tap] = web.attachments
+    assert (tap.kind, tap.net, tap.tap, tap.addr) == (
+        "bridge", "lab0", "ukt5d41402a-2", "10.77.0.20/24"
+    )  # fmt: skip
+    launched = spec_from_json(web.runtime["launch"]).nics
+    assert [(a.kind, a.tap) for a in launched] == [("bridge", "ukt5d41402a-2")]
     assert (web.exit_reason, web.runtime["restarts"]) == ("app exited status 0", 1)
-    assert store.instance("xen-redis").runtime["xen_nics"][0]["bridge"] == "xenbr0"
+    [vif] = store.instance("xen-redis").attachments
+    assert (vif.kind, vif.bridge, vif.mac) == ("host-bridge", "xenbr0", "00:16:3e:00:00:03")
     net = store.network("lab0")
     assert (net.subnet, net.dhcp, net.made_bridge, net.dnsmasq_pid) == (
         "10.77.0.0/24",

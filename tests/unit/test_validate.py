@@ -1,8 +1,11 @@
 from __future__ import annotations
 
-import pytest
+import socket
 
-from uniklab import validate
+import pytest
+from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
+
+from uniklab import ports, validate
 from uniklab.errors import UsageError
 
 
@@ -81,3 +84,38 @@ def test_image_ref() -> None:
             continue
         with pytest.raises(UsageError):
             validate.image_ref(bad)
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str
+    port: int = 1
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        return validate.in_model(validate.name, v, "thing name")
+
+
+@pytest.mark.parametrize(
+    "data,line",
+    [
+        ({"name": "Bad Name"}, "name: invalid thing name 'Bad Name'"),
+        ({"name": "ok", "colour": 1}, "colour: unknown key"),
+        ({"name": "ok", "port": "x"}, "port: Input should be a valid integer"),
+        ([], "doc: Input should be a valid dictionary"),
+    ],
+)
+def test_pydantic_problems_are_one_line(data: object, line: str) -> None:
+    with pytest.raises(ValidationError) as err:
+        _Model.model_validate(data)
+    assert validate.first_problem(err.value, "doc").startswith(line)
+
+
+def test_free_port_is_free() -> None:
+    port = ports.free_port()
+    assert 1024 <= port <= 65535 and ports.port_free(port)
+    with socket.socket() as s:
+        s.bind((ports.LOOPBACK, port))
+        s.listen()
+        assert not ports.port_free(port)

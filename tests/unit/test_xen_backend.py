@@ -15,11 +15,12 @@ from pathlib import Path
 import pytest
 
 from uniklab.backends import xen
-from uniklab.backends.base import Handle, InstanceSpec, NicSpec
+from uniklab.backends.base import Handle, InstanceSpec
 from uniklab.backends.xen import XenBackend
 from uniklab.digest import sha256_file
 from uniklab.errors import CommandError, LaunchError
 from uniklab.executor import DEFAULT_TIMEOUT, Result
+from uniklab.net.attachment import Attachment
 
 FIX = Path(__file__).parent.parent / "fixtures" / "xen"
 RECORDED_OWNER = "cbbfba8d0dad19da"  # the recording home's owner_tag in domain_cfgs.txt
@@ -194,7 +195,7 @@ def test_create_labels_the_config_with_its_home(tmp_path: Path) -> None:
         memory_mb=128,
         vcpus=1,
         rundir=Path("/tmp/ukl-a/run/3"),
-        nics=(NicSpec(mac="00:11:22:33:44:55", mode="tap", bridge="xenbr0"),),
+        nics=(Attachment(kind="host-bridge", mac="00:11:22:33:44:55", bridge="xenbr0"),),
     )
     handle = XenBackend(host).create(spec)
     assert handle.runtime["domid"] == 1 and handle.runtime["cfg"] == str(xen.cfg_path("keep"))

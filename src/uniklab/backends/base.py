@@ -7,18 +7,22 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import Any, Protocol
 
-NetMode = Literal["user", "tap"]
+from uniklab.net import attachment
+from uniklab.net.attachment import Attachment
 
 
 @dataclass(frozen=True)
-class NicSpec:
-    mac: str
-    mode: NetMode = "user"
-    forwards: tuple[tuple[int, int], ...] = ()  # (host port on 127.0.0.1, guest port)
-    tap: str | None = None  # tap device name, mode == "tap"
-    bridge: str | None = None
+class UserNet:
+    """What a guest sees on its backend's user-mode network (QEMU's slirp): fixed
+    addresses, so the guest configures them statically and skips a DHCP exchange."""
+
+    guest: str
+    prefix: int
+    gateway: str
+    dns: str
+    time_source: str | None = None  # "IP:PORT" where the host's clock is served
 
 
 @dataclass(frozen=True)
@@ -32,7 +36,7 @@ class InstanceSpec:
     memory_mb: int
     vcpus: int
     rundir: Path
-    nics: tuple[NicSpec, ...] = ()
+    nics: tuple[Attachment, ...] = ()  # rendered by the backend into its own syntax
     disks: tuple[Path, ...] = ()
     root_disk: Path | None = None  # a read-only root (erofs), the guest's first disk
     netns: str | None = None  # run the hypervisor inside this network namespace
@@ -57,16 +61,7 @@ def spec_to_json(spec: InstanceSpec) -> dict[str, object]:
         "acpi": spec.acpi,
         "time_service": spec.time_service,
         "disks": [str(d) for d in spec.disks],
-        "nics": [
-            {
-                "mac": n.mac,
-                "mode": n.mode,
-                "forwards": [list(f) for f in n.forwards],
-                "tap": n.tap,
-                "bridge": n.bridge,
-            }
-            for n in spec.nics
-        ],
+        "nics": attachment.to_json(spec.nics),
     }
 
 
@@ -84,16 +79,7 @@ def spec_from_json(d: dict[str, Any]) -> InstanceSpec:
         acpi=bool(d.get("acpi", True)),
         time_service=bool(d.get("time_service", True)),
         disks=tuple(Path(x) for x in d.get("disks", [])),
-        nics=tuple(
-            NicSpec(
-                mac=n["mac"],
-                mode=n["mode"],
-                forwards=tuple((int(h), int(g)) for h, g in n["forwards"]),
-                tap=n.get("tap"),
-                bridge=n.get("bridge"),
-            )
-            for n in d["nics"]
-        ),
+        nics=tuple(attachment.from_json(d["nics"])),
     )
 
 

@@ -7,27 +7,25 @@ daemonizes, so ``create`` either returns a running guest or raises with QEMU's w
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import shutil
-from collections.abc import Sequence
 from pathlib import Path
 
-from uniklab.backends import hostinfo, process, qmp
+from uniklab import daemons
+from uniklab.backends import hostinfo, qemu_process
 from uniklab.backends.base import (
     Check,
     Handle,
     HostFacts,
     Inspection,
     InstanceSpec,
-    NicSpec,
     Owned,
 )
-from uniklab.backends.qemu_argv import TIME_SERVICE, RunFiles, build_argv
+from uniklab.backends.qemu_argv import USER_NET, RunFiles, build_argv
 from uniklab.backends.registry import BackendContext, BackendType
-from uniklab.bake.kernel import host_kernel
-from uniklab.errors import CommandError, LaunchError, UniklabError, UsageError
+from uniklab.bake.kernel_choice import host_kernel
+from uniklab.errors import UniklabError, UsageError
 from uniklab.executor import Executor, local
 from uniklab.net import netns
 
@@ -45,14 +43,6 @@ class QemuBackend:
         self.tsc_khz = tsc_khz
         self.executor = executor
 
-    @staticmethod
-    def time_source(nics: Sequence[NicSpec]) -> str | None:
-        """Where a guest with these NICs reads the host's clock ("IP:PORT"), if anywhere:
-        the user-mode network's time service (see qemu_argv._netdev)."""
-        if nics and nics[0].mode == "user":
-            return "{}:{}".format(*TIME_SERVICE)
-        return None
-
     def create(self, spec: InstanceSpec) -> Handle:
         files = RunFiles(spec.rundir)
         if len(str(files.console_sock)) > MAX_SOCKET_PATH:
@@ -60,53 +50,23 @@ class QemuBackend:
                 f"runtime directory path too long for a unix socket: {spec.rundir} "
                 "(set UNIKLAB_HOME to a shorter path)"
             )
-        spec.rundir.mkdir(mode=0o700, parents=True, exist_ok=True)
         argv = netns.exec_prefix(spec.netns) + build_argv(
             spec, accel=self.accel, tsc_khz=self.tsc_khz
         )
-        (spec.rundir / "argv.json").write_text(json.dumps(argv))
-        try:
-            self.executor.run(argv, timeout=30)
-        except CommandError as exc:
-            reason = exc.stderr.strip().splitlines()
-            message = reason[-1] if reason else str(exc)
-            message = message.removeprefix("qemu-system-x86_64: ")
-            raise LaunchError(
-                f"QEMU failed to start: {message}", argv=argv, output=exc.stderr
-            ) from exc
-        try:
-            pid = int(files.pidfile.read_text().strip())
-        except (OSError, ValueError) as exc:
-            raise LaunchError("QEMU started but wrote no pid file", argv=argv) from exc
-        # QEMU made its sockets and logs with the caller's umask: make them owner-only.
-        for p in spec.rundir.iterdir():
-            p.chmod(p.lstat().st_mode & 0o700)
+        pid = qemu_process.launch(argv, files, timeout=30, executor=self.executor)
         return Handle(pid=pid, runtime={"rundir": str(spec.rundir), "accel": self.accel})
 
     @staticmethod
-    def _marker(handle: Handle) -> str:
-        return str(handle.runtime.get("rundir", "\0"))
-
-    @classmethod
-    def _pid(cls, handle: Handle) -> int | None:
-        """The guest's QEMU: the handle's pid, else (a run killed before it recorded one)
-        the pid file's, if that process is still this instance's."""
-        if handle.pid:
-            return handle.pid
+    def _files(handle: Handle) -> RunFiles | None:
         rundir = handle.runtime.get("rundir")
-        if not rundir:
-            return None
-        try:
-            pid = int(RunFiles(Path(str(rundir))).pidfile.read_text().strip())
-        except (OSError, ValueError):
-            return None
-        return pid if process.matches(pid, cls._marker(handle)) else None
+        return RunFiles(Path(str(rundir))) if rundir else None
 
     def inspect(self, handle: Handle) -> Inspection:
-        if not process.matches(handle.pid, self._marker(handle)):
+        files = self._files(handle)
+        if files is None or not qemu_process.running(handle.pid, files):
             return Inspection(alive=False, state="gone")
         assert handle.pid is not None
-        info = process.info(handle.pid)
+        info = daemons.info(handle.pid)
         if info is None:
             return Inspection(alive=False, state="gone")
         state = "running"
@@ -121,32 +81,15 @@ class QemuBackend:
         )
 
     def console(self, handle: Handle) -> str:
-        rundir = handle.runtime.get("rundir")
-        if not rundir:
-            return ""
-        path = RunFiles(Path(str(rundir))).console_log
-        try:
-            return path.read_text(errors="replace")
-        except OSError:
-            return ""
+        files = self._files(handle)
+        return "" if files is None else qemu_process.console(files)
 
     def destroy(self, handle: Handle, *, timeout: float = 10.0) -> None:
         """Ask QEMU to quit over QMP, then SIGTERM, then SIGKILL; remove the runtime dir."""
-        marker = self._marker(handle)
-        rundir = handle.runtime.get("rundir")
-        pid = self._pid(handle)
-        try:
-            if pid and process.matches(pid, marker):
-                if rundir:
-                    try:
-                        qmp.call(RunFiles(Path(str(rundir))).qmp, "quit", timeout=2.0)
-                    except qmp.QmpUnavailable as exc:
-                        log.debug("qmp quit failed: %s", exc)
-                if not process.wait_gone(pid, marker, min(timeout, 3.0)):
-                    process.stop(pid, marker, grace=timeout)
-        finally:
-            if rundir:
-                shutil.rmtree(str(rundir), ignore_errors=True)
+        files = self._files(handle)
+        if files is not None:
+            pid = qemu_process.pid_of(files, handle.pid)
+            qemu_process.shutdown(files, pid, ask_wait=min(timeout, 3.0), grace=timeout)
 
     # -- what gc, placement and doctors ask --------------------------------------------
     def key(self, handle: Handle) -> str:
@@ -156,7 +99,7 @@ class QemuBackend:
         """The QEMU processes running out of a runtime directory under ``run_root``."""
         prefix = f"{run_root}/"
         out = []
-        for pid, cmd in process.scan("qemu-system"):
+        for pid, cmd in daemons.scan("qemu-system"):
             at = cmd.find(prefix)
             if at < 0:
                 continue
@@ -167,7 +110,7 @@ class QemuBackend:
 
     def remove(self, item: Owned, *, timeout: float = 30.0) -> None:
         if item.ident is not None:
-            process.stop(item.ident, item.key + "/", grace=min(timeout, 3.0))
+            daemons.stop(item.ident, item.key + "/", grace=min(timeout, 3.0))
 
     def facts(self, *, timeout: float = 30.0) -> HostFacts:
         mem = hostinfo.meminfo()
@@ -233,7 +176,7 @@ def _create(ctx: BackendContext) -> QemuBackend:
 BACKEND = BackendType(
     name="qemu",
     factory=_create,
-    user_networking=True,
+    user_net=USER_NET,
     local_only=True,
     unavailable=_unavailable,
     aliases=("kvm",),

@@ -9,16 +9,22 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from uniklab.backends.base import InstanceSpec, NicSpec
+from uniklab.backends.base import InstanceSpec, UserNet
+from uniklab.errors import LaunchError
+from uniklab.net.attachment import Attachment
 
 QEMU = "qemu-system-x86_64"
 # Where a user-mode guest finds the host's clock (see _netdev).
 TIME_SERVICE = ("10.0.2.100", 37)
 # Slirp's fixed addresses on a user-mode network: the guest (what QEMU's built-in DHCP
-# would give), the gateway and the DNS forwarder.
-SLIRP_GUEST = "10.0.2.15"
-SLIRP_GW = "10.0.2.2"
-SLIRP_DNS = "10.0.2.3"
+# would give), the gateway and the DNS forwarder; and where the guest reads the host's clock.
+USER_NET = UserNet(
+    guest="10.0.2.15",
+    prefix=24,
+    gateway="10.0.2.2",
+    dns="10.0.2.3",
+    time_source="{}:{}".format(*TIME_SERVICE),
+)
 
 
 @dataclass(frozen=True)
@@ -68,9 +74,9 @@ def _runtime_args(files: RunFiles) -> list[str]:
     ]
 
 
-def _netdev(index: int, nic: NicSpec, time_service: bool) -> list[str]:
+def _netdev(index: int, nic: Attachment, time_service: bool) -> list[str]:
     nid = f"n{index}"
-    if nic.mode == "user":
+    if nic.kind == "user":
         opts = [f"user,id={nid}"]
         opts += [f"hostfwd=tcp:127.0.0.1:{h}-:{g}" for h, g in nic.forwards]
         if time_service and index == 0:
@@ -81,8 +87,10 @@ def _netdev(index: int, nic: NicSpec, time_service: bool) -> list[str]:
             host, port = TIME_SERVICE
             opts.append(f"guestfwd=tcp:{host}:{port}-cmd:date +%s.%N")
         netdev = ",".join(opts)
-    else:
+    elif nic.kind == "bridge" and nic.tap:
         netdev = f"tap,id={nid},ifname={nic.tap},script=no,downscript=no"
+    else:
+        raise LaunchError(f"QEMU here cannot join {nic.kind} {nic.bridge or ''}".rstrip())
     return ["-netdev", netdev, "-device", f"virtio-net-device,netdev={nid},mac={nic.mac}"]
 
 

@@ -11,11 +11,11 @@ from typing import Any
 from qemu.qmp import QMPClient
 from qemu.qmp.error import QMPError
 
+from uniklab.errors import QmpUnavailable
+
 log = logging.getLogger(__name__)
 
-
-class QmpUnavailable(Exception):
-    """The monitor did not answer (socket gone, QEMU hung or exiting)."""
+__all__ = ["QmpUnavailable", "call"]
 
 
 async def _call(path: Path, command: str, args: dict[str, Any] | None, timeout: float) -> Any:

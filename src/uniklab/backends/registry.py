@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 from uniklab.errors import NotFoundError
 
 if TYPE_CHECKING:
-    from uniklab.backends.base import Backend
+    from uniklab.backends.base import Backend, UserNet
     from uniklab.executor import Executor
     from uniklab.hosts.inventory import Host
 
@@ -41,12 +41,17 @@ class BackendContext:
 class BackendType:
     name: str
     factory: Callable[[BackendContext], Backend]
-    # A guest without --net is reachable through ports published on 127.0.0.1; otherwise
-    # every guest joins a bridge of its host.
-    user_networking: bool
+    # A guest without --net gets this user-mode network (ports published on 127.0.0.1);
+    # None: every guest joins a bridge of its host (``--net BRIDGE`` names one there).
+    user_net: UserNet | None
     local_only: bool  # runs guests on this machine only (no remote hosts)
     unavailable: Callable[[], str | None] = field(default=lambda: None)  # why not here
     aliases: tuple[str, ...] = ()
+
+
+    @property
+    def user_networking(self) -> bool:
+        return self.user_net is not None
 
 
 def _load(module: str) -> BackendType:

@@ -13,22 +13,17 @@ leftovers from another home's domains on a shared dom0, with no state store to a
 from __future__ import annotations
 
 import hashlib
-import ipaddress
 import logging
 import socket
-from collections.abc import Sequence
 from pathlib import Path, PurePosixPath
 
-from uniklab import validate
 from uniklab.backends import xen_doctor, xl_parse
 from uniklab.backends.base import Check, Handle, HostFacts, Inspection, InstanceSpec, Owned
 from uniklab.backends.registry import BackendContext, BackendType
 from uniklab.backends.xen_config import XenDomain, XenVif, build_config
 from uniklab.digest import sha256_file
-from uniklab.errors import CommandError, LaunchError, UniklabError, UsageError
+from uniklab.errors import CommandError, LaunchError, UniklabError
 from uniklab.executor import Executor
-from uniklab.net.attach import NicRequest
-from uniklab.net.service import ifname
 
 log = logging.getLogger(__name__)
 
@@ -131,8 +126,8 @@ class XenBackend:
         kernel, ramdisk = self.ensure_image(spec.kernel, spec.initrd)
         vifs = []
         for nic in spec.nics:
-            if not nic.bridge:
-                raise LaunchError("a Xen guest's NIC needs a bridge (--net BRIDGE)")
+            if nic.kind != "host-bridge" or not nic.bridge:
+                raise LaunchError("a Xen guest's NIC joins a bridge of its host (--net BRIDGE)")
             vifs.append(XenVif(nic.mac, nic.bridge, self.vif_script))
         cfg_text = build_config(
             XenDomain(
@@ -174,7 +169,7 @@ class XenBackend:
         return None
 
     def inspect(self, handle: Handle) -> Inspection:
-        name = str(handle.runtime.get("domain"))
+        name = self.key(handle)
         want = handle.runtime.get("domid")
         for d in self._domains():
             if d.name != name:
@@ -194,14 +189,14 @@ class XenBackend:
         )
 
     def console(self, handle: Handle) -> str:
-        path = console_path(str(handle.runtime.get("domain")))
+        path = console_path(self.key(handle))
         r = self.ex.run(["cat", str(path)], timeout=30, check=False)
         return r.stdout
 
     def destroy(self, handle: Handle, *, timeout: float = 10.0) -> None:
         """`xl destroy` the domain if it still runs (and is still the one created: another
         domain that took its name is left alone), then remove its config and console log."""
-        name = str(handle.runtime.get("domain"))
+        name = self.key(handle)
         want = handle.runtime.get("domid")
         domid = self._domid(name)
         if domid is not None and want is not None and domid != want:
@@ -270,36 +265,8 @@ class XenBackend:
         return self._domains()
 
 
-XenNic = dict[str, str | None]
-
-
-def xen_plan(requests: Sequence[NicRequest], default_macs: Sequence[str]) -> list[XenNic]:
-    """The NICs of a Xen guest: on a Xen host, --net names a bridge there."""
-    out: list[XenNic] = []
-    for i, req in enumerate(requests):
-        addr = None
-        if req.ip:
-            try:
-                addr = str(ipaddress.IPv4Interface(req.ip if "/" in req.ip else f"{req.ip}/24"))
-            except ValueError:
-                raise UsageError(f"invalid address {req.ip!r}: use e.g. 10.0.0.20/24") from None
-        gw = str(ipaddress.IPv4Address(req.gateway)) if req.gateway else None
-        out.append(
-            {
-                "bridge": ifname(req.network),
-                "mac": validate.mac(req.mac) if req.mac else default_macs[i],
-                "addr": addr,
-                "gw": gw,
-            }
-        )
-    macs = [n["mac"] for n in out]
-    if len(set(macs)) != len(macs):
-        raise UsageError("two NICs of one guest have the same MAC")
-    return out
-
-
 def _create(ctx: BackendContext) -> XenBackend:
     return XenBackend(ctx.executor, vif_script=ctx.host.labels.get("vif-script"))
 
 
-BACKEND = BackendType(name="xen", factory=_create, user_networking=False, local_only=False)
+BACKEND = BackendType(name="xen", factory=_create, user_net=None, local_only=False)

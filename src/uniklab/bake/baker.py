@@ -22,7 +22,7 @@ from pathlib import Path, PurePosixPath
 from uniklab import buildcache, faults, statcache
 from uniklab.bake import cpio, elf, erofs, kmod, source
 from uniklab.bake.image import ImageStore, KernelInfo, Manifest
-from uniklab.bake.kernel import HOST, KernelChoice, choose_kernel
+from uniklab.bake.kernel_choice import HOST, KernelChoice, choose_kernel
 from uniklab.bake.recipe import Recipe, builtin_dir
 from uniklab.digest import sha256_known
 from uniklab.errors import BakeError, UsageError
@@ -272,7 +272,7 @@ def bake(
     """Bake ``recipe`` into the store; reuse the stored image when the inputs are the same.
 
     ``kernel`` is ``host``, ``specialised[:PROFILE]`` or a kernel file (see
-    ``uniklab.bake.kernel.choose_kernel``); ``root`` is ``initramfs`` or ``erofs`` (by
+    ``uniklab.bake.kernel_choice.choose_kernel``); ``root`` is ``initramfs`` or ``erofs`` (by
     default erofs when the kernel can mount it, see ``_choose_root``).
     """
     say = progress or (lambda _msg: None)

@@ -1,4 +1,5 @@
-"""A deterministic newc ("070701") cpio writer for initramfs images, and their compression.
+"""A deterministic newc ("070701") cpio writer for initramfs images, their compression,
+and a reader for what the writer (or the kernel's own tools) made.
 
 Same entries in, same bytes out: mtimes and owners are zero, entries are sorted with
 parents first and inode numbers follow that order, so a baked image is content-addressable.
@@ -19,7 +20,16 @@ from typing import BinaryIO, Literal
 from uniklab.errors import BakeError, CommandError
 from uniklab.executor import local
 
-__all__ = ["DEFAULT_COMPRESSION", "DEFAULT_GZIP_LEVEL", "Compression", "CpioArchive", "compress"]
+__all__ = [
+    "DEFAULT_COMPRESSION",
+    "DEFAULT_GZIP_LEVEL",
+    "Compression",
+    "CpioArchive",
+    "compress",
+    "decompress",
+    "members",
+    "read_file",
+]
 
 Compression = Literal["lz4", "gzip", "none"]
 
@@ -35,7 +45,10 @@ DEFAULT_GZIP_LEVEL = 6
 
 _MAGIC = b"070701"
 _TRAILER = "TRAILER!!!"
+_HEADER = 110  # the magic and 13 fields of 8 hex digits
 _COMPRESS_TIMEOUT = 120.0
+_LZ4_LEGACY = b"\x02\x21\x4c\x18"
+_GZIP = b"\x1f\x8b"
 
 
 @dataclass(frozen=True)
@@ -202,15 +215,61 @@ def compress(
 
 
 def _lz4_legacy(data: bytes) -> bytes:
-    # The kernel's initramfs unpacker wants the legacy lz4 frame (``lz4 -l``), and the
-    # executor passes text on stdin, so the bytes go through temporary files.
+    # The kernel's initramfs unpacker wants the legacy lz4 frame (``lz4 -l``).
     if shutil.which("lz4") is None:
         raise BakeError("lz4 compression needs the lz4 command; install lz4 or use gzip")
+    return _lz4(data, "-l", "compression")
+
+
+def _lz4(data: bytes, flag: str, what: str) -> bytes:
+    # The executor passes text on stdin, so the bytes go through temporary files.
     with tempfile.TemporaryDirectory(prefix="uniklab-lz4-") as tmp:
-        src, dst = Path(tmp) / "in", Path(tmp) / "out.lz4"
+        src, dst = Path(tmp) / "in", Path(tmp) / "out"
         src.write_bytes(data)
         try:
-            local.run(["lz4", "-l", "-f", "-q", str(src), str(dst)], timeout=_COMPRESS_TIMEOUT)
+            local.run(["lz4", flag, "-f", "-q", str(src), str(dst)], timeout=_COMPRESS_TIMEOUT)
         except CommandError as exc:
-            raise BakeError(f"lz4 compression failed: {exc}") from exc
+            raise BakeError(f"lz4 {what} failed: {exc}") from exc
         return dst.read_bytes()
+
+
+def decompress(data: bytes) -> bytes:
+    """An initramfs as the kernel reads it: an lz4 legacy frame or gzip undone; anything
+    else is taken as an uncompressed archive and returned as it is."""
+    if data[:4] == _LZ4_LEGACY:
+        return _lz4(data, "-d", "decompression")
+    if data[:2] == _GZIP:
+        return gzip.decompress(data)
+    return data
+
+
+def members(newc: bytes) -> Iterator[tuple[PurePosixPath, int, bytes]]:
+    """(relative path, st_mode, content or symlink target) of each entry of an
+    uncompressed newc archive, in archive order, up to its first trailer."""
+    off = 0
+    while off + _HEADER <= len(newc):
+        if newc[off : off + 6] != _MAGIC:
+            raise BakeError("initramfs: not a newc cpio archive")
+        try:
+            mode, fsize = int(newc[off + 14 : off + 22], 16), int(newc[off + 54 : off + 62], 16)
+            nsize = int(newc[off + 94 : off + 102], 16)
+        except ValueError as exc:
+            raise BakeError("initramfs: not a newc cpio archive") from exc
+        name = newc[off + _HEADER : off + _HEADER + nsize - 1].decode(errors="surrogateescape")
+        data_off = off + _HEADER + nsize
+        data_off += -data_off % 4
+        if name == _TRAILER:
+            return
+        yield PurePosixPath(name), mode, newc[data_off : data_off + fsize]
+        off = data_off + fsize
+        off += -off % 4
+
+
+def read_file(newc: bytes, path: str | PurePosixPath) -> bytes | None:
+    """The content of ``path`` (absolute in the image) in an uncompressed newc archive,
+    or None if the archive has no such entry."""
+    want = _image_path(path)
+    for name, _mode, data in members(newc):
+        if name == want:
+            return data
+    return None

@@ -9,10 +9,9 @@ from __future__ import annotations
 
 import re
 import tomllib
-from collections.abc import Callable
 from importlib import resources
 from pathlib import Path, PurePosixPath
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal
 
 from pydantic import (
     BaseModel,
@@ -25,8 +24,6 @@ from pydantic import (
 
 from uniklab import validate
 from uniklab.errors import BakeError, NotFoundError, UsageError
-
-T = TypeVar("T")
 
 # The guest init mounts fresh filesystems here, hiding whatever the image puts below them.
 MOUNTED = ("/dev", "/proc", "/sys", "/tmp", "/run")
@@ -45,14 +42,6 @@ def _c_string(v: str, what: str) -> str:
     if len(v.encode()) >= MAX_ARG_STRLEN:
         raise ValueError(f"{what} of {len(v.encode())} bytes is longer than execve takes")
     return v
-
-
-def _checked(fn: Callable[..., T], *args: object) -> T:
-    """Run a ``validate`` function inside a pydantic validator (UsageError -> ValueError)."""
-    try:
-        return fn(*args)
-    except UsageError as exc:
-        raise ValueError(str(exc)) from None
 
 
 def _image_path(v: str, what: str) -> str:
@@ -92,7 +81,7 @@ class ProbeSpec(BaseModel):
     @field_validator("port")
     @classmethod
     def _port(cls, v: int | None) -> int | None:
-        return None if v is None else _checked(validate.port, v)
+        return None if v is None else validate.in_model(validate.port, v)
 
     @field_validator("path")
     @classmethod
@@ -308,7 +297,7 @@ class Recipe(BaseModel):
     @field_validator("name")
     @classmethod
     def _name(cls, v: str) -> str:
-        return _checked(validate.name, v, "recipe name")
+        return validate.in_model(validate.name, v, "recipe name")
 
     @field_validator("binary")
     @classmethod
@@ -359,7 +348,7 @@ class Recipe(BaseModel):
     @field_validator("ports")
     @classmethod
     def _ports(cls, v: list[int]) -> list[int]:
-        ports = [_checked(validate.port, p) for p in v]
+        ports = [validate.in_model(validate.port, p) for p in v]
         dup = sorted({p for p in ports if ports.count(p) > 1})
         if dup:
             raise ValueError(f"port {dup[0]} listed twice")
@@ -369,7 +358,7 @@ class Recipe(BaseModel):
     @classmethod
     def _memory(cls, v: str | None) -> str | None:
         if v is not None:
-            _checked(validate.memory_mb, v)
+            validate.in_model(validate.memory_mb, v)
         return v
 
     @field_validator("modules")
@@ -497,16 +486,6 @@ def builtin_dir() -> Path:
     return Path(str(resources.files("uniklab.recipes")))
 
 
-def _first_error(exc: ValidationError) -> str:
-    """The first problem pydantic found, as 'key.path: message'."""
-    first = exc.errors()[0]
-    where = ".".join(str(p) for p in first["loc"]) or "recipe"
-    msg = str(first["msg"]).removeprefix("Value error, ")
-    if first["type"] == "extra_forbidden":
-        msg = "unknown key"
-    return f"{where}: {msg}"
-
-
 def parse(text: str, origin: str, *, builtin: bool = False) -> Recipe:
     """Parse and validate a recipe; every problem is one BakeError line naming the key."""
     try:
@@ -516,7 +495,7 @@ def parse(text: str, origin: str, *, builtin: bool = False) -> Recipe:
     try:
         rec = Recipe.model_validate(data)
     except ValidationError as exc:
-        raise BakeError(f"{origin}: {_first_error(exc)}") from exc
+        raise BakeError(f"{origin}: {validate.first_problem(exc, 'recipe')}") from exc
     if not builtin:
         for i, f in enumerate(rec.files):
             if f.src is not None and PurePosixPath(f.src).is_absolute():
@@ -558,7 +537,7 @@ def from_binary(
     try:
         return Recipe.model_validate(data)
     except ValidationError as exc:
-        raise UsageError(f"--binary {binary}: {_first_error(exc)}") from exc
+        raise UsageError(f"--binary {binary}: {validate.first_problem(exc, 'recipe')}") from exc
 
 
 def load(ref: str) -> tuple[Recipe, Path | None]:

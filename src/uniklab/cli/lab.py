@@ -8,11 +8,11 @@ import time
 import click
 
 from uniklab.cli import common
-from uniklab.hosts import xenlab
+from uniklab.hosts import virtual_xen
 from uniklab.paths import default_paths
 
 name_option = click.option(
-    "--name", default=xenlab.DEFAULT_NAME, show_default=True, help="Name of the lab."
+    "--name", default=virtual_xen.DEFAULT_NAME, show_default=True, help="Name of the lab."
 )
 
 
@@ -26,7 +26,7 @@ def lab() -> None:
 @click.option(
     "--timeout",
     type=float,
-    default=xenlab.UP_TIMEOUT,
+    default=virtual_xen.UP_TIMEOUT,
     show_default=True,
     help="Seconds to wait for 'xl list' to answer over ssh.",
 )
@@ -37,7 +37,7 @@ def up(ctx: click.Context, name: str, timeout: float, as_json: bool) -> None:
     register it as host NAME in the inventory.  A lab that already runs is left as it is."""
     start = time.monotonic()
     uk = common.lab(ctx)
-    host = xenlab.lab_up(uk.paths, name, timeout=timeout)
+    host = virtual_xen.up(uk.paths, name, timeout=timeout)
     uk.hosts.add(**host.inventory_fields(), labels={"lab": "virtual"}, replace=True)
     if as_json:
         common.print_json(dataclasses.asdict(host))
@@ -58,7 +58,7 @@ def down(ctx: click.Context, name: str) -> None:
     for row in uk.store.instances():
         if row.host == name:
             uk.destroy(row.name)
-    xenlab.lab_down(uk.paths, name)
+    virtual_xen.down(uk.paths, name)
     if any(h.name == name for h in uk.hosts.ls()):
         uk.hosts.rm(name, [])
     common.out.print(f"lab {name} down")
@@ -69,7 +69,7 @@ def down(ctx: click.Context, name: str) -> None:
 @common.json_option
 def status(name: str, as_json: bool) -> None:
     """Whether the lab runs, and where to reach it."""
-    st = xenlab.lab_status(default_paths(), name)
+    st = virtual_xen.status(default_paths(), name)
     if as_json:
         common.print_json(dataclasses.asdict(st))
         return

@@ -7,11 +7,11 @@ import time
 
 import click
 
+from uniklab import rumprun_args
 from uniklab.cli import common
 from uniklab.errors import NotFoundError
 from uniklab.hosts.service import local_is_dom0
 from uniklab.lab import Lab
-from uniklab.net import rumprun_args
 from uniklab.rumprun_compat import translate
 from uniklab.state.store import RUNNING
 

@@ -98,13 +98,10 @@ def run(
         requests[0] = NicRequest(
             first.network, mac or first.mac, ip_addr or first.ip, gateway or first.gateway
         )
-    lab = common.lab(ctx)
-    if host == "auto":
-        host = lab.place()
     opts = RunOptions(
         restart=restart,
         host=host,
-        nets=requests,
+        net=requests,
         name=name,
         memory=memory,
         vcpus=vcpus,
@@ -115,6 +112,7 @@ def run(
         wait=wait,
         timeout=timeout,
     )
+    lab = common.lab(ctx)
     status = f"starting {escape(validate.short(image, 200))}" + (
         " and waiting for it to be ready" if wait else ""
     )

@@ -14,7 +14,6 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from uniklab import validate
 from uniklab.backends import registry
-from uniklab.errors import UsageError
 
 HOSTNAME_RE = re.compile(
     r"^(?=.{1,253}$)[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
@@ -50,10 +49,7 @@ class Host(BaseModel):
     @field_validator("name")
     @classmethod
     def _name(cls, v: str) -> str:
-        try:
-            return validate.name(v, "host name")
-        except UsageError as exc:
-            raise ValueError(str(exc)) from None
+        return validate.in_model(validate.name, v, "host name")
 
     @field_validator("ssh")
     @classmethod

@@ -6,6 +6,7 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
+from uniklab import validate
 from uniklab.errors import ConflictError, UsageError
 from uniklab.executor import Executor, local
 from uniklab.hosts.inventory import Host
@@ -31,10 +32,7 @@ class HostService:
         try:
             host = Host.model_validate(fields)
         except ValidationError as exc:
-            first = exc.errors()[0]
-            where = ".".join(str(p) for p in first["loc"])
-            msg = str(first["msg"]).removeprefix("Value error, ")
-            raise UsageError(f"host {where}: {msg}") from None
+            raise UsageError(f"host {validate.first_problem(exc, '')}") from None
         if host.name == LOCAL:
             raise ConflictError("'local' is this machine and always exists")
         self.store.put_host(host.name, host.model_dump_json(), replace=replace)

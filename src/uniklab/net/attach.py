@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 from uniklab import validate
 from uniklab.errors import ConflictError, UsageError
 from uniklab.net import dnsmasq, links
+from uniklab.net.attachment import Attachment
 from uniklab.net.service import READY, NetworkService, require_root, short_hash
 from uniklab.state.store import InstanceRow, NetworkRow
 
@@ -26,24 +27,6 @@ class NicRequest:
     mac: str | None = None
     ip: str | None = None  # CIDR or bare address (the network's prefix is then used)
     gateway: str | None = None
-
-
-@dataclass(frozen=True)
-class PlannedNic:
-    net: str
-    mac: str
-    tap: str
-    bridge: str
-    netns: str | None
-    addr: str | None  # static CIDR, None for DHCP
-    gw: str | None
-
-    def to_json(self) -> dict[str, object]:
-        return asdict(self)
-
-    @classmethod
-    def from_json(cls, data: dict[str, object]) -> PlannedNic:
-        return cls(**data)  # type: ignore[arg-type]
 
 
 def parse_net_option(value: str) -> NicRequest:
@@ -118,17 +101,19 @@ def plan(
     row_id: int,
     default_macs: Sequence[str],
     instances: Sequence[InstanceRow],
-) -> list[PlannedNic]:
+) -> list[Attachment]:
     require_root("attaching to a bridged network")
     used_macs: dict[str, set[str]] = {}
     used_ips: dict[str, set[str]] = {}
     for inst in instances:
-        for nic in inst.runtime.get("nics", []):
-            used_macs.setdefault(nic["net"], set()).add(nic["mac"])
-            if nic.get("addr"):
-                used_ips.setdefault(nic["net"], set()).add(nic["addr"].split("/")[0])
+        for nic in inst.attachments:
+            if nic.kind != "bridge" or nic.net is None:
+                continue
+            used_macs.setdefault(nic.net, set()).add(nic.mac)
+            if nic.static_ip:
+                used_ips.setdefault(nic.net, set()).add(nic.static_ip)
     tag = short_hash(str(service.rundir))
-    out: list[PlannedNic] = []
+    out: list[Attachment] = []
     for i, req in enumerate(requests):
         net = service.store.network(req.network)
         if net.state != READY:
@@ -140,21 +125,33 @@ def plan(
         if addr and addr.split("/")[0] in used_ips.get(net.name, set()):
             raise ConflictError(f"address {addr} is already used on network {net.name}")
         out.append(
-            PlannedNic(net.name, mac, f"ukt{tag}{row_id}n{i}", net.bridge, net.netns, addr, gw)
+            Attachment(
+                kind="bridge",
+                mac=mac,
+                net=net.name,
+                tap=f"ukt{tag}{row_id}n{i}",
+                bridge=net.bridge,
+                netns=net.netns,
+                addr=addr,
+                gw=gw,
+            )
         )
     if len({p.netns for p in out}) > 1:
         raise UsageError("all networks of one instance must live in the same namespace")
     return out
 
 
-def create_taps(nics: Sequence[PlannedNic]) -> None:
+def create_taps(nics: Sequence[Attachment]) -> None:
     for nic in nics:
-        links.create_tap(nic.tap, nic.bridge, nic.netns)
+        if nic.kind == "bridge" and nic.tap and nic.bridge:
+            links.create_tap(nic.tap, nic.bridge, nic.netns)
 
 
-def detach(nics: Sequence[PlannedNic], service: NetworkService, address: str | None) -> None:
+def detach(nics: Sequence[Attachment], service: NetworkService) -> None:
     """Remove taps, give back DHCP leases, forget neighbour entries."""
     for nic in nics:
+        if nic.kind != "bridge" or nic.tap is None or nic.net is None:
+            continue
         links.delete_link(nic.tap, nic.netns)
         try:
             net = service.store.network(nic.net)
@@ -167,6 +164,6 @@ def detach(nics: Sequence[PlannedNic], service: NetworkService, address: str | N
             if lease:
                 dnsmasq.release(net.bridge, lease, net.netns)
                 links.forget_neighbour(net.bridge, lease.ip, net.netns)
-        ip = (nic.addr or "").split("/")[0] or address
+        ip = nic.static_ip or nic.found
         if ip:
             links.forget_neighbour(net.bridge, ip, net.netns)

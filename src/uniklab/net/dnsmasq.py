@@ -14,7 +14,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from uniklab.backends import process
+from uniklab import daemons
 from uniklab.errors import CommandError, UniklabError
 from uniklab.executor import Executor, local
 from uniklab.net import netns as ns
@@ -107,7 +107,7 @@ def build_argv(
         f"--dhcp-leasefile={files.leases}",
         f"--pid-file={files.pidfile}",
         f"--log-facility={files.log}",
-        "--log-dhcp",
+        "--quiet-dhcp",
         "--dhcp-authoritative",
         # dnsmasq pings an address before offering it (up to 3 s); on a network whose
         # only clients are uniklab's guests the lease file is the truth.
@@ -132,22 +132,18 @@ def start(
     files.lease_time.write_text(lease_time + "\n")
     argv = ns.exec_prefix(netns) + build_argv(bridge, subnet, files, lease_time)
     try:
-        executor.run(argv, timeout=15)
+        return daemons.start(argv, files.pidfile, name="dnsmasq", timeout=15, executor=executor)
     except CommandError as exc:
         raise UniklabError(f"dnsmasq failed to start on {bridge}: {exc}") from exc
-    try:
-        return int(files.pidfile.read_text().strip())
-    except (OSError, ValueError) as exc:
-        raise UniklabError("dnsmasq started but wrote no pid file") from exc
 
 
 def stop(pid: int | None, files: DnsmasqFiles) -> None:
-    if pid:
-        process.stop(pid, str(files.rundir), grace=3.0)
+    """Stop the network's dnsmasq: ``pid`` as recorded, else its pid file's."""
+    daemons.stop(pid or daemons.read_pid(files.pidfile), str(files.rundir), grace=3.0)
 
 
 def running(pid: int | None, files: DnsmasqFiles) -> bool:
-    return process.matches(pid, str(files.rundir))
+    return daemons.matches(pid, str(files.rundir))
 
 
 def parse_leases(text: str) -> list[Lease]:

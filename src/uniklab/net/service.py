@@ -179,14 +179,7 @@ class NetworkService:
         return self.store.network(spec.name)
 
     def _teardown(self, row: NetworkRow) -> None:
-        files = dnsmasq.DnsmasqFiles(Path(row.rundir))
-        pid = row.dnsmasq_pid
-        if pid is None:
-            try:
-                pid = int(files.pidfile.read_text().strip())
-            except (OSError, ValueError):
-                pid = None
-        dnsmasq.stop(pid, files)
+        dnsmasq.stop(row.dnsmasq_pid, dnsmasq.DnsmasqFiles(Path(row.rundir)))
         timesvc.stop(None, timesvc.TimeFiles(Path(row.rundir)))
         if row.made_bridge and (not row.netns or netns.exists(row.netns)):
             links.delete_link(row.bridge, row.netns)

@@ -11,14 +11,17 @@ runtime directory in its command line, and goes with the network.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import shutil
-import time
+import socket
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from uniklab.backends import process
-from uniklab.executor import spawn_detached
+from uniklab import daemons
+from uniklab.errors import LaunchError
 from uniklab.net import netns as ns
 
 log = logging.getLogger(__name__)
@@ -26,6 +29,7 @@ log = logging.getLogger(__name__)
 PORT = 37
 SOCAT = "socat"
 _START_TIMEOUT = 3.0
+_TCP_LISTEN = "0A"  # st in /proc/net/tcp
 
 
 @dataclass(frozen=True)
@@ -44,7 +48,8 @@ class TimeFiles:
 def build_argv(address: str, files: TimeFiles) -> list[str]:
     return [
         SOCAT,
-        "-d",
+        # Errors and warnings only: at -d -d socat logs ~900 bytes per connection (every
+        # guest's boot), into a file that lives as long as the network.
         "-d",
         "-lf",
         str(files.log),  # also the marker that identifies the process
@@ -61,36 +66,46 @@ def start(address: str, files: TimeFiles, netns: str | None) -> int | None:
         return None
     files.rundir.mkdir(mode=0o700, parents=True, exist_ok=True)
     files.log.write_text("")
-    proc = spawn_detached(ns.exec_prefix(netns) + build_argv(address, files), log_path=files.log)
-    deadline = time.monotonic() + _START_TIMEOUT
-    while time.monotonic() < deadline:
-        text = files.log.read_text(errors="replace")
-        if "listening on" in text:
-            files.pidfile.write_text(f"{proc.pid}\n")
-            return proc.pid
-        if proc.poll() is not None:
-            break
-        time.sleep(0.02)
-    stop(proc.pid, files)
-    proc.wait()
-    tail = files.log.read_text(errors="replace").strip().splitlines()[-1:]
-    log.warning("time service on %s:%d did not start: %s", address, PORT, " ".join(tail))
-    return None
-
-
-def pid_of(files: TimeFiles) -> int | None:
     try:
-        return int(files.pidfile.read_text().strip())
-    except (OSError, ValueError):
+        return daemons.spawn(
+            ns.exec_prefix(netns) + build_argv(address, files),
+            log_path=files.log,
+            pidfile=files.pidfile,
+            marker=str(files.log),
+            ready=lambda pid: listening(pid, address),
+            timeout=_START_TIMEOUT,
+        )
+    except LaunchError as exc:
+        log.warning("time service on %s:%d did not start: %s", address, PORT, exc.output)
         return None
 
 
+def listening(pid: int, address: str) -> bool:
+    """Is process ``pid`` listening on ``address``:PORT?  /proc/PID/net/tcp lists the
+    sockets of PID's network namespace (no need to enter it); the socket must be one of
+    PID's own descriptors, not an older server's."""
+    # The kernel prints the address as the native-endian u32 of the network-order bytes.
+    local = f"{int.from_bytes(socket.inet_aton(address), sys.byteorder):08X}:{PORT:04X}"
+    try:
+        rows = [ln.split() for ln in Path(f"/proc/{pid}/net/tcp").read_text().splitlines()[1:]]
+        inodes = {f"socket:[{f[9]}]" for f in rows if f[1] == local and f[3] == _TCP_LISTEN}
+        for fd in os.listdir(f"/proc/{pid}/fd") if inodes else []:
+            with contextlib.suppress(OSError):
+                if os.readlink(f"/proc/{pid}/fd/{fd}") in inodes:
+                    return True
+    except OSError:
+        pass
+    return False
+
+
+def pid_of(files: TimeFiles) -> int | None:
+    return daemons.read_pid(files.pidfile)
+
+
 def running(files: TimeFiles) -> bool:
-    return process.matches(pid_of(files), str(files.log))
+    return daemons.matches(pid_of(files), str(files.log))
 
 
 def stop(pid: int | None, files: TimeFiles) -> None:
-    pid = pid or pid_of(files)
-    if pid:
-        process.stop(pid, str(files.log), grace=2.0)
+    daemons.stop(pid or pid_of(files), str(files.log), grace=2.0)
     files.pidfile.unlink(missing_ok=True)

@@ -7,11 +7,15 @@ up to date by running the steps it lacks, in one transaction.
 
 from __future__ import annotations
 
+import json
 import sqlite3
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 from uniklab.errors import StoreError
+from uniklab.net import attachment
+from uniklab.net.attachment import Attachment
 
 Migration = Callable[[sqlite3.Connection], None]
 
@@ -78,8 +82,75 @@ V1 = _sql(
     )""",
 )
 
+def _legacy_nics(runtime: dict[str, Any], publish: object) -> list[Attachment]:
+    """The NICs of a row of uniklab ≤ 0.2, which kept them as runtime keys: ``nics``
+    (taps on uniklab networks), ``xen_nics`` (a Xen host's bridges), else one user-mode
+    NIC (``mac``, ``forwards``); the address found is ``address``/``address_source``."""
+    out: list[Attachment] = []
+    if runtime.get("nics"):
+        for n in runtime["nics"]:
+            keys = ("mac", "net", "bridge", "tap", "netns", "addr", "gw")
+            out.append(Attachment(kind="bridge", **{k: n.get(k) for k in keys}))
+    elif runtime.get("xen_nics"):
+        for n in runtime["xen_nics"]:
+            xen_keys = ("mac", "bridge", "addr", "gw")
+            out.append(Attachment(kind="host-bridge", **{k: n.get(k) for k in xen_keys}))
+    elif runtime.get("mac"):
+        pairs: Any = runtime.get("forwards") or publish or []
+        forwards = tuple((int(h), int(g)) for h, g in pairs)
+        out.append(Attachment(kind="user", mac=str(runtime["mac"]), forwards=forwards))
+    if out and runtime.get("address"):
+        found = {"found": str(runtime["address"]), "found_by": runtime.get("address_source")}
+        out[0] = out[0].model_copy(update=found)
+    return out
+
+
+def _legacy_launch_nics(nics: list[dict[str, Any]], netns: str | None) -> list[Attachment]:
+    """A restart policy's launch spec kept each NIC as QEMU-ish {mode: user|tap, …}."""
+    out = []
+    for n in nics:
+        if n.get("mode") == "user":
+            fw = tuple((int(h), int(g)) for h, g in n.get("forwards", []))
+            out.append(Attachment(kind="user", mac=n["mac"], forwards=fw))
+        elif n.get("tap"):
+            out.append(
+                Attachment(
+                    kind="bridge", mac=n["mac"], tap=n["tap"], bridge=n.get("bridge"), netns=netns
+                )
+            )
+        else:
+            out.append(Attachment(kind="host-bridge", mac=n["mac"], bridge=n.get("bridge")))
+    return out
+
+
+_LEGACY_KEYS = ("nics", "xen_nics", "mac", "forwards", "address", "address_source")
+
+
+def v2_attachments(db: sqlite3.Connection) -> None:
+    """Version 2: an instance's NICs are one typed list (``net.attachment``) in a column of
+    their own, instead of five runtime keys."""
+    db.execute("ALTER TABLE instances ADD COLUMN attachments TEXT NOT NULL DEFAULT '[]'")
+    for row_id, runtime_text, spec_text in db.execute(
+        "SELECT id, runtime, spec FROM instances"
+    ).fetchall():
+        runtime = json.loads(runtime_text or "{}")
+        spec = json.loads(spec_text or "{}")
+        nics = _legacy_nics(runtime, spec.get("publish"))
+        launch = runtime.get("launch")
+        if isinstance(launch, dict) and launch.get("nics"):
+            launch["nics"] = attachment.to_json(
+                _legacy_launch_nics(launch["nics"], launch.get("netns"))
+            )
+        for key in _LEGACY_KEYS:
+            runtime.pop(key, None)
+        db.execute(
+            "UPDATE instances SET attachments=?, runtime=? WHERE id=?",
+            (json.dumps(attachment.to_json(nics)), json.dumps(runtime), row_id),
+        )
+
+
 # MIGRATIONS[i] takes a store from version i to version i + 1.  Append only.
-MIGRATIONS: tuple[Migration, ...] = (V1,)
+MIGRATIONS: tuple[Migration, ...] = (V1, v2_attachments)
 
 
 def version(db: sqlite3.Connection) -> int:

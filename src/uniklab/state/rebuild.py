@@ -20,7 +20,7 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from uniklab.backends import process
+from uniklab.backends import qemu_process
 from uniklab.backends.qemu_argv import RunFiles
 from uniklab.bake.image import MANIFEST, ImageStore, Manifest
 from uniklab.errors import StoreError, UsageError
@@ -124,13 +124,7 @@ def _manifests(images: ImageStore) -> tuple[list[Manifest], list[Path]]:
 def _rundirs(run: Path) -> list[RunDir]:
     out = []
     for d in sorted(run.iterdir()) if run.is_dir() else []:
-        try:
-            pid: int | None = int(RunFiles(d).pidfile.read_text().strip())
-        except (OSError, ValueError):
-            pid = None
-        # The directory on the command line, not the pid alone: pids are reused.
-        alive = pid is not None and process.matches(pid, f"{d}/")
-        out.append(RunDir(d, pid if alive else None))
+        out.append(RunDir(d, qemu_process.pid_of(RunFiles(d), None)))
     return out
 
 

@@ -8,10 +8,12 @@ a damaged file is reported as one ``StoreDamagedError`` naming it, never a trace
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sqlite3
 import time
+import weakref
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -19,6 +21,8 @@ from pathlib import Path
 from typing import Any
 
 from uniklab.errors import ConflictError, NotFoundError, StoreDamagedError, StoreError
+from uniklab.net import attachment
+from uniklab.net.attachment import Attachment
 from uniklab.state import migrations
 
 # Instance states.  "creating" rows reserve a name while a CLI builds the instance; a
@@ -46,12 +50,14 @@ class InstanceRow:
     runtime: dict[str, Any] = field(default_factory=dict)
     labels: dict[str, str] = field(default_factory=dict)
     exit_reason: str | None = None
+    attachments: list[Attachment] = field(default_factory=list)  # its NICs, in order
 
     @classmethod
     def from_sql(cls, row: sqlite3.Row) -> InstanceRow:
         data = dict(row)
         for key in ("spec", "runtime", "labels"):
             data[key] = json.loads(data[key] or "{}")
+        data["attachments"] = attachment.from_json(json.loads(data["attachments"] or "[]"))
         return cls(**data)
 
 
@@ -119,7 +125,12 @@ class Store:
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             # Owner-only from the start: SQLite gives the WAL and shm files the database's mode.
-            os.close(os.open(path, os.O_CREAT | os.O_RDWR, 0o600))
+            # Only when the file is new: POSIX record locks belong to the process, so closing
+            # any descriptor of an open database drops the locks this process's other SQLite
+            # connections hold on it; another process then checkpoints and deletes the WAL
+            # under them, and their writes are lost.
+            with contextlib.suppress(FileExistsError):
+                os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o600))
             for p in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
                 if p.exists():
                     p.chmod(0o600)
@@ -128,6 +139,9 @@ class Store:
         self._conn: sqlite3.Connection | None = sqlite3.connect(
             path, timeout=30.0, isolation_level=None
         )
+        # A dropped Store closes its connection at once: CPython closes an unreferenced
+        # sqlite3.Connection only when the cyclic collector gets to it.
+        self._closer = weakref.finalize(self, self._conn.close)
         self._conn.row_factory = sqlite3.Row
         try:
             self._conn.execute("PRAGMA busy_timeout = 30000")
@@ -161,8 +175,7 @@ class Store:
             return migrations.version(self._db)
 
     def close(self) -> None:
-        if self._conn is not None:
-            self._conn.close()
+        self._closer()
 
     @contextmanager
     def _guard(self) -> Iterator[None]:
@@ -277,6 +290,8 @@ class Store:
         for key in ("spec", "runtime", "labels"):
             if key in fields:
                 fields[key] = json.dumps(fields[key])
+        if "attachments" in fields:
+            fields["attachments"] = json.dumps(attachment.to_json(fields["attachments"]))
         cols = ", ".join(f"{k}=?" for k in fields)
         with self.transaction() as db:
             db.execute(f"UPDATE instances SET {cols} WHERE id=?", (*fields.values(), row_id))

@@ -17,24 +17,26 @@ destroyed on the way out.  A failing test gets its instances' console logs in it
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import os
 import re
 import secrets
-from collections.abc import Callable, Generator, Iterator, Mapping, Sequence
+from collections.abc import Callable, Generator, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Protocol, Unpack
 
 import pytest
 
 from uniklab import signals
-from uniklab.errors import NotFoundError, ProbeTimeoutError, UniklabError
+from uniklab.errors import NotFoundError, ProbeTimeoutError, UniklabError, UsageError
 from uniklab.testing import session as owner
 
 # The API (QEMU backend, pyroute2, redis) is imported when a test first needs it: this
 # module is loaded by every pytest run on a machine where uniklab is installed.
 if TYPE_CHECKING:
-    from uniklab.api import Client, Instance, NetArg
+    from uniklab.api import Client, Instance
+    from uniklab.options import RunFields, RunOptions
 
 log = logging.getLogger(__name__)
 
@@ -45,19 +47,10 @@ class UnikernelFactory(Protocol):
     """The ``unikernel`` fixture: start an instance, ready, destroyed after the test."""
 
     def __call__(
-        self,
-        image: str,
-        *,
-        name: str | None = None,
-        memory: str | int | None = None,
-        vcpus: int = 1,
-        net: NetArg | Sequence[NetArg] | None = None,
-        args: Sequence[str] = (),
-        env: Mapping[str, str] | None = None,
-        publish: Sequence[tuple[int, int]] = (),
-        labels: Mapping[str, str] | None = None,
-        timeout: float | None = None,  # seconds to be ready (default: uniklab's, 120)
-    ) -> Instance: ...
+        self, image: str, options: RunOptions | None = None, /, **fields: Unpack[RunFields]
+    ) -> Instance:
+        """``image`` with a ``RunOptions`` or its fields as keywords (``uniklab.run``'s)."""
+        ...
 
 
 class UniklabSession:
@@ -274,33 +267,20 @@ def unikernel(
     request.node.stash[INSTANCES_KEY] = instances
 
     def start(
-        image: str,
-        *,
-        name: str | None = None,
-        memory: str | int | None = None,
-        vcpus: int = 1,
-        net: NetArg | Sequence[NetArg] | None = None,
-        args: Sequence[str] = (),
-        env: Mapping[str, str] | None = None,
-        publish: Sequence[tuple[int, int]] = (),
-        labels: Mapping[str, str] | None = None,
-        timeout: float | None = None,
+        image: str, options: RunOptions | None = None, /, **fields: Unpack[RunFields]
     ) -> Instance:
-        from uniklab.lab import DEFAULT_WAIT
+        from uniklab.options import RunOptions
 
+        opts = options if options is not None else RunOptions(**fields)
+        if options is not None and fields:
+            raise UsageError("give a RunOptions or keyword options, not both")
         ref = us.image(image)
-        inst = us.client.run(
-            ref,
-            name=name or us.new_name(ref),
-            memory=memory,
-            vcpus=vcpus,
-            net=net,
-            args=args,
-            env=env,
-            publish=publish,
-            labels={**(labels or {}), **us.labels(request.node.nodeid)},
-            timeout=DEFAULT_WAIT if timeout is None else timeout,
+        opts = dataclasses.replace(
+            opts,
+            name=opts.name or us.new_name(ref),
+            labels={**(opts.labels or {}), **us.labels(request.node.nodeid)},
         )
+        inst = us.client.run(ref, opts)
         instances.append(inst)
         us.live.append(inst)
         return inst

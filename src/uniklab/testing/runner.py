@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from uniklab import signals, validate
+from uniklab import signals
 from uniklab.api import Client, Instance
 from uniklab.errors import CommandError, NotFoundError, UniklabError
 from uniklab.executor import local
@@ -139,18 +139,7 @@ def _environment(
         for decl in spec.instances:
             progress(f"instance {decl.name} ({decl.image})")
             ref = _image(client, decl, base)
-            inst = client.run(
-                ref,
-                name=f"{decl.name}-{run_id}",
-                memory=decl.memory,
-                vcpus=decl.vcpus,
-                publish=[validate.publish(p) for p in decl.publish],
-                env=decl.env,
-                args=decl.args,
-                labels=labels,
-                net=decl.nets or None,
-                timeout=decl.timeout,
-            )
+            inst = client.run(ref, decl.options(name=f"{decl.name}-{run_id}", labels=labels))
             instances.append(inst)
             m = client.lab.image(ref)
             ports = list(dict.fromkeys([*([m.probe.port] if m.probe.port else []), *m.ports]))

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from uniklab.backends import registry
-from uniklab.bake.kernel import host_kernel
+from uniklab.bake.kernel_choice import host_kernel
 from uniklab.errors import NotFoundError, UniklabError
 
 if TYPE_CHECKING:

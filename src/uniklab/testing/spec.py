@@ -17,25 +17,17 @@ from __future__ import annotations
 
 import shlex
 import tomllib
-from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from uniklab import validate
 from uniklab.errors import NotFoundError, UsageError
+from uniklab.options import RunOptions
 
 # Short enough that "<name>-<6 hex>" is still a valid instance name.
 DeclName = Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9_-]{0,40}$")]
-
-
-def _check(fn: Callable[[Any], object], value: object) -> None:
-    """Run one of uniklab's validators; pydantic reports ValueError, not UsageError."""
-    try:
-        fn(value)
-    except UsageError as exc:
-        raise ValueError(str(exc)) from None
 
 
 class _Model(BaseModel):
@@ -64,20 +56,31 @@ class InstanceDecl(_Model):
     env: dict[str, str] = Field(default_factory=dict)
     args: list[str] = Field(default_factory=list)
     timeout: float = Field(default=120.0, gt=0)  # seconds to be ready
+    host: str = "local"  # an inventory host, or "auto"
+    restart: str = "no"
 
-    @field_validator("memory")
-    @classmethod
-    def _memory(cls, v: str | int | None) -> str | int | None:
-        if v is not None:
-            _check(validate.memory_mb, v)
-        return v
+    @model_validator(mode="after")
+    def _options(self) -> InstanceDecl:
+        validate.in_model(self.options)  # every run option checked when the spec loads
+        return self
 
-    @field_validator("publish")
-    @classmethod
-    def _publish(cls, v: list[str]) -> list[str]:
-        for p in v:
-            _check(validate.publish, p)
-        return v
+    def options(
+        self, *, name: str | None = None, labels: dict[str, str] | None = None
+    ) -> RunOptions:
+        """This instance's run options, in the vocabulary every face shares."""
+        return RunOptions(
+            name=name,
+            memory=self.memory,
+            vcpus=self.vcpus,
+            publish=[validate.publish(p) for p in self.publish],
+            env=self.env,
+            args=self.args,
+            labels=labels or {},
+            net=self.nets or None,
+            host=self.host,
+            restart=self.restart,
+            timeout=self.timeout,
+        )
 
     @property
     def env_prefix(self) -> str:
