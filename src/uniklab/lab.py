@@ -267,6 +267,7 @@ class Lab:
         kernel: str = "host",
         root: str | None = None,
         progress: Callable[[str], None] | None = None,
+        index: bool = True,  # point the image's name:tag at it
     ) -> baker.BakeResult:
         """Bake a recipe object (e.g. one made from a bare binary) and index the image."""
         validate.image_ref(f"{rec.name}:{tag}")
@@ -280,7 +281,8 @@ class Lab:
             root=root,
             progress=progress,
         )
-        self.store.put_image(rec.name, tag, result.manifest.digest)
+        if index:
+            self.store.put_image(rec.name, tag, result.manifest.digest)
         return result
 
     def bake_for_tests(
@@ -294,15 +296,7 @@ class Lab:
         sessions that bake different inputs under one name never run each other's image.
         """
         rec, rec_dir = recipe.load(ref)
-        validate.image_ref(f"{rec.name}:{TEST_TAG}")
-        result = baker.bake(
-            rec,
-            recipe_dir=rec_dir,
-            store=self.images,
-            cache=self.paths.cache,
-            tag=TEST_TAG,
-            progress=progress,
-        )
+        result = self.bake_recipe(rec, rec_dir, tag=TEST_TAG, progress=progress, index=False)
         tag = tag_for_tests(result.manifest.digest)
         self.store.put_image(rec.name, tag, result.manifest.digest)
         return result.manifest.model_copy(update={"name": rec.name, "tag": tag})

@@ -18,6 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from uniklab.errors import CommandError
 from uniklab.executor import local
 
@@ -208,3 +210,53 @@ def run_once(binary: Path, data: bytes, timeout: float = ANSWER_TIMEOUT) -> str:
             f"stderr:\n{proc.stderr.decode(errors='replace')[-6000:]}"
         )
     return proc.stdout.decode("utf-8")
+
+
+class LengthPrefixedHarness:
+    """A sanitized C harness that reads length-prefixed inputs on stdin and answers each
+    with one line; restarted (and the test failed with its stderr) when it dies."""
+
+    def __init__(self, binary: Path, name: str) -> None:
+        self.binary = binary
+        self.name = name
+        self.proc = self._start()
+
+    def _start(self) -> subprocess.Popen[bytes]:
+        return subprocess.Popen(
+            [str(self.binary)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env=SANITIZER_ENV,
+        )
+
+    def ask(self, data: bytes) -> str:
+        assert self.proc.stdin and self.proc.stdout
+        try:
+            self.proc.stdin.write(struct.pack("<I", len(data)) + data)
+            self.proc.stdin.flush()
+            line = self.proc.stdout.readline().decode()
+        except BrokenPipeError:
+            line = ""
+        if not line:
+            err = self.proc.stderr.read().decode(errors="replace") if self.proc.stderr else ""
+            self.proc.kill()
+            self.proc = self._start()
+            raise AssertionError(f"{self.name} harness died on {data[:120]!r}: {err[-3000:]}")
+        return line.strip()
+
+    def close(self) -> None:
+        if self.proc.stdin:
+            self.proc.stdin.close()
+        self.proc.wait(timeout=10)
+
+
+def build_sanitized(out: Path, name: str, sources: list[Path]) -> Path:
+    """Build ``name`` from ``sources`` with the sanitizers (skips where they are missing)."""
+    try:
+        build_harness(out)  # checks gcc can build with the sanitizers
+    except SanitizersUnavailable as exc:
+        pytest.skip(str(exc))
+    binary = out / name
+    local.run(["gcc", *SANITIZE, "-I", GUEST, "-o", binary, *sources], timeout=COMPILE_TIMEOUT)
+    return binary

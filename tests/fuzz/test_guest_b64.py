@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import struct
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,60 +13,24 @@ from hypothesis import example, given
 from hypothesis import strategies as st
 
 from tests.fuzz.budget import FUZZ
-from tests.fuzz.harness import GUEST, SANITIZE, SANITIZER_ENV, SanitizersUnavailable, build_harness
-from uniklab.executor import local
+from tests.fuzz.harness import GUEST, LengthPrefixedHarness, build_sanitized
 
 HARNESS_C = Path(__file__).with_name("b64_harness.c")
 ALPHABET = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_+/="
 
 
-class B64:
-    def __init__(self, binary: Path) -> None:
-        self.binary = binary
-        self.proc = self._start()
-
-    def _start(self) -> subprocess.Popen[bytes]:
-        return subprocess.Popen(
-            [str(self.binary)],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            env=SANITIZER_ENV,
-        )
-
+class B64(LengthPrefixedHarness):
     def decode(self, data: bytes) -> bytes | None:
-        assert self.proc.stdin and self.proc.stdout
-        try:
-            self.proc.stdin.write(struct.pack("<I", len(data)) + data)
-            self.proc.stdin.flush()
-            line = self.proc.stdout.readline().decode()
-        except BrokenPipeError:
-            line = ""
-        if not line:
-            err = self.proc.stderr.read().decode(errors="replace") if self.proc.stderr else ""
-            self.proc.kill()
-            self.proc = self._start()
-            raise AssertionError(f"b64 harness died on {data[:80]!r}: {err[-2000:]}")
-        return None if line.strip() == "ERR" else bytes.fromhex(line[3:].strip())
-
-    def close(self) -> None:
-        if self.proc.stdin:
-            self.proc.stdin.close()
-        self.proc.wait(timeout=10)
+        line = self.ask(data)
+        return None if line == "ERR" else bytes.fromhex(line[3:].strip())
 
 
 @pytest.fixture(scope="module")
 def b64(tmp_path_factory: pytest.TempPathFactory) -> Iterator[B64]:
-    out = tmp_path_factory.mktemp("b64")
-    try:
-        build_harness(out)  # checks gcc can build with the sanitizers
-    except SanitizersUnavailable as exc:
-        pytest.skip(str(exc))
-    binary = out / "b64_harness"
-    local.run(
-        ["gcc", *SANITIZE, "-I", GUEST, "-o", binary, HARNESS_C, GUEST / "b64.c"], timeout=120
+    binary = build_sanitized(
+        tmp_path_factory.mktemp("b64"), "b64_harness", [HARNESS_C, GUEST / "b64.c"]
     )
-    harness = B64(binary)
+    harness = B64(binary, "b64")
     yield harness
     harness.close()
 

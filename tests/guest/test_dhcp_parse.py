@@ -6,7 +6,6 @@ written out below."""
 from __future__ import annotations
 
 import struct
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,9 +13,7 @@ import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
 from tests.fuzz.budget import FUZZ
-from tests.fuzz.harness import GUEST, SANITIZE, SANITIZER_ENV, SanitizersUnavailable, build_harness
-
-from uniklab.executor import local
+from tests.fuzz.harness import GUEST, LengthPrefixedHarness, build_sanitized
 
 HARNESS_C = Path(__file__).with_name("dhcp_harness.c")
 MAC = bytes.fromhex("525400123456")
@@ -27,53 +24,17 @@ MIN_LEASE = 4  # net.c's MIN_LEASE_S
 MAX_DNS = 8
 
 
-class Parser:
-    def __init__(self, binary: Path) -> None:
-        self.binary = binary
-        self.proc = self._start()
-
-    def _start(self) -> subprocess.Popen[bytes]:
-        return subprocess.Popen(
-            [str(self.binary)],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            env=SANITIZER_ENV,
-        )
-
+class Parser(LengthPrefixedHarness):
     def parse(self, mode: bytes, data: bytes) -> str:
-        assert self.proc.stdin and self.proc.stdout
-        try:
-            self.proc.stdin.write(struct.pack("<I", 1 + len(data)) + mode + data)
-            self.proc.stdin.flush()
-            line = self.proc.stdout.readline().decode()
-        except BrokenPipeError:
-            line = ""
-        if not line:
-            err = self.proc.stderr.read().decode(errors="replace") if self.proc.stderr else ""
-            self.proc.kill()
-            self.proc = self._start()
-            raise AssertionError(f"dhcp harness died on {data[:120]!r}: {err[-3000:]}")
-        return line.strip()
-
-    def close(self) -> None:
-        if self.proc.stdin:
-            self.proc.stdin.close()
-        self.proc.wait(timeout=10)
+        return self.ask(mode + data)
 
 
 @pytest.fixture(scope="module")
 def parser(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Parser]:
-    out = tmp_path_factory.mktemp("dhcp")
-    try:
-        build_harness(out)  # checks gcc can build with the sanitizers
-    except SanitizersUnavailable as exc:
-        pytest.skip(str(exc))
-    binary = out / "dhcp_harness"
-    local.run(
-        ["gcc", *SANITIZE, "-I", GUEST, "-o", binary, HARNESS_C, GUEST / "util.c"], timeout=120
+    binary = build_sanitized(
+        tmp_path_factory.mktemp("dhcp"), "dhcp_harness", [HARNESS_C, GUEST / "util.c"]
     )
-    p = Parser(binary)
+    p = Parser(binary, "dhcp")
     yield p
     p.close()
 
