@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import re
 import secrets
 import shutil
 import time
@@ -36,6 +35,7 @@ from uniklab.errors import (
     UniklabError,
     UsageError,
 )
+from uniklab.guest import console as guest_console
 from uniklab.guest.config import GuestConfig
 from uniklab.hosts.inventory import Host
 from uniklab.hosts.service import HostService
@@ -56,8 +56,6 @@ log = logging.getLogger(__name__)
 TEST_TAG = "uniklab-test"
 """The tags of images baked by the test faces start with this (see ``Lab.bake_for_tests``)."""
 MAX_RESTARTS = 5
-_EXIT_RE = re.compile(r"uniklab-init: app (exited status \d+|killed by signal \d+)")
-_NET_RE = re.compile(r"uniklab-init: net (\S+) (\S+) (\S+) via (\S+)")
 
 
 @dataclass(frozen=True)
@@ -125,15 +123,15 @@ class AddressInfo:
 def exit_reason(console: str, gone: str = "") -> tuple[str, str]:
     """(state, reason) for a guest whose hypervisor process is gone, from its console; when
     the console says nothing, the backend's word (``gone``: "domain r1 is gone from dom0")."""
-    m = _EXIT_RE.findall(console)
+    m = guest_console.EXIT_RE.findall(console)
     if m:
         reason = f"app {m[-1]}"
         return (EXITED if m[-1] == "exited status 0" else CRASHED), reason
     if "Kernel panic" in console:
         line = next(ln for ln in console.splitlines() if "Kernel panic" in ln)
         return CRASHED, line.strip()[:160]
-    if "uniklab-init: fatal:" in console:
-        line = next(ln for ln in console.splitlines() if "uniklab-init: fatal:" in ln)
+    if guest_console.FATAL in console:
+        line = next(ln for ln in console.splitlines() if guest_console.FATAL in ln)
         return CRASHED, line.strip()[:160]
     return CRASHED, gone or "hypervisor process died"
 
@@ -508,7 +506,7 @@ class Lab:
     def ip(self, name: str, *, timeout: float = 30.0) -> AddressInfo:
         view = self.get(name)
         guest = None
-        for m in _NET_RE.finditer(self.logs(name)):
+        for m in guest_console.NET_RE.finditer(self.logs(name)):
             guest = m.group(3).split("/")[0]
         if view.forwards:
             engine = registry.get(view.row.backend)

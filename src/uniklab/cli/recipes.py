@@ -7,6 +7,7 @@ import click
 from uniklab.bake import recipe as recipes_mod
 from uniklab.bake.recipe import Recipe
 from uniklab.cli import common
+from uniklab.guest import console
 
 
 def _probe(r: Recipe) -> str:
@@ -14,7 +15,7 @@ def _probe(r: Recipe) -> str:
     if p.kind == "http":
         return f"http GET {p.path} -> {p.status} :{r.probe_port}"
     if p.kind == "console":
-        return f"console /{p.marker or 'uniklab-init: exec'}/"
+        return f"console /{p.marker or console.EXEC}/"
     return f"{p.kind} :{r.probe_port}"
 
 

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import redis
 
 from uniklab.bake.recipe import ProbeSpec
+from uniklab.guest import console as guest_console
 from uniklab.probes.base import Endpoint, Probe
 
 
@@ -138,5 +139,5 @@ def from_spec(spec: ProbeSpec, console: Callable[[], str]) -> Probe:
     if spec.kind == "memcached":
         return MemcachedProbe()
     if spec.kind == "console":
-        return ConsoleProbe(pattern=spec.marker or r"uniklab-init: exec", read=console)
+        return ConsoleProbe(pattern=spec.marker or re.escape(guest_console.EXEC), read=console)
     return TcpProbe()
