@@ -36,6 +36,7 @@ log = logging.getLogger(__name__)
 
 SSH_UNREACHABLE = 255
 CONTROL_PERSIST = 15
+SERVER_ALIVE_COUNT = 12  # keepalives 5 s apart: a minute
 REMOTE_KILL_AFTER = 2  # seconds from the host's SIGTERM to its SIGKILL
 # How much longer the local ssh waits than the host's own bound: the kill-after, and room
 # for the verdict to travel back.
@@ -130,10 +131,14 @@ class SshExecutor:
             "BatchMode=yes",
             "-o",
             f"ConnectTimeout={self.connect_timeout}",
+            # A host that does not answer for a minute is gone.  Shorter (it was 15 s) cut
+            # the shared connection of a dom0 that was only slow, starved by domUs booting
+            # under TCG: every command on it then failed with ssh's bare exit 255.  Each
+            # command has its own timeout besides.
             "-o",
             "ServerAliveInterval=5",
             "-o",
-            "ServerAliveCountMax=3",
+            f"ServerAliveCountMax={SERVER_ALIVE_COUNT}",
             # One connection per host serves a burst of commands (a `ps` runs several): the
             # master lingers CONTROL_PERSIST seconds after the last one, then exits.
             "-o",
