@@ -38,9 +38,14 @@ class HostService:
         self.store.put_host(host.name, host.model_dump_json(), replace=replace)
         return host
 
+    @staticmethod
+    def local() -> Host:
+        """This machine: a Xen host when it is a dom0, else a QEMU one."""
+        return Host(name=LOCAL, hypervisor="xen" if local_is_dom0() else "qemu")
+
     def get(self, name: str) -> Host:
         if name == LOCAL:
-            return Host(name=LOCAL, hypervisor="xen" if local_is_dom0() else "qemu")
+            return self.local()
         return Host.model_validate_json(self.store.host_doc(name))
 
     def ls(self) -> list[Host]:

@@ -20,10 +20,9 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from uniklab.backends import qemu_process
-from uniklab.backends.qemu_argv import RunFiles
 from uniklab.bake.image import MANIFEST, ImageStore, Manifest
 from uniklab.errors import StoreError, UsageError
+from uniklab.executor import local
 from uniklab.paths import Paths
 from uniklab.state.store import Store
 
@@ -121,11 +120,19 @@ def _manifests(images: ImageStore) -> tuple[list[Manifest], list[Path]]:
     return found, unreadable
 
 
-def _rundirs(run: Path) -> list[RunDir]:
-    out = []
-    for d in sorted(run.iterdir()) if run.is_dir() else []:
-        out.append(RunDir(d, qemu_process.pid_of(RunFiles(d), None)))
-    return out
+def _rundirs(paths: Paths) -> list[RunDir]:
+    """The runtime directories on disk, each with the guest still running out of it (as
+    the backends whose guests run on this machine list what they run for the home)."""
+    from uniklab.backends import registry  # the store must not load a backend to open
+    from uniklab.hosts.service import HostService
+
+    ctx = registry.BackendContext(host=HostService.local(), executor=local, cache=paths.cache)
+    running: dict[str, int | None] = {}
+    for name in registry.names():
+        if registry.get(name).local_only:
+            running |= {o.key: o.ident for o in registry.create(name, ctx).owned(paths.run)}
+    dirs = sorted(paths.run.iterdir()) if paths.run.is_dir() else []
+    return [RunDir(d, running.get(str(d))) for d in dirs]
 
 
 def rebuild(paths: Paths, *, force: bool = False) -> Rebuilt:
@@ -152,4 +159,4 @@ def rebuild(paths: Paths, *, force: bool = False) -> Rebuilt:
     tagged = sorted(newest.values(), key=lambda m: m.ref)
     untagged = [m for m in manifests if newest[m.ref] is not m]
     netdirs = sorted(d for d in (paths.home / "net").glob("*") if d.is_dir())
-    return Rebuilt(moved, tagged, untagged, unreadable, _rundirs(paths.run), netdirs)
+    return Rebuilt(moved, tagged, untagged, unreadable, _rundirs(paths), netdirs)
