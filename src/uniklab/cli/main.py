@@ -33,6 +33,7 @@ from uniklab.cli.rumprun import rumprun
 from uniklab.cli.run import run
 from uniklab.cli.store import store
 from uniklab.cli.test import test
+from uniklab.cli.toolchain import toolchain
 from uniklab.errors import LaunchError, ProbeTimeoutError, UniklabError
 
 
@@ -73,6 +74,7 @@ for command in (
     lab,
     kernel,
     store,
+    toolchain,
 ):
     cli.add_command(command)
 

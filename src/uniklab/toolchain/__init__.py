@@ -1,0 +1,1 @@
+"""Toolchains built from pinned third-party sources, once per machine (rumprun's)."""
