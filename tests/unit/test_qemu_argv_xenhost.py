@@ -18,7 +18,7 @@ def _spec(
         name="xenlab",
         xen=Path("/ukl/cache/xen/root-4.17/boot/xen-4.17-amd64"),
         xen_args="console=com1 com1=115200,8n1 dom0_mem=1024M,max:1024M dom0_max_vcpus=1",
-        dom0_kernel=Path("/boot/vmlinuz-6.1.0-56-amd64"),
+        dom0_kernel=Path("/boot/vmlinuz-dom0"),
         dom0_args="console=hvc0 earlyprintk=xen quiet",
         dom0_initrd=Path(initrd),
         rundir=Path(rundir),
@@ -37,7 +37,7 @@ def test_dom0_kernel_and_initrd_are_multiboot_modules() -> None:
     argv = build_xenhost_argv(_spec())
     assert argv[argv.index("-kernel") + 1].endswith("xen-4.17-amd64")
     assert argv[argv.index("-initrd") + 1] == (
-        "/boot/vmlinuz-6.1.0-56-amd64 console=hvc0 earlyprintk=xen quiet,"
+        "/boot/vmlinuz-dom0 console=hvc0 earlyprintk=xen quiet,"
         "/ukl/labs/xenlab/dom0.initrd"
     )
     assert argv[argv.index("-cpu") + 1] == "max,-smap"

@@ -44,7 +44,7 @@ def test_runbook_line() -> None:
 
 
 def test_full_path_program_name_and_sudo_prefix_words() -> None:
-    line = "/home/u/rumprun/bin/rumprun -S -T /tmp/rr xen -N redis bin/redis-server.bin"
+    line = "/opt/unikernels/rumprun/bin/rumprun -S -T /tmp/rr xen -N redis bin/redis-server.bin"
     inv = p(line)
     assert (inv.sudo, inv.tmpdir, inv.keep_tmpdir, inv.name) == (True, "/tmp/rr", True, "redis")
 
