@@ -54,15 +54,20 @@ print(min(bounds))
 """
 
 
-@pytest.fixture
-def lab_net(lab: Lab, lab_home: Path) -> Lab:
-    lab.networks.create(NetworkSpec("lab", "10.77.0.0/24", "xenbr0", NS))
+def _with_network(lab: Lab, lab_home: Path, spec: NetworkSpec) -> Iterator[Lab]:
+    """``lab`` with network ``spec`` for the test; instances and networks gone after it."""
+    lab.networks.create(spec)
     yield lab
     for v in lab.ps():
         lab.destroy(v.name)
     for n in lab.store.networks():
         lab.networks.rm(n.name, [])
     _no_network_leftovers(lab_home)
+
+
+@pytest.fixture
+def lab_net(lab: Lab, lab_home: Path) -> Iterator[Lab]:
+    yield from _with_network(lab, lab_home, NetworkSpec("lab", "10.77.0.0/24", "xenbr0", NS))
 
 
 def test_runbook_dhcp_flow(
@@ -254,13 +259,8 @@ def _dnsmasq_slot(mac: str, pool: int) -> int:
 
 @pytest.fixture
 def short_net(lab: Lab, lab_home: Path) -> Iterator[Lab]:
-    lab.networks.create(NetworkSpec("short", "10.77.0.0/24", "xenbr0", NS, lease_time="2m"))
-    yield lab
-    for v in lab.ps():
-        lab.destroy(v.name)
-    for n in lab.store.networks():
-        lab.networks.rm(n.name, [])
-    _no_network_leftovers(lab_home)
+    spec = NetworkSpec("short", "10.77.0.0/24", "xenbr0", NS, lease_time="2m")
+    yield from _with_network(lab, lab_home, spec)
 
 
 def test_lease_time_bad_input(lab: Lab, capsys: pytest.CaptureFixture[str]) -> None:

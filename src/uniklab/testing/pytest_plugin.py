@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import logging
 import os
 import re
@@ -29,6 +30,7 @@ from typing import TYPE_CHECKING, Protocol, Unpack
 import pytest
 
 from uniklab import signals
+from uniklab.backends import registry
 from uniklab.errors import NotFoundError, ProbeTimeoutError, UniklabError, UsageError
 from uniklab.testing import session as owner
 
@@ -63,7 +65,6 @@ class UniklabSession:
         self.home = Path(home).expanduser().resolve() if home else None
         self.id = secrets.token_hex(4)
         self.worker = os.environ.get("PYTEST_XDIST_WORKER", "main")
-        self.unavailable = owner.backend_unavailable(self.backend)
         self.reaped: list[str] = []
         self.kept: list[str] = []
         self.live: list[Instance] = []
@@ -71,6 +72,12 @@ class UniklabSession:
         self._count = 0
         self._client: Client | None = None
         self._signals = contextlib.ExitStack()
+
+    @functools.cached_property
+    def unavailable(self) -> str | None:
+        """Why no guest can run here (None: one can); asked only once a test wants a guest,
+        since answering loads the backend (this plugin loads with every pytest run)."""
+        return owner.backend_unavailable(self.backend)
 
     def handle_signals(self) -> None:
         """From the first test that starts guests on: SIGTERM and SIGHUP (a CI job's timeout)
@@ -111,7 +118,7 @@ class UniklabSession:
         from uniklab.paths import default_paths
 
         home = self.home or default_paths().home
-        if self.unavailable or not (home / "state.db").exists():
+        if not (home / "state.db").exists() or self.unavailable:
             return
         self.reaped = owner.reap(self.client.lab)
 
@@ -174,9 +181,9 @@ def pytest_configure(config: pytest.Config) -> None:
         "uniklab: boots unikernels (skipped when no backend can run them here)",
     )
     backend = config.getoption("uniklab_backend")
-    if backend not in owner.test_backends():
+    if backend not in registry.names():  # whether it can start test guests: when asked
         raise pytest.UsageError(
-            f"--uniklab-backend {backend!r}: available: {', '.join(owner.test_backends())}"
+            f"--uniklab-backend {backend!r}: available: {', '.join(registry.names())}"
         )
     config.stash[SESSION_KEY] = UniklabSession(config)
 
@@ -194,7 +201,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if "unikernel" in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.uniklab)
-        if us.unavailable and item.get_closest_marker("uniklab"):
+        if item.get_closest_marker("uniklab") and us.unavailable:
             item.add_marker(pytest.mark.skip(reason=f"uniklab: {us.unavailable}"))
 
 
