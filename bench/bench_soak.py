@@ -33,9 +33,10 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the snapshot code: tests/soak.py
+# The repository root, for the snapshot code in tests/support/soak.py.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tests import soak
+from tests.support import soak
 
 from uniklab.errors import UniklabError
 from uniklab.kernel import build as kbuild

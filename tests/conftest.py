@@ -1,17 +1,27 @@
-"""Shared fixtures: every test gets its own UNIKLAB_HOME, so nothing touches the user's."""
+"""Shared fixtures: every test gets its own UNIKLAB_HOME, so nothing touches the user's;
+the stores with a baked Redis image that tests of several areas share; the real sshd
+(``tests/support/sshd.py``).  Helpers to import live in ``tests/support/``."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
-# Under CI=true a skip is a failure (tests/ci_skips.py).
-pytest_plugins = ["tests.ci_skips"]
+from tests.support.homes import copy_home, make_baked_home
+from tests.support.leaks import processes_mentioning, qemu_processes
+
+if TYPE_CHECKING:
+    from uniklab.lab import Lab
+
+# Under CI=true a skip is a failure (tests/support/ci_skips.py); the sshd fixture.
+pytest_plugins = ["tests.support.ci_skips", "tests.support.sshd"]
 
 
 @pytest.fixture
@@ -32,24 +42,72 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(skip)
 
 
-def make_baked_home(prefix: str, recipe: str = "redis") -> Path:
-    """A new home under /tmp (short path: sockets live under it) with ``recipe`` baked."""
+# ---------------------------------------------------------------- guests: one baked image
+# (uniklab.lab is imported when a fixture runs: it brings pyroute2, which most tests need not)
+
+
+@pytest.fixture(scope="session")
+def image_home() -> Iterator[Path]:
+    """A store holding a baked Redis image, shared by the session's tests."""
+    path = make_baked_home("ukl-img-")
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture
+def lab_home(image_home: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """A fresh UNIKLAB_HOME whose image store and image index come from image_home."""
     from uniklab.lab import Lab
     from uniklab.paths import Paths
 
-    path = Path(tempfile.mkdtemp(prefix=prefix, dir="/tmp"))
-    lab = Lab(Paths(path))
-    try:
-        lab.bake(recipe)
-    finally:
-        lab.close()
-    return path
+    path = copy_home(image_home, "ukl-")
+    monkeypatch.setenv("UNIKLAB_HOME", str(path))
+    yield path
+    # A failed test must not leak either: undo what the store still records (instances,
+    # then networks: taps, dnsmasq, bridges, namespaces), then check what is left.
+    with contextlib.suppress(Exception):
+        cleanup = Lab(Paths(path))
+        for row in cleanup.store.instances():
+            with contextlib.suppress(Exception):
+                cleanup.destroy(row.name)
+        for net in cleanup.store.networks():
+            with contextlib.suppress(Exception):
+                cleanup.networks.rm(net.name, [])
+        cleanup.close()
+    leftover = qemu_processes(str(path))
+    for line in leftover:
+        os.kill(int(line.split()[0]), 9)
+    shutil.rmtree(path, ignore_errors=True)
+    assert not leftover, f"test left QEMU running: {leftover}"
 
 
-def copy_home(source: Path, prefix: str) -> Path:
-    """A fresh home holding ``source``'s images, caches and image index (no instances)."""
-    path = Path(tempfile.mkdtemp(prefix=prefix, dir="/tmp"))
-    for sub in ("images", "cache"):
-        shutil.copytree(source / sub, path / sub, symlinks=True)
-    shutil.copy(source / "state.db", path / "state.db")
-    return path
+@pytest.fixture
+def lab(lab_home: Path) -> Iterator[Lab]:
+    from uniklab.lab import Lab
+    from uniklab.paths import Paths
+
+    lab = Lab(Paths(lab_home))
+    yield lab
+    lab.close()
+
+
+# ---------------------------------------------------------------- faults: a home to break
+
+
+@pytest.fixture(scope="session")
+def baked_home() -> Iterator[Path]:
+    """A UNIKLAB_HOME holding a baked Redis image (baking takes a few seconds)."""
+    path = make_baked_home("uklf-")
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture
+def fault_home(baked_home: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """A fresh home with the baked image (copied), set as UNIKLAB_HOME."""
+    path = copy_home(baked_home, "uklf-")
+    monkeypatch.setenv("UNIKLAB_HOME", str(path))
+    yield path
+    for line in processes_mentioning(str(path)):
+        os.kill(int(line.split()[0]), 9)
+    shutil.rmtree(path, ignore_errors=True)

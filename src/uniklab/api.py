@@ -39,6 +39,7 @@ from uniklab.reach import Reach
 
 log = logging.getLogger(__name__)
 
+
 @dataclass(frozen=True)
 class Image:
     """A baked image, as ``uniklab images`` lists it."""
@@ -71,8 +72,6 @@ class Stats:
     rss_bytes: int | None  # resident memory of the hypervisor process
     memory_mb: int  # guest memory
     vcpus: int
-
-
 
 
 class Instance:
@@ -151,9 +150,12 @@ class Instance:
         """A redis-py client bound to the instance.
 
         For an instance in another network namespace its connections are created inside
-        that namespace (a socket belongs to the namespace it was made in).
+        that namespace (a socket belongs to the namespace it was made in).  It speaks
+        RESP2 unless told otherwise: redis-py >= 8 opens with HELLO (RESP3), which a Redis
+        before 6 (the rumprun image's 3.0.6) refuses.
         """
         host, hport = self.endpoint(port)
+        kwargs.setdefault("protocol", 2)
         kwargs.setdefault("socket_timeout", 10)
         kwargs.setdefault("socket_connect_timeout", 10)
         ns = self.netns

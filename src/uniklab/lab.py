@@ -16,16 +16,9 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from uniklab import faults, run_plan, signals, validate
+from uniklab import boot, faults, run_plan, signals, validate
 from uniklab.backends import registry
-from uniklab.backends.base import (
-    Backend,
-    Handle,
-    Inspection,
-    InstanceSpec,
-    spec_from_json,
-    spec_to_json,
-)
+from uniklab.backends.base import Backend, Handle, Inspection, spec_from_json, spec_to_json
 from uniklab.bake import baker, recipe
 from uniklab.bake.image import ImageStore, Manifest
 from uniklab.errors import (
@@ -36,7 +29,6 @@ from uniklab.errors import (
     UsageError,
 )
 from uniklab.guest import console as guest_console
-from uniklab.guest.config import GuestConfig
 from uniklab.hosts.inventory import Host
 from uniklab.hosts.service import HostService
 from uniklab.net import attach
@@ -130,9 +122,21 @@ def exit_reason(console: str, gone: str = "") -> tuple[str, str]:
     if "Kernel panic" in console:
         line = next(ln for ln in console.splitlines() if "Kernel panic" in ln)
         return CRASHED, line.strip()[:160]
-    if guest_console.FATAL in console:
-        line = next(ln for ln in console.splitlines() if guest_console.FATAL in ln)
-        return CRASHED, line.strip()[:160]
+    # A rumprun guest's app: main() returned, or the app called exit().
+    ended = [
+        (m.start(), f"returned {m.group(2)}", m.group(2))
+        for m in guest_console.RUMPRUN_RETURNED_RE.finditer(console)
+    ] + [
+        (m.start(), f"exited status {m.group(1)}", m.group(1))
+        for m in guest_console.RUMPRUN_EXIT_RE.finditer(console)
+    ]
+    if ended:
+        _, how, code = max(ended)
+        return (EXITED if code == "0" else CRASHED), f"app {how}"
+    for word in (guest_console.FATAL, *guest_console.RUMPRUN_FATAL):
+        said = [ln for ln in console.splitlines() if word in ln]
+        if said:
+            return CRASHED, said[0].strip()[:160]
     return CRASHED, gone or "hypervisor process died"
 
 
@@ -354,6 +358,9 @@ class Lab:
                 f"image {m.ref} runs on {', '.join(m.platforms)}, not {backend_name} "
                 f"(its kernel: {m.kernel.choice}, root: {m.root_kind})"
             )
+        if m.is_rumprun and len(o.nets) > 1:
+            # rumprun's config.c: 'currently only 1 "net" configuration is supported'
+            raise UsageError(f"{m.ref} is a rumprun unikernel: it takes one NIC (one --net)")
         name = o.name or self._new_name(m.name)
         memory = o.memory_mb if o.memory_mb is not None else validate.memory_mb(m.memory)
         wanted = [] if o.nets else (list(o.publish) or [(0, p) for p in m.ports])
@@ -380,31 +387,20 @@ class Lab:
             nics = run_plan.plan_attachments(
                 engine, o.nets, name, row.id, self.networks, others, forwards, host.name
             )
-            guest_nics, dns = run_plan.guest_nics(nics, engine)
-            cfg = GuestConfig(
-                name=name,
-                args=app_args,
-                env=env,
-                net=guest_nics,
-                dns=dns,
-                timesrc=self._time_source(nics[0], engine) if nics else None,
-            )
-            try:
-                encoded = cfg.encode()
-            except ValueError as exc:  # too large for the kernel command line
-                raise UsageError(f"{name}: {exc}: fewer or shorter args and env") from None
-            spec = InstanceSpec(
-                name=name,
-                kernel=self.images.kernel_path(m),
-                initrd=None if m.block_root else self.images.initrd_path(m),
-                root_disk=self.images.initrd_path(m) if m.block_root else None,
-                cmdline=f"{m.cmdline} {encoded}",
-                memory_mb=memory,
-                vcpus=o.vcpus,
-                rundir=rundir,
-                nics=tuple(nics),
-                netns=nics[0].netns if nics else None,
-                acpi=m.acpi,
+            spec = boot.instance_spec(
+                m,
+                self.images,
+                engine,
+                boot.BootRequest(
+                    name=name,
+                    args=app_args,
+                    env=env,
+                    nics=nics,
+                    time_source=self._time_source(nics[0], engine) if nics else None,
+                    memory_mb=memory,
+                    vcpus=o.vcpus,
+                    rundir=rundir,
+                ),
             )
             # Recorded before anything is made, so a crash leaves a plan to undo.
             self.store.update(row.id, runtime={"rundir": str(rundir)}, attachments=nics)

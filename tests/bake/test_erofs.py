@@ -2,7 +2,7 @@
 
 The kernel here is a stand-in file with a .config beside it (baking never boots it); the
 erofs images are real (mkfs.erofs) and read back with fsck.erofs --extract.  Booting them
-is tested in tests/e2e/test_small.py.
+is tested in tests/kernel/test_specialised_e2e.py.
 """
 
 from __future__ import annotations

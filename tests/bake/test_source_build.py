@@ -3,7 +3,7 @@ argv, cached machine-wide by the .dsc digest and the build line.
 
 The package here is a real (tiny, native) Debian source package made with
 ``dpkg-source -b`` and placed where ``fetch`` keeps what ``apt-get source`` downloaded, so
-these tests need no network; tests/e2e/test_small.py fetches and builds Redis for real.
+these tests need no network; tests/kernel/test_specialised_e2e.py fetches and builds Redis for real.
 """
 
 from __future__ import annotations

@@ -1,5 +1,6 @@
 """Fixtures for the guest-init tests: the init binary, a test payload, throwaway initramfs
-images, and a QEMU (microvm, TCG) guest that is always killed at the end."""
+images, a QEMU (microvm, TCG) guest that is always killed at the end, and the fuzz tests'
+JSON harness (built once per session with sanitizers)."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from subprocess import Popen
 
 import pytest
 
+from tests.guest.harness import JsonHarness, SanitizersUnavailable, build_harness
 from uniklab.bake.kernel_choice import MODULES, host_kernel
 from uniklab.errors import BakeError
 from uniklab.executor import local, spawn_detached
@@ -234,6 +236,25 @@ def guests(tmp_path: Path, init_binary: Path, payload_binary: Path) -> Iterator[
         yield f
     finally:
         f.close()
+
+
+@pytest.fixture(scope="session")
+def json_harness_binary(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    try:
+        return build_harness(tmp_path_factory.mktemp("json-harness"))
+    except SanitizersUnavailable as exc:
+        pytest.skip(str(exc))
+
+
+@pytest.fixture(scope="session")
+def json_harness(
+    json_harness_binary: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[JsonHarness]:
+    harness = JsonHarness(json_harness_binary, tmp_path_factory.mktemp("json-harness-run"))
+    try:
+        yield harness
+    finally:
+        harness.close()
 
 
 __all__ = ["Guest", "GuestFactory", "write_initramfs"]

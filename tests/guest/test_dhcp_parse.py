@@ -12,8 +12,11 @@ from pathlib import Path
 import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
-from tests.fuzz.budget import FUZZ
-from tests.fuzz.harness import GUEST, LengthPrefixedHarness, build_sanitized
+
+from tests.guest.harness import GUEST, LengthPrefixedHarness, build_sanitized
+from tests.support.budget import FUZZ
+
+pytestmark = pytest.mark.fuzz
 
 HARNESS_C = Path(__file__).with_name("dhcp_harness.c")
 MAC = bytes.fromhex("525400123456")

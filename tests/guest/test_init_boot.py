@@ -11,7 +11,7 @@ import pytest
 from uniklab.guest.config import GuestConfig, Nic
 
 if TYPE_CHECKING:
-    from conftest import GuestFactory
+    from tests.guest.conftest import GuestFactory
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
 

@@ -9,7 +9,8 @@ from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING
 
 import pytest
-from fakelan import (
+
+from tests.guest.fakelan import (
     ACK,
     BROADCAST_MAC,
     DISCOVER,
@@ -23,11 +24,10 @@ from fakelan import (
     Message,
     Reply,
 )
-
 from uniklab.guest.config import GuestConfig, Nic
 
 if TYPE_CHECKING:
-    from conftest import GuestFactory
+    from tests.guest.conftest import GuestFactory
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
 

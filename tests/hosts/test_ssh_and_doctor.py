@@ -10,7 +10,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.hosts.conftest import SshServer
+from tests.support.sshd import SshServer
 from uniklab.backends.xen_doctor import doctor
 from uniklab.cli.main import main
 from uniklab.errors import CommandError, HostUnreachableError

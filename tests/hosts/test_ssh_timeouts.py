@@ -1,9 +1,9 @@
 """A remote command's timeout holds on the host too: past it the command is gone there, the
 caller gets one clear line, and a host that stops answering mid-command cannot stall it.
 
-The "remote host" is this machine (the real sshd of conftest), so what runs there can be
-seen in /proc.  It has coreutils' timeout; the sh watchdog that hosts without it get (the
-lab's dom0) is run here directly, under dash and bash."""
+The "remote host" is this machine (the real sshd of tests/support/sshd.py), so what runs
+there can be seen in /proc.  It has coreutils' timeout; the sh watchdog that hosts without
+it get (the lab's dom0) is run here directly, under dash and bash."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.hosts.conftest import SshServer
+from tests.support.sshd import SshServer
 from uniklab.errors import CommandError, HostUnreachableError
 from uniklab.hosts.inventory import Host
 from uniklab.hosts.ssh import LOCAL_GRACE, REMOTE_KILL_AFTER, SshExecutor, bounded

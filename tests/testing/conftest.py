@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import copy_home
+from tests.support.homes import copy_home
 from tests.testing import fakes
 from uniklab.errors import UniklabError
 from uniklab.lab import Lab

@@ -15,9 +15,9 @@ from pathlib import Path
 import pytest
 
 import uniklab
+from tests.lab.test_signals import guard
 from tests.testing import fakes
 from tests.testing.conftest import ROOT, store_names
-from tests.unit.test_signals import guard
 from uniklab.cli.main import main
 from uniklab.lab import InstanceView, Lab
 

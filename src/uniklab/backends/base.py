@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+from uniklab.guest.rumprun import RumprunConfig
 from uniklab.net import attachment
 from uniklab.net.attachment import Attachment
 
@@ -27,7 +28,9 @@ class UserNet:
 
 @dataclass(frozen=True)
 class InstanceSpec:
-    """What a backend needs to create one guest."""
+    """What a backend needs to create one guest: a Linux kernel (``cmdline`` for it, an
+    initrd or a root disk), or a rumprun unikernel (``rumprun``: its config, rendered by
+    the backend in its own words; ``disks`` are the image's data disks)."""
 
     name: str
     kernel: Path
@@ -37,13 +40,18 @@ class InstanceSpec:
     vcpus: int
     rundir: Path
     nics: tuple[Attachment, ...] = ()  # rendered by the backend into its own syntax
-    disks: tuple[Path, ...] = ()
+    disks: tuple[Path, ...] = ()  # read-only data disks, after the root
     root_disk: Path | None = None  # a read-only root (erofs), the guest's first disk
     netns: str | None = None  # run the hypervisor inside this network namespace
     # Firmware tables: a kernel without VIRTIO_MMIO_CMDLINE_DEVICES (Debian's) finds
     # virtio-mmio devices only through ACPI; a specialised kernel boots faster without.
     acpi: bool = True
     time_service: bool = True  # offer the host's clock to the guest (user-mode NICs)
+    rumprun: RumprunConfig | None = None  # a rumprun unikernel, not a Linux kernel
+
+    @property
+    def guest(self) -> str:
+        return "linux" if self.rumprun is None else "rumprun"
 
 
 def spec_to_json(spec: InstanceSpec) -> dict[str, object]:
@@ -62,6 +70,7 @@ def spec_to_json(spec: InstanceSpec) -> dict[str, object]:
         "time_service": spec.time_service,
         "disks": [str(d) for d in spec.disks],
         "nics": attachment.to_json(spec.nics),
+        "rumprun": None if spec.rumprun is None else spec.rumprun.model_dump(mode="json"),
     }
 
 
@@ -80,6 +89,7 @@ def spec_from_json(d: dict[str, Any]) -> InstanceSpec:
         time_service=bool(d.get("time_service", True)),
         disks=tuple(Path(x) for x in d.get("disks", [])),
         nics=tuple(attachment.from_json(d["nics"])),
+        rumprun=RumprunConfig.model_validate(d["rumprun"]) if d.get("rumprun") else None,
     )
 
 

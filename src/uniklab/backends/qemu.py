@@ -124,7 +124,6 @@ class QemuBackend:
         return doctor(self.accel, bridge)
 
 
-
 def doctor(accel: str, bridge: str | None = None) -> list[Check]:
     """This machine's prerequisites for QEMU guests, each failure with its fix."""
     qemu = shutil.which(hostinfo.QEMU)

@@ -1,7 +1,10 @@
 """Pure builder of QEMU command lines: no I/O, golden-tested.
 
-microvm with ACPI off and virtio-mmio devices declared on the kernel command line (QEMU
-adds ``virtio_mmio.device=`` itself): the cheapest direct-kernel boot QEMU offers.
+A Linux guest: microvm with ACPI off and virtio-mmio devices declared on the kernel
+command line (QEMU adds ``virtio_mmio.device=`` itself): the cheapest direct-kernel boot
+QEMU offers.  A rumprun guest (``hw``: a multiboot kernel that finds its devices on PCI):
+the ``pc`` machine with virtio-net-pci and virtio-blk-pci, its JSON config as the command
+line, as rumprun's own launcher (``app-tools/rumprun``, ``run_qemu``) starts it.
 """
 
 from __future__ import annotations
@@ -74,7 +77,7 @@ def _runtime_args(files: RunFiles) -> list[str]:
     ]
 
 
-def _netdev(index: int, nic: Attachment, time_service: bool) -> list[str]:
+def _netdev(index: int, nic: Attachment, time_service: bool, bus: str) -> list[str]:
     nid = f"n{index}"
     if nic.kind == "user":
         opts = [f"user,id={nid}"]
@@ -91,13 +94,21 @@ def _netdev(index: int, nic: Attachment, time_service: bool) -> list[str]:
         netdev = f"tap,id={nid},ifname={nic.tap},script=no,downscript=no"
     else:
         raise LaunchError(f"QEMU here cannot join {nic.kind} {nic.bridge or ''}".rstrip())
-    return ["-netdev", netdev, "-device", f"virtio-net-device,netdev={nid},mac={nic.mac}"]
+    return ["-netdev", netdev, "-device", f"virtio-net-{bus},netdev={nid},mac={nic.mac}"]
 
 
-def build_argv(
-    spec: InstanceSpec, *, accel: str, tsc_khz: int | None, daemonize: bool = True
-) -> list[str]:
-    files = RunFiles(spec.rundir)
+def _rumprun_cmdline(spec: InstanceSpec) -> str:
+    """The rumprun config for ``hw``: virtio NICs are vioif<N>, virtio disks ld<N>."""
+    assert spec.rumprun is not None
+    try:
+        return spec.rumprun.render(
+            netif="vioif", cloner=False, blk=lambda i: {"source": "dev", "path": f"/dev/ld{i}a"}
+        )
+    except ValueError as exc:
+        raise LaunchError(f"{spec.name}: {exc}") from None
+
+
+def _linux_cmdline(spec: InstanceSpec, accel: str, tsc_khz: int | None) -> str:
     cmdline = f"console=ttyS0 {spec.cmdline}"
     if accel == "tcg" and tsc_khz:
         # Under TCG the guest's TSC is the host's: give its frequency (the kernel's PIT
@@ -114,17 +125,39 @@ def build_argv(
         # kernel on microvm's ACPI tables got no timer interrupt that way and hung in its
         # first sleep.
         cmdline = f"{cmdline} noapictimer"
+    return cmdline
+
+
+def build_argv(
+    spec: InstanceSpec, *, accel: str, tsc_khz: int | None, daemonize: bool = True
+) -> list[str]:
+    files = RunFiles(spec.rundir)
+    if spec.rumprun is not None:
+        # rumprun's launcher: QEMU's default CPU under TCG (2015's rumprun meets no CPU
+        # feature it does not know), PCI devices.
+        cmdline = _rumprun_cmdline(spec)
+        machine = ["-M", "pc", "-accel", accel, *(["-cpu", "host"] if accel == "kvm" else [])]
+        # When rumprun halts (the app is done) it writes to this port (the project's patch
+        # hw-halt-exits-qemu): QEMU exits, as -no-reboot makes it for a Linux guest.
+        machine += ["-device", "isa-debug-exit,iobase=0xf4,iosize=0x04"]
+        bus = "pci"
+    else:
+        cmdline = _linux_cmdline(spec, accel, tsc_khz)
+        machine = [
+            "-M",
+            f"microvm,acpi={'on' if spec.acpi else 'off'},x-option-roms=off",
+            "-accel",
+            accel,
+            # -cpu max offers RDRAND: the guest does not wait ~1 s for entropy under TCG.
+            "-cpu",
+            "host" if accel == "kvm" else "max",
+        ]
+        bus = "device"
     argv = [
         QEMU,
         "-name",
         f"uniklab-{spec.name},process=uniklab-{spec.name}",
-        "-M",
-        f"microvm,acpi={'on' if spec.acpi else 'off'},x-option-roms=off",
-        "-accel",
-        accel,
-        # -cpu max offers RDRAND, so the guest does not wait ~1 s for entropy under TCG.
-        "-cpu",
-        "host" if accel == "kvm" else "max",
+        *machine,
         "-m",
         f"{spec.memory_mb}M",
         "-smp",
@@ -142,18 +175,17 @@ def build_argv(
         *_runtime_args(files),
     ]
     for i, nic in enumerate(spec.nics):
-        argv += _netdev(i, nic, spec.time_service)
-    # The root disk comes first (/dev/vda); read-only, so every guest of an image shares
-    # the image's own file (QEMU's lock allows many readers).
-    disks = [(spec.root_disk, True)] if spec.root_disk is not None else []
-    disks += [(d, False) for d in spec.disks]
-    for i, (disk, readonly) in enumerate(disks):
-        ro = ",readonly=on" if readonly else ""
+        argv += _netdev(i, nic, spec.time_service, bus)
+    # The root disk comes first (/dev/vda), then the image's data disks; all read-only,
+    # so every guest of an image shares the image's own files (QEMU's lock allows many
+    # readers).
+    disks = [spec.root_disk] if spec.root_disk is not None else []
+    for i, disk in enumerate([*disks, *spec.disks]):
         argv += [
             "-drive",
-            f"id=d{i},file={_opt(disk)},format=raw,if=none{ro}",
+            f"id=d{i},file={_opt(disk)},format=raw,if=none,readonly=on",
             "-device",
-            f"virtio-blk-device,drive=d{i}",
+            f"virtio-blk-{bus},drive=d{i}",
         ]
     if daemonize:
         argv.append("-daemonize")

@@ -48,7 +48,6 @@ class BackendType:
     unavailable: Callable[[], str | None] = field(default=lambda: None)  # why not here
     aliases: tuple[str, ...] = ()
 
-
     @property
     def user_networking(self) -> bool:
         return self.user_net is not None

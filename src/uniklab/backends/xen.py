@@ -17,10 +17,10 @@ import logging
 import socket
 from pathlib import Path, PurePosixPath
 
-from uniklab.backends import xen_doctor, xl_parse
+from uniklab.backends import xen_doctor, xl_errors, xl_parse
 from uniklab.backends.base import Check, Handle, HostFacts, Inspection, InstanceSpec, Owned
 from uniklab.backends.registry import BackendContext, BackendType
-from uniklab.backends.xen_config import XenDomain, XenVif, build_config
+from uniklab.backends.xen_config import XenDisk, XenDomain, XenVif, build_config
 from uniklab.digest import sha256_file
 from uniklab.errors import CommandError, LaunchError, UniklabError
 from uniklab.executor import Executor
@@ -100,44 +100,51 @@ class XenBackend:
             out[name.strip()] = digest
         return out
 
-    def ensure_image(self, kernel: Path, initrd: Path) -> tuple[PurePosixPath, PurePosixPath]:
-        """Copy kernel and initrd to the host once; verify both by digest."""
-        want = {"kernel": sha256_file(kernel), "initrd": sha256_file(initrd)}
-        folder = REMOTE_ROOT / "images" / want["initrd"][:32]
-        targets = {k: folder / k for k in want}
-        have = self._remote_hashes(list(targets.values()))
-        if all(have.get(str(targets[k])) == want[k] for k in want):
-            return targets["kernel"], targets["initrd"]
-        self.ex.run(["mkdir", "-p", str(folder)], timeout=30)
-        for key, source in (("kernel", kernel), ("initrd", initrd)):
-            tmp = PurePosixPath(f"{targets[key]}.part")
-            self.ex.upload(source, str(tmp))
-            self.ex.run(["mv", "-f", str(tmp), str(targets[key])], timeout=30)
-        have = self._remote_hashes(list(targets.values()))
-        bad = [k for k in want if have.get(str(targets[k])) != want[k]]
-        if bad:
-            raise UniklabError(f"{self.ex.name}: image copy failed verification ({', '.join(bad)})")
-        return targets["kernel"], targets["initrd"]
+    def ensure_image(self, *files: Path) -> tuple[PurePosixPath, ...]:
+        """Copy each file (kernel, initrd, data disks) to the host once, named by its
+        sha256, and verify it there."""
+        want = [sha256_file(f) for f in files]
+        targets = [REMOTE_ROOT / "blobs" / digest for digest in want]
+        have = self._remote_hashes(targets)
+        missing = [i for i, t in enumerate(targets) if have.get(str(t)) != want[i]]
+        if missing:
+            self.ex.run(["mkdir", "-p", str(REMOTE_ROOT / "blobs")], timeout=30)
+        for i in missing:
+            tmp = PurePosixPath(f"{targets[i]}.part")
+            self.ex.upload(files[i], str(tmp))
+            self.ex.run(["mv", "-f", str(tmp), str(targets[i])], timeout=30)
+        if missing:
+            have = self._remote_hashes(targets)
+            bad = [files[i].name for i in missing if have.get(str(targets[i])) != want[i]]
+            if bad:
+                raise UniklabError(
+                    f"{self.ex.name}: image copy failed verification ({', '.join(bad)})"
+                )
+        return tuple(targets)
 
     # -- the Backend protocol ----------------------------------------------------------
     def create(self, spec: InstanceSpec) -> Handle:
-        if spec.initrd is None:
+        if spec.rumprun is None and spec.initrd is None:
             raise LaunchError("a Xen guest boots from an initrd: a --root image runs on QEMU only")
-        kernel, ramdisk = self.ensure_image(spec.kernel, spec.initrd)
         vifs = []
         for nic in spec.nics:
             if nic.kind != "host-bridge" or not nic.bridge:
                 raise LaunchError("a Xen guest's NIC joins a bridge of its host (--net BRIDGE)")
             vifs.append(XenVif(nic.mac, nic.bridge, self.vif_script))
+        rumprun_cfg = _rumprun_config(spec)
+        uploads = [spec.kernel, *([spec.initrd] if spec.initrd else []), *spec.disks]
+        kernel, *rest = self.ensure_image(*uploads)
+        ramdisk = rest.pop(0) if spec.initrd else None
         cfg_text = build_config(
             XenDomain(
                 name=spec.name,
                 kernel=str(kernel),
-                ramdisk=str(ramdisk),
-                cmdline=spec.cmdline,
+                ramdisk=None if ramdisk is None else str(ramdisk),
+                cmdline=None if rumprun_cfg else spec.cmdline,
                 memory_mb=spec.memory_mb,
                 vcpus=spec.vcpus,
                 vifs=vifs,
+                disks=[XenDisk(str(d), _xvd(i)) for i, d in enumerate(rest)],
             )
         )
         # An instance's runtime directory lives in its home's runtime root: that names the
@@ -147,17 +154,37 @@ class XenBackend:
         self.ex.run(["mkdir", "-p", str(cfg.parent)], timeout=30)
         self.ex.run(["sh", "-c", 'cat > "$1"', "sh", str(cfg)], input=owner + cfg_text, timeout=30)
         try:
-            self.ex.run(["xl", "create", str(cfg)], timeout=120)
+            if rumprun_cfg is None:
+                self.ex.run(["xl", "create", str(cfg)], timeout=120)
+            else:
+                # rumprun's launcher: create paused, give the config in the domain's
+                # xenstore directory (the guest reads rumprun/cfg at boot), unpause.
+                self.ex.run(["xl", "create", "-p", str(cfg)], timeout=120)
         except CommandError as exc:
             self.ex.run(["rm", "-f", str(cfg)], timeout=30, check=False)
+            said = exc.stderr.strip() and not exc.timed_out
+            detail = xl_errors.explain(exc.stderr, memory_mb=spec.memory_mb) if said else exc
             raise LaunchError(
-                f"xl create failed on {self.ex.name}: {exc}", argv=exc.argv, output=exc.stderr
+                f"xl create failed on {self.ex.name}: {detail}",
+                argv=exc.argv,
+                output=exc.stderr,
             ) from exc
         domid = self._domid(spec.name)
-        return Handle(
+        handle = Handle(
             pid=None,
             runtime={"host": self.ex.name, "domain": spec.name, "cfg": str(cfg), "domid": domid},
         )
+        if rumprun_cfg is not None:
+            try:
+                if domid is None:
+                    raise LaunchError(f"domain {spec.name} vanished after xl create -p")
+                key = f"/local/domain/{domid}/rumprun/cfg"
+                self.ex.run(["xenstore-write", key, rumprun_cfg], timeout=30)
+                self.ex.run(["xl", "unpause", str(domid)], timeout=60)
+            except BaseException:
+                self.destroy(handle)
+                raise
+        return handle
 
     def _domains(self, timeout: float = 30) -> list[xl_parse.Domain]:
         return xl_parse.parse_list(self.ex.run(["xl", "list"], timeout=timeout).stdout)
@@ -263,6 +290,30 @@ class XenBackend:
     # Last: the method's name shadows the builtin in annotations below it.
     def list(self) -> list[xl_parse.Domain]:
         return self._domains()
+
+
+_KERNFS = {"source": "dev", "path": "virtual", "fstype": "kernfs", "mountpoint": "/kern"}
+
+
+def _xvd(index: int) -> str:
+    return "xvd" + "abcdefghijklmnopqrstuvwxyz"[index]
+
+
+def _rumprun_config(spec: InstanceSpec) -> str | None:
+    """The rumprun config for ``xen`` as rumprun's launcher writes it: netfront NICs are
+    xenif<N>, created at boot (cloner); disks are etfs devices named by their xvd; kernfs
+    is always mounted on /kern."""
+    if spec.rumprun is None:
+        return None
+    try:
+        return spec.rumprun.render(
+            netif="xenif",
+            cloner=True,
+            blk=lambda i: {"source": "etfs", "path": _xvd(i)},
+            extra_blk=[_KERNFS],
+        )
+    except ValueError as exc:
+        raise LaunchError(f"{spec.name}: {exc}") from None
 
 
 def _create(ctx: BackendContext) -> XenBackend:

@@ -28,14 +28,21 @@ class XenVif:
 
 
 @dataclass(frozen=True)
+class XenDisk:
+    path: str  # on the Xen host
+    vdev: str  # xvda, xvdb…
+
+
+@dataclass(frozen=True)
 class XenDomain:
     name: str
     kernel: str  # path on the Xen host
-    ramdisk: str
-    cmdline: str
+    ramdisk: str | None  # None: a unikernel that needs none (rumprun)
+    cmdline: str | None  # the Linux command line (extra=, after console=hvc0); None: none
     memory_mb: int
     vcpus: int
     vifs: Sequence[XenVif] = ()
+    disks: Sequence[XenDisk] = ()  # read-only
 
 
 def build_config(d: XenDomain) -> str:
@@ -45,18 +52,21 @@ def build_config(d: XenDomain) -> str:
         if v.script:
             spec += f",script={v.script}"
         vifs.append(_q(spec))
+    disks = [_q(f"format=raw,vdev={k.vdev},access=ro,target={k.path}") for k in d.disks]
     lines = [
         "# written by uniklab",
         f"name = {_q(d.name)}",
         'type = "pv"',
         f"kernel = {_q(d.kernel)}",
-        f"ramdisk = {_q(d.ramdisk)}",
-        f"extra = {_q('console=hvc0 ' + d.cmdline)}",
+        *([f"ramdisk = {_q(d.ramdisk)}"] if d.ramdisk is not None else []),
+        *([f"extra = {_q('console=hvc0 ' + d.cmdline)}"] if d.cmdline is not None else []),
         f"memory = {int(d.memory_mb)}",
         f"maxmem = {int(d.memory_mb)}",
         f"vcpus = {int(d.vcpus)}",
         f"vif = [ {', '.join(vifs)} ]",
-        # The guest init reboots when the app exits: that ends the domain, as on QEMU.
+        *([f"disk = [ {', '.join(disks)} ]"] if disks else []),
+        # The guest reboots (Linux's init) or halts (rumprun) when the app exits: that ends
+        # the domain, as on QEMU.
         'on_poweroff = "destroy"',
         'on_reboot = "destroy"',
         'on_crash = "destroy"',

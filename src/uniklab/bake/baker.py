@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from uniklab import buildcache, faults, statcache
-from uniklab.bake import cpio, elf, erofs, kmod, source
+from uniklab.bake import cpio, elf, erofs, kmod, rumprun, source
 from uniklab.bake.image import ImageStore, KernelInfo, Manifest
 from uniklab.bake.kernel_choice import HOST, KernelChoice, choose_kernel
 from uniklab.bake.recipe import Recipe, builtin_dir
@@ -277,6 +277,11 @@ def bake(
     """
     say = progress or (lambda _msg: None)
     start = time.monotonic()
+    if recipe.kind == "rumprun":
+        if kernel != HOST or root is not None:
+            raise UsageError(f"{recipe.name} is a rumprun unikernel: it has no --kernel or --root")
+        m, cached = rumprun.bake(recipe, store=store, tag=tag, progress=say)
+        return BakeResult(m, cached, time.monotonic() - start)
     say("resolving inputs")
     if root is not None and root not in ROOTS:
         raise UsageError(f"invalid root {root!r}: use {' or '.join(ROOTS)}")

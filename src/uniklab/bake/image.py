@@ -30,17 +30,31 @@ class KernelInfo(BaseModel):
     choice: str = "host"
 
 
+class ImageDisk(BaseModel):
+    """A read-only data disk of the image (rumprun-packages' data.iso), mounted at boot."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    file: str
+    mount: str
+    size: int
+
+
 class Manifest(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     name: str
     tag: str
     digest: str
-    kind: str = "linux-initramfs"  # or linux-erofs: a read-only root disk
+    # linux-initramfs, linux-erofs (a read-only root disk), or rumprun (a unikernel).
+    kind: str = "linux-initramfs"
     platforms: list[str] = Field(default_factory=lambda: ["qemu", "xen"])
     created: float
     kernel: KernelInfo
-    initrd: str = "initrd"  # the root's file: the initramfs, or the erofs disk
+    # The kernel file per backend where they differ (rumprun: hw_virtio, xen_pv).
+    kernels: dict[str, str] = Field(default_factory=dict)
+    disks: list[ImageDisk] = Field(default_factory=list)
+    initrd: str = "initrd"  # the root's file: the initramfs, or the erofs disk; "" for none
     compression: str
     size: int  # kernel + root, bytes
     kernel_size: int
@@ -60,8 +74,19 @@ class Manifest(BaseModel):
 
     @property
     def root_kind(self) -> str:
-        """initramfs or erofs."""
+        """initramfs or erofs (rumprun: rumprun, the app is the kernel)."""
         return self.kind.removeprefix("linux-")
+
+    @property
+    def is_rumprun(self) -> bool:
+        return self.kind == "rumprun"
+
+    def parts(self) -> list[tuple[str, int]]:
+        """What the image is made of, (what, bytes), for one-line summaries."""
+        if self.is_rumprun:
+            disks = [("data disk", self.initrd_size)] if self.disks else []
+            return [("unikernel", self.kernel_size), *disks]
+        return [("kernel", self.kernel_size), (self.root_kind, self.initrd_size)]
 
     @property
     def block_root(self) -> bool:
@@ -91,8 +116,12 @@ class ImageStore:
             raise NotFoundError(f"image {digest[:19]} is not in the store (was it removed?)")
         return Manifest.model_validate_json(path.read_text())
 
-    def kernel_path(self, m: Manifest) -> Path:
-        return self.dir_for(m.digest) / m.kernel.file
+    def kernel_path(self, m: Manifest, backend: str | None = None) -> Path:
+        """The kernel ``backend`` boots (the image's one kernel, unless it has one each)."""
+        return self.dir_for(m.digest) / m.kernels.get(backend or "", m.kernel.file)
+
+    def disk_paths(self, m: Manifest) -> list[Path]:
+        return [self.dir_for(m.digest) / d.file for d in m.disks]
 
     def initrd_path(self, m: Manifest) -> Path:
         return self.dir_for(m.digest) / m.initrd

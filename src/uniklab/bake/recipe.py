@@ -261,11 +261,95 @@ class BuildSpec(BaseModel):
         return v
 
 
+RumprunTarget = Literal["hw_virtio", "xen_pv"]
+RUMPRUN_TARGETS: tuple[RumprunTarget, ...] = ("hw_virtio", "xen_pv")
+
+
+class RumprunDisk(BaseModel):
+    """A disk image the package's build leaves (relative to its directory), mounted at boot."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    src: str
+    mount: str
+
+    @field_validator("src")
+    @classmethod
+    def _src(cls, v: str) -> str:
+        return _relative(v, "disk src")
+
+    @field_validator("mount")
+    @classmethod
+    def _mount(cls, v: str) -> str:
+        p = PurePosixPath(v)
+        if not p.is_absolute() or ".." in p.parts or str(p) == "/" or re.search(r"[\s\"\\]", v):
+            raise ValueError(f"mount point must be an absolute path without spaces: {v!r}")
+        return str(p)
+
+
+class RumprunSpec(BaseModel):
+    """Build with a rumprun-packages package's own Makefile, then ``rumprun-bake``.
+
+    ``make`` runs in ``rumprun-packages/<package>`` with the rumprun toolchain on PATH; the
+    pinned sources it would download (``downloads``, names of uniklab's pins) are put in
+    its ``dl/`` first.  ``binary`` and ``disks`` are what it leaves, relative to it.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    package: str
+    make: list[str] = Field(default_factory=list)  # targets; none: the Makefile's default
+    downloads: list[str] = Field(default_factory=list)
+    binary: str
+    disks: list[RumprunDisk] = Field(default_factory=list)
+    targets: list[RumprunTarget] = Field(default_factory=lambda: list(RUMPRUN_TARGETS))
+
+    @field_validator("package")
+    @classmethod
+    def _package(cls, v: str) -> str:
+        if not re.match(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$", v):
+            raise ValueError(f"invalid rumprun-packages package name {v!r}")
+        return v
+
+    @field_validator("make")
+    @classmethod
+    def _make(cls, v: list[str]) -> list[str]:
+        for t in v:
+            if not re.match(r"^[A-Za-z0-9_./=+-]+$", t) or t.startswith("-"):
+                raise ValueError(f"invalid make target {t!r}")
+        return v
+
+    @field_validator("binary")
+    @classmethod
+    def _binary(cls, v: str) -> str:
+        return _relative(v, "binary")
+
+    @field_validator("targets")
+    @classmethod
+    def _targets(cls, v: list[RumprunTarget]) -> list[RumprunTarget]:
+        if not v or len(set(v)) != len(v):
+            raise ValueError(f"targets: give each of {', '.join(RUMPRUN_TARGETS)} at most once")
+        return v
+
+
+def _relative(v: str, what: str) -> str:
+    p = PurePosixPath(v)
+    if not v or p.is_absolute() or ".." in p.parts or "\0" in v or p.name in ("", "."):
+        raise ValueError(f"{what} must be a file path inside the package: {v!r}")
+    return str(p)
+
+
+# Keys that shape a Linux image's root; a rumprun image has none (the app is the kernel).
+LINUX_ONLY = ("install_as", "modules", "libs", "files", "dirs", "users", "groups", "docroot")
+
+
 class Recipe(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     name: str
     description: str = ""
+    kind: Literal["linux", "rumprun"] = "linux"
+    rumprun: RumprunSpec | None = None  # kind = "rumprun": how to build and bake it
     binary: str | None = None  # a host binary, or:
     build: BuildSpec | None = None  # built from source
     install_as: str | None = None
@@ -393,6 +477,10 @@ class Recipe(BaseModel):
 
     @model_validator(mode="after")
     def _consistent(self) -> Recipe:
+        if self.kind == "rumprun":
+            return self._rumprun_consistent()
+        if self.rumprun is not None:
+            raise ValueError('[rumprun] goes with kind = "rumprun"')
         if (self.binary is None) == (self.build is None):
             raise ValueError("give exactly one of binary (a host path) or [build]")
         if self.probe.kind != "console":
@@ -433,6 +521,19 @@ class Recipe(BaseModel):
                     raise ValueError(f"group {g.name}: member {member!r} is not a declared user")
         return self
 
+    def _rumprun_consistent(self) -> Recipe:
+        if self.rumprun is None:
+            raise ValueError('kind = "rumprun" needs a [rumprun] table')
+        if self.binary is not None or self.build is not None:
+            raise ValueError('kind = "rumprun" builds with [rumprun], not binary or [build]')
+        given = [k for k in LINUX_ONLY if getattr(self, k)]
+        if given or self.workdir != "/" or self.page is not None:
+            key = given[0] if given else ("workdir" if self.workdir != "/" else "page")
+            raise ValueError(f"{key}: a rumprun image has no root filesystem to shape")
+        if self.probe.kind != "console" and self.probe_port is None:
+            raise ValueError(f"probe {self.probe.kind} needs a port (probe.port or ports)")
+        return self
+
     @property
     def image_binary_path(self) -> str:
         return self.install_as or f"/bin/{PurePosixPath(self.source_path).name}"
@@ -440,6 +541,8 @@ class Recipe(BaseModel):
     @property
     def source_path(self) -> str:
         """The host binary, or the build's output path in its source tree."""
+        if self.rumprun is not None:
+            return self.rumprun.binary
         if self.build is not None:
             return self.build.output
         return self.binary or ""

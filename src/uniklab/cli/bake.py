@@ -94,7 +94,5 @@ def bake(
         return
     how = "cached" if result.cached else "baked"
     common.out.print(
-        f"{m.ref} {m.short_digest} {how} in {result.seconds:.2f}s: "
-        f"kernel {common.human_size(m.kernel_size)} + {m.root_kind} "
-        f"{common.human_size(m.initrd_size)}"
+        f"{m.ref} {m.short_digest} {how} in {result.seconds:.2f}s: {common.image_parts(m)}"
     )

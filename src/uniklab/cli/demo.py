@@ -45,8 +45,7 @@ def demo(ctx: click.Context, memory: str, keep: bool) -> None:
     m = res.manifest
     common.out.print(
         f"{m.ref} {m.short_digest} ({'cached' if res.cached else 'baked'} in "
-        f"{res.seconds:.2f}s) kernel {common.human_size(m.kernel_size)} + {m.root_kind} "
-        f"{common.human_size(m.initrd_size)}"
+        f"{res.seconds:.2f}s) {common.image_parts(m)}"
     )
     _step(f"uniklab run redis --name {name} --memory {memory} --vcpus 1 --wait")
     start = time.monotonic()

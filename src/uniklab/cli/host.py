@@ -24,9 +24,7 @@ def host() -> None:
 @click.option("--known-hosts", help="A known_hosts file for this host (strict checking).")
 @click.option("--data", help="Data-plane address (default: the SSH address).")
 @click.option("--bmc", help="BMC / iLO address (inventory only; never contacted).")
-@click.option(
-    "--hypervisor", type=click.Choice(registry.names()), default="xen", show_default=True
-)
+@click.option("--hypervisor", type=click.Choice(registry.names()), default="xen", show_default=True)
 @click.option("-l", "--label", "labels", multiple=True, metavar="KEY=VALUE")
 @click.option("--replace", is_flag=True, help="Replace an existing entry of that name.")
 @click.pass_context

@@ -21,7 +21,7 @@ struct jv {
 /* Parse text[0..len); NULL on error with a message in err. The tree is heap-allocated.
  * Refused on purpose, though Python's json takes them: NaN and Infinity, strings holding
  * U+0000 or a lone surrogate, and values nested deeper than 32 (the top level is depth 0).
- * tests/fuzz/ checks the rest against Python's json. */
+ * tests/guest/test_guest_json.py checks the rest against Python's json. */
 struct jv *json_parse(const char *text, size_t len, char *err, size_t errlen);
 void json_free(struct jv *v);
 /* Member of an object by name, or NULL. */

@@ -2,10 +2,10 @@
 
 ``up`` boots Xen 4.17 with a PV dom0 from ``uniklab.bake.dom0`` (the host's kernel, a
 bash init, the Xen toolstack, sshd, dnsmasq on an internal bridge ``xenbr0``) and
-returns once ``ssh … xl list`` answers on 127.0.0.1; ``down`` stops it.  The QEMU
-outlives the CLI, with a runtime directory like an instance's, and is launched and
-stopped as the QEMU backend's guests are (``uniklab.backends.qemu_process``).  The CLI
-calls it ``uniklab lab``; on disk it lives under ``labs/<name>``.
+returns once the Xen backend, over ssh to 127.0.0.1, reads the host's facts; ``down``
+stops it.  The QEMU outlives the CLI, with a runtime directory like an instance's, and is
+launched and stopped as the QEMU backend's guests are (``uniklab.backends.qemu_process``).
+The CLI calls it ``uniklab lab``; on disk it lives under ``labs/<name>``.
 """
 
 from __future__ import annotations
@@ -20,11 +20,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from uniklab import daemons, validate
-from uniklab.backends import qemu_process
+from uniklab.backends import qemu_process, registry
+from uniklab.backends.base import Backend
 from uniklab.backends.qemu_argv import RunFiles, XenHostSpec, build_xenhost_argv
 from uniklab.bake import dom0
 from uniklab.errors import (
-    CommandError,
     LaunchError,
     NotFoundError,
     ProbeTimeoutError,
@@ -159,7 +159,6 @@ def ssh_argv(host: VirtualXenHost, remote: Sequence[str], *, connect_timeout: in
     return executor(host, connect_timeout=connect_timeout).ssh_argv(remote)
 
 
-
 # ---------------------------------------------------------------- up / down / status
 
 
@@ -201,9 +200,9 @@ def _console_tail(files: VirtualXenFiles, lines: int = 30) -> str:
 
 
 def up(paths: Paths, name: str = DEFAULT_NAME, *, timeout: float = UP_TIMEOUT) -> VirtualXenHost:
-    """Boot the virtual Xen host and wait until ``xl list`` answers over ssh; one that
-    already runs is returned as it is once it answers.  If a boot fails, its QEMU is
-    stopped and its runtime directory removed."""
+    """Boot the virtual Xen host and wait until its Xen toolstack answers over ssh (the Xen
+    backend reads the host's facts); one that already runs is returned as it is once it
+    answers.  If a boot fails, its QEMU is stopped and its runtime directory removed."""
     validate.name(name, "lab name")
     paths.ensure()
     files = VirtualXenFiles(paths, name)
@@ -271,7 +270,17 @@ def up(paths: Paths, name: str = DEFAULT_NAME, *, timeout: float = UP_TIMEOUT) -
         return host
 
 
+def _backend(files: VirtualXenFiles, host: VirtualXenHost) -> Backend:
+    """The backend of the lab's hypervisor (Xen), driving its dom0 over ssh."""
+    ex = executor(host)
+    ctx = registry.BackendContext(host=ex.host, executor=ex, cache=files.paths.cache)
+    return registry.create(registry.for_host(ex.host).name, ctx)
+
+
 def _wait_ready(files: VirtualXenFiles, host: VirtualXenHost, pid: int, deadline: float) -> None:
+    """Return once the lab's Xen toolstack answers its backend over ssh (its facts name the
+    host's memory); raise if the QEMU exits first or the deadline passes."""
+    engine = _backend(files, host)
     last = "no answer yet"
     while True:
         if not qemu_process.running(pid, files.run):
@@ -281,15 +290,15 @@ def _wait_ready(files: VirtualXenFiles, host: VirtualXenHost, pid: int, deadline
         # Ask sshd only once the init says it started it: no futile handshakes under TCG.
         if dom0.READY_MARK in _console_tail(files, 400):
             try:
-                res = local.run(ssh_argv(host, ["xl", "list"]), timeout=_SSH_PROBE_TIMEOUT)
-                if "Domain-0" in res.stdout:
+                facts = engine.facts(timeout=_SSH_PROBE_TIMEOUT)
+                if facts.total_memory_mb:
                     return
-                last = f"xl list printed {res.stdout.strip()[:200]!r}"
-            except CommandError as exc:
+                last = f"the Xen toolstack answered without the host's memory ({facts.detail})"
+            except UniklabError as exc:  # ssh not up yet, the toolstack not answering
                 last = str(exc)
         if time.monotonic() >= deadline:
             raise ProbeTimeoutError(
-                f"lab {files.name}: 'xl list' over ssh did not answer in time",
+                f"lab {files.name}: the Xen toolstack did not answer over ssh in time",
                 last_error=last,
                 console_tail=_console_tail(files),
             )

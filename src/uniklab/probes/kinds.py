@@ -41,7 +41,8 @@ class TcpProbe:
 
 @dataclass(frozen=True)
 class RedisProbe:
-    """PING, then a SET/GET round trip of a random key (deleted afterwards)."""
+    """PING, then a SET/GET round trip of a random key (deleted afterwards).  In RESP2:
+    redis-py >= 8 otherwise opens with HELLO, which Redis before 6 does not know."""
 
     name: str = "redis"
 
@@ -49,6 +50,7 @@ class RedisProbe:
         client = redis.Redis(
             host=endpoint.host,
             port=_need_port(endpoint),
+            protocol=2,
             socket_timeout=timeout,
             socket_connect_timeout=timeout,
         )

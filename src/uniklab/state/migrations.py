@@ -82,6 +82,7 @@ V1 = _sql(
     )""",
 )
 
+
 def _legacy_nics(runtime: dict[str, Any], publish: object) -> list[Attachment]:
     """The NICs of a row of uniklab ≤ 0.2, which kept them as runtime keys: ``nics``
     (taps on uniklab networks), ``xen_nics`` (a Xen host's bridges), else one user-mode

@@ -75,6 +75,7 @@ PATCHES = (
     Patch("netbsd-setjmp-stack-alignment.patch", ("hw", "xen")),
     Patch("xen-header-probe-idirafter.patch", ("xen",)),
     Patch("xen-minios-no-werror-fcommon.patch", ("xen",)),
+    Patch("hw-halt-exits-qemu.patch", ("hw",)),
 )
 
 

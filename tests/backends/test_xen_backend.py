@@ -1,0 +1,250 @@
+"""The runbook on a real Xen: the virtual Xen host (Xen 4.17 under QEMU), registered as
+an inventory host, `host doctor`, Redis as a PV domU on xenbr0 with the runbook's MAC and
+DHCP, its address found by MAC, probed through an SSH tunnel, listed, destroyed; a domain
+`xl destroy`ed behind uniklab's back; `gc` on the host.
+
+The lab boots once for the module (the slow part under TCG); each test leaves it empty."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+
+from tests.backends.contract import BackendContract, Target
+from tests.support.homes import copy_home
+from tests.support.leaks import qemu_processes
+from uniklab.backends import xen
+from uniklab.cli.main import main
+from uniklab.executor import Executor
+from uniklab.lab import Lab, RunOptions
+from uniklab.net.attach import NicRequest
+from uniklab.paths import Paths
+from uniklab.state.store import InstanceRow
+
+pytestmark = [pytest.mark.e2e, pytest.mark.root]
+
+XEN_LAB = "xenlab"
+
+
+@pytest.fixture(scope="module")
+def xen_home(image_home: Path) -> Iterator[Path]:
+    """A home with the virtual Xen host up (registered as host XEN_LAB), for the module."""
+    path = copy_home(image_home, "ukl-x-")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("UNIKLAB_HOME", str(path))
+        try:
+            start = time.monotonic()
+            assert main(["lab", "up", "--name", XEN_LAB]) == 0
+            print(f"lab up: {time.monotonic() - start:.1f}s")
+            yield path
+        finally:
+            main(["lab", "down", "--name", XEN_LAB])
+            left = qemu_processes(str(path))
+            for line in left:
+                os.kill(int(line.split()[0]), 9)
+            shutil.rmtree(path, ignore_errors=True)
+            assert left == [], f"the lab's QEMU outlived `lab down`: {left}"
+
+
+@pytest.fixture
+def lab_home(xen_home: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """The module's home for one test; what a failed test left on the lab goes after it."""
+    monkeypatch.setenv("UNIKLAB_HOME", str(xen_home))
+    yield xen_home
+    cleanup = Lab(Paths(xen_home))
+    try:
+        for row in cleanup.store.instances():
+            with contextlib.suppress(Exception):
+                cleanup.destroy(row.name)
+    finally:
+        cleanup.close()
+
+
+@pytest.fixture
+def xen_lab(lab_home: Path) -> str:
+    return XEN_LAB
+
+
+@pytest.fixture
+def dom0(lab: Lab, xen_lab: str) -> Executor:
+    return lab.hosts.executor(lab.hosts.get(xen_lab))
+
+
+def _left_on(dom0: Executor) -> tuple[list[str], list[str], list[str]]:
+    """Domains, domain configs and console logs on the dom0."""
+    domains = [ln.split()[0] for ln in dom0.run(["xl", "list"]).stdout.splitlines()[1:]]
+    cfgs = dom0.run(["ls", str(xen.DOMAINS)]).stdout.split()
+    logs = dom0.run(["ls", str(xen.CONSOLE_DIR)]).stdout.split()
+    return domains, cfgs, logs
+
+
+def _run(xen_lab: str, name: str, *extra: str) -> None:
+    argv = ["run", "redis", "--host", xen_lab, "--name", name, "--memory", "128M"]
+    assert main([*argv, "--net", "xenbr0", *extra]) == 0
+
+
+def _json(capsys: pytest.CaptureFixture[str], *argv: str) -> object:
+    capsys.readouterr()
+    assert main([*argv, "--json"]) == 0
+    return json.loads(capsys.readouterr().out)
+
+
+def test_redis_domu_on_xen(
+    xen_lab: str, lab: Lab, dom0: Executor, capsys: pytest.CaptureFixture[str]
+) -> None:
+    checks = _json(capsys, "host", "doctor", xen_lab)
+    assert isinstance(checks, list) and all(c["ok"] for c in checks), checks
+
+    start = time.monotonic()
+    assert (
+        main(
+            [
+                "run",
+                "redis",
+                "--host",
+                xen_lab,
+                "--name",
+                "redis",
+                "--memory",
+                "128M",
+                "--net",
+                "xenbr0",
+                "--mac",
+                "00:11:22:33:44:55",
+                "--wait",
+            ]
+        )
+        == 0
+    )
+    ready = time.monotonic() - start
+    start = time.monotonic()
+    rows = _json(capsys, "ps", "--host", xen_lab)
+    ps_s = time.monotonic() - start
+    assert isinstance(rows, list)
+    [row] = rows
+    assert (row["name"], row["backend"], row["state"]) == ("redis", "xen", "running")
+    assert (row["memory_mb"], row["vcpus"]) == (128, 1)
+
+    info = lab.ip("redis")
+    assert info.source == f"dhcp lease on {xen_lab}" and info.host.startswith("10.99.0.")
+    assert lab.check("redis").ok
+    # a real client, through the same kind of tunnel, PING / SET / GET
+    ep = lab.endpoint(lab.get("redis"), 6379)
+    r = redis.Redis(ep.host, ep.port, socket_timeout=10)
+    assert r.ping() and r.set("foo", "bar") and r.get("foo") == b"bar"
+    assert "uniklab-init: exec /bin/redis-server" in lab.logs("redis")
+
+    # The domain's config names the home that made it (what gc goes by).
+    cfg = dom0.run(["cat", str(xen.cfg_path("redis"))]).stdout
+    assert cfg.splitlines()[0] == f"{xen.OWNER_PREFIX}{xen.owner_tag(lab.paths.run)}"
+
+    start = time.monotonic()
+    assert main(["destroy", "redis"]) == 0
+    destroy_s = time.monotonic() - start
+    assert _left_on(dom0) == (["Domain-0"], [], [])
+    print(f"run->PONG {ready:.1f}s, ps over ssh {ps_s:.2f}s, destroy {destroy_s:.2f}s")
+
+
+def test_xl_destroy_behind_uniklabs_back(
+    xen_lab: str, lab: Lab, dom0: Executor, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _run(xen_lab, "victim", "--wait")
+    dom0.run(["xl", "destroy", "victim"])
+    rows = _json(capsys, "ps", "--host", xen_lab)
+    assert isinstance(rows, list)
+    [row] = rows
+    assert (row["name"], row["state"]) == ("victim", "crashed")
+    assert "domain victim is gone" in row["exit_reason"], row  # the backend's word
+    capsys.readouterr()
+    assert main(["ps"]) == 0
+    assert f"crashed ({row['exit_reason']})" in capsys.readouterr().out
+    start = time.monotonic()
+    assert main(["destroy", "victim"]) == 0
+    destroy_s = time.monotonic() - start
+    assert lab.store.instances() == []
+    assert _left_on(dom0) == (["Domain-0"], [], [])
+    assert _json(capsys, "gc", "--dry-run") == []
+    print(
+        f"xl destroy behind uniklab's back: ps says crashed ({row['exit_reason']}); "
+        f"destroy {destroy_s:.2f}s"
+    )
+
+
+def test_gc_sweeps_the_xen_host(
+    xen_lab: str, lab: Lab, dom0: Executor, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Both ready first: domUs still booting under TCG keep the dom0 too busy to answer
+    # within gc's bound, and a host that does not answer is reported, not swept.
+    _run(xen_lab, "keep", "--wait")
+    _run(xen_lab, "orphan", "--wait")
+    # The store forgets the orphan (as if its row were lost): its domain runs on.  A
+    # config is left whose domain is gone, and another home has a config there too.
+    lab.store.delete_instance(lab.store.instance("orphan").id)
+    dom0.run(["sh", "-c", 'cp "$1/orphan.cfg" "$1/ghost.cfg"', "sh", str(xen.DOMAINS)])
+    other = str(xen.DOMAINS / "other.cfg")
+    dom0.run(["sh", "-c", 'cat > "$1"', "sh", other], input=f"{xen.OWNER_PREFIX}0123456789abcdef\n")
+    # And a registered host that does not answer.
+    assert main(["host", "add", "deadxen", "--ssh", "root@127.0.0.1", "--port", "1"]) == 0
+    try:
+        capsys.readouterr()
+        start = time.monotonic()
+        assert main(["gc", "--dry-run", "--json"]) == 1
+        dry_s = time.monotonic() - start
+        out, err = capsys.readouterr()
+        found = sorted((i["kind"], i["name"], i["host"]) for i in json.loads(out))
+        assert found == [("domain", "orphan", xen_lab), ("domain-cfg", "ghost", xen_lab)], err
+        assert err.count("\n") == 1 and "host deadxen not swept" in err
+        assert "orphan" in _left_on(dom0)[0]  # a dry run removes nothing
+        start = time.monotonic()
+        assert main(["gc"]) == 1
+        gc_s = time.monotonic() - start
+    finally:
+        assert main(["host", "rm", "deadxen"]) == 0
+    # The lab itself (a QEMU under this home) is not a leftover: it still answers.
+    assert _left_on(dom0) == (
+        ["Domain-0", "keep"],
+        ["keep.cfg", "other.cfg"],
+        ["guest-keep.log"],
+    )
+    assert _json(capsys, "gc") == []
+    assert main(["destroy", "keep"]) == 0
+    dom0.run(["rm", "-f", other])
+    assert _left_on(dom0) == (["Domain-0"], [], [])
+    print(
+        f"gc on the Xen host: dry run {dry_s:.2f}s, removal {gc_s:.2f}s "
+        "(with a dead host registered)"
+    )
+
+
+def test_xen_bad_input(home: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Refused before any connection: the host is registered but nothing listens there."""
+    xen_lab = "deadxen"
+    assert main(["host", "add", xen_lab, "--ssh", "root@127.0.0.1", "--port", "1"]) == 0
+    for argv, msg in [
+        (["run", "redis", "--host", xen_lab], "give --net BRIDGE"),
+        (["run", "redis", "--host", xen_lab, "--net", "xenbr0", "-p", "1:6379"], "-p"),
+        (["run", "redis", "--host", xen_lab, "--net", "bad bridge"], "invalid network name"),
+        (["run", "redis", "--host", "nosuchhost", "--net", "xenbr0"], "no such host"),
+    ]:
+        assert main(argv) != 0
+        assert msg in capsys.readouterr().err, argv
+
+
+class TestXenContract(BackendContract):
+    """The backend contract on the virtual Xen host: PV domUs on its xenbr0."""
+
+    @pytest.fixture
+    def target(self, lab: Lab, xen_lab: str, dom0: Executor) -> Target:
+        def xl_destroy(lab: Lab, row: InstanceRow) -> None:
+            dom0.run(["xl", "destroy", row.name])
+
+        opts = RunOptions(host=xen_lab, memory="128M", net=[NicRequest("xenbr0")])
+        return Target(lab, opts, xl_destroy)

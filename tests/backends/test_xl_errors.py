@@ -1,0 +1,33 @@
+"""libxl's raw errors (recorded from Xen 4.17 on the virtual Xen host) become one line
+that says what to do."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from uniklab.backends.xl_errors import explain
+
+FIX = Path(__file__).parent.parent / "fixtures" / "xen"
+
+
+def test_a_guest_too_big_for_its_memory_says_the_minimum_way_out() -> None:
+    # Debian's kernel and a Linux initramfs at the runbook's 64 MB (`uniklab run redis
+    # --host xenlab --net xenbr0 --memory 64M`): libxl says "No such file or directory".
+    said = explain((FIX / "xl_create_64M_linux.stderr").read_text(), memory_mb=64)
+    assert said.startswith("64 MB is too little for this guest's kernel and initrd")
+    assert "-m 128M" in said and "--kernel specialised" in said
+    assert "\n" not in said
+
+
+def test_a_taken_name_names_the_domain() -> None:
+    said = explain((FIX / "xl_create_exists.stderr").read_text())
+    assert said.startswith("a domain named redis already exists") and "xl destroy redis" in said
+
+
+def test_an_unknown_error_is_libxls_first_message_without_its_source_location() -> None:
+    said = explain((FIX / "xl_destroy_id_missing.stderr").read_text())
+    assert said == "Non-existant domain"
+
+
+def test_nothing_said() -> None:
+    assert explain("Parsing config from /x.cfg\n") == "no output"

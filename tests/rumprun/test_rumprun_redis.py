@@ -1,0 +1,122 @@
+"""The runbook's own unikernel, for real: rumprun-packages' Redis 3.0.6 baked with the
+rumprun toolchain (built once per machine from the pinned sources), run under QEMU as
+rumprun's launcher runs it, talked to, and destroyed."""
+
+from __future__ import annotations
+
+import shutil
+import struct
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+from elftools.elf.elffile import ELFFile
+
+from tests.support.homes import copy_home, make_baked_home
+from tests.support.leaks import assert_nothing_left, qemu_processes
+from uniklab import api
+from uniklab.lab import Lab, RunOptions
+from uniklab.paths import Paths
+
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(45 * 60)]
+IMAGE = "rumprun-redis"
+MULTIBOOT_MAGIC = 0x1BADB002
+
+
+@pytest.fixture(scope="module")
+def baked() -> Iterator[Path]:
+    path = make_baked_home("ukr-img-", IMAGE)
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture
+def home(baked: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    path = copy_home(baked, "ukr-")
+    monkeypatch.setenv("UNIKLAB_HOME", str(path))
+    yield path
+    for line in qemu_processes(str(path)):
+        import os
+
+        os.kill(int(line.split()[0]), 9)
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture
+def lab(home: Path) -> Iterator[Lab]:
+    lab = Lab(Paths(home))
+    yield lab
+    for row in lab.store.instances():
+        lab.destroy(row.name)
+    lab.close()
+
+
+def _multiboot(path: Path) -> bool:
+    head = path.read_bytes()[:8192]
+    for off in range(0, len(head) - 12, 4):
+        magic, flags, checksum = struct.unpack_from("<III", head, off)
+        if magic == MULTIBOOT_MAGIC and (magic + flags + checksum) & 0xFFFFFFFF == 0:
+            return True
+    return False
+
+
+def _xen_pv(path: Path) -> bool:
+    with open(path, "rb") as fh:
+        elf = ELFFile(fh)
+        return elf.get_section_by_name("__xen_guest") is not None
+
+
+def test_the_image_holds_both_platforms_and_bakes_again_from_cache(lab: Lab) -> None:
+    m = lab.image(f"{IMAGE}:latest")
+    assert m.kind == "rumprun" and m.platforms == ["qemu", "xen"]
+    assert m.memory == "64M" and m.entrypoint == ["redis-server", "/data/conf/redis.conf"]
+    assert _multiboot(lab.images.kernel_path(m, "qemu"))
+    assert _xen_pv(lab.images.kernel_path(m, "xen"))
+    [disk] = m.disks
+    assert disk.mount == "/data" and lab.images.disk_paths(m)[0].stat().st_size == disk.size
+    # Debug sections stripped: a few MB, not rumprun-bake's 21 MB.
+    assert m.kernel_size < 8 * 2**20
+    again = lab.bake(IMAGE)
+    assert again.cached and again.manifest.digest == m.digest
+
+
+def test_run_ping_set_get_destroy_at_the_runbooks_64M(lab: Lab, home: Path) -> None:
+    view = lab.run(IMAGE, RunOptions(name="rr"))
+    assert view.state == "running" and view.row.memory_mb == 64
+    info = lab.ip("rr")
+    client = redis.Redis("127.0.0.1", info.ports[0][0], socket_timeout=10, protocol=2)
+    assert client.ping() is True
+    assert client.set("runbook", "unikernel") and client.get("runbook") == b"unikernel"
+    assert client.info()["redis_version"] == "3.0.6"
+    logs = lab.logs("rr")
+    assert '=== calling "redis-server" main() ===' in logs
+    assert "The server is now ready to accept connections on port 6379" in logs
+    assert lab.check("rr").ok
+    lab.destroy("rr")
+    assert_nothing_left(home)
+
+
+def test_the_apps_exit_ends_the_guest_and_says_why(lab: Lab) -> None:
+    """rumprun halts when the app exits; the project's patch makes QEMU exit then."""
+    lab.run(IMAGE, RunOptions(name="bad", args=("--port", "notaport"), wait=False))
+    deadline = time.monotonic() + 120
+    while (row := lab.get("bad").row).state == "running" and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert row.state == "crashed", lab.logs("bad")[-2000:]
+    assert row.exit_reason == "app exited status 1"
+
+
+def test_python_api_at_32M(home: Path) -> None:
+    with api.run(IMAGE, memory="32M", home=home) as inst:
+        r = inst.redis()
+        assert r.ping() is True and r.set("k", "v") and r.get("k") == b"v"
+    assert_nothing_left(home)
+
+
+def test_two_nics_are_refused_in_one_line(lab: Lab) -> None:
+    from uniklab.errors import UsageError
+
+    with pytest.raises(UsageError, match="one NIC"):
+        lab.run(IMAGE, RunOptions(name="two", net=("a", "b"), publish=()))
