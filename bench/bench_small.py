@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shlex
 import shutil
 import subprocess
@@ -51,7 +52,7 @@ class Variant:
     label: str
     recipe: str
     kernel: str  # what `uniklab bake --kernel` takes
-    root: str  # what `uniklab bake --root` takes
+    root: str | None  # what `uniklab bake --root` takes (None: a rumprun image has none)
     tag: str
     memory_mb: int  # for the boot timings
     floor_range: tuple[int, int]  # (fails, serves) bounds for the floor search
@@ -71,7 +72,9 @@ def _mem_available() -> int:
 
 def _ping(port: int, timeout: float = 5.0) -> bool:
     try:
-        return bool(redis.Redis("127.0.0.1", port, socket_timeout=timeout).ping())
+        # RESP2: redis-py >= 8 opens with HELLO, which the rumprun image's Redis 3.0.6 refuses.
+        client = redis.Redis("127.0.0.1", port, socket_timeout=timeout, protocol=2)
+        return bool(client.ping())
     except redis.RedisError:
         return False
 
@@ -107,6 +110,30 @@ def boot(
     return answered, took, rss
 
 
+def throughput(lab: Lab, ref: str, memory_mb: int, requests: int) -> dict[str, float]:
+    """redis-benchmark SET and GET (requests/s, 10 clients) through the guest's published
+    port: the same user-mode networking for every image."""
+    out: dict[str, float] = {}
+    try:
+        view = lab.run(ref, RunOptions(name="bench-tp", memory=f"{memory_mb}M", timeout=60))
+        port = view.forwards[0][0]
+        res = subprocess.run(
+            ["redis-benchmark", "-p", str(port), "-t", "set,get", "-n", str(requests),
+             "-c", "10", "-q"],
+            capture_output=True, text=True, timeout=600, check=True,
+        )  # fmt: skip
+        for line in res.stdout.replace("\r", "\n").splitlines():
+            m = re.match(r"^(SET|GET): ([\d.]+) requests per second", line.strip())
+            if m:
+                out[f"bench_{m.group(1).lower()}_rps"] = round(float(m.group(2)))
+    except (UniklabError, subprocess.SubprocessError) as exc:
+        print(f"  throughput of {ref} not measured: {exc}", flush=True)
+    finally:
+        for v in lab.ps():
+            lab.destroy(v.name)
+    return out
+
+
 def memory_floor(lab: Lab, ref: str, lo: int, hi: int, step: int) -> int:
     """Smallest memory (MiB, a multiple of step) at which Redis answers: ``lo`` is assumed
     to fail and ``hi`` to serve (checked); binary search between them."""
@@ -124,7 +151,7 @@ def memory_floor(lab: Lab, ref: str, lo: int, hi: int, step: int) -> int:
     return hi
 
 
-def measure(v: Variant, boots: int, step: int) -> None:
+def measure(v: Variant, boots: int, step: int, requests: int = 0) -> None:
     home = Path(tempfile.mkdtemp(prefix="ukl-bs-", dir="/tmp"))
     lab = Lab(Paths(home))
     try:
@@ -141,6 +168,8 @@ def measure(v: Variant, boots: int, step: int) -> None:
         waited = boot(lab, ref, v.memory_mb, wait=True)
         print(f"{v.label}: run→PONG {ok}", flush=True)
         floor = memory_floor(lab, ref, *v.floor_range, step)
+        if requests:
+            v.results.update(throughput(lab, ref, v.memory_mb, requests))
         v.results.update(
             bake_cold_s=round(cold, 3),
             bake_cached_s=round(cached, 3),
@@ -148,7 +177,7 @@ def measure(v: Variant, boots: int, step: int) -> None:
             root_mb=round(m.initrd_size / MB, 2),
             image_mb=round(m.size / MB, 2),
             root_files=m.files,
-            acpi=str(m.acpi),
+            acpi=str(m.acpi) if not m.is_rumprun else "(pc machine)",
             boots_ok=f"{len(ok)}/{boots}",
             run_to_pong_s=round(ok[len(ok) // 2], 2) if ok else float("nan"),
             run_to_pong_min_s=round(ok[0], 2) if ok else float("nan"),
@@ -297,6 +326,8 @@ ROWS = [
     ("QEMU resident memory (MB)", "qemu_rss_mb"),
     ("  ... at guest memory (MiB)", "boot_memory_mb"),
     ("smallest memory that serves (MiB)", "memory_floor_mb"),
+    ("redis-benchmark SET (req/s, 10 clients)", "bench_set_rps"),
+    ("redis-benchmark GET (req/s, 10 clients)", "bench_get_rps"),
 ]
 
 
@@ -318,7 +349,7 @@ def ratios(generic: Variant, small: Variant) -> list[str]:
 def table(variants: list[Variant]) -> str:
     head = f"| {'':36} | " + " | ".join(f"{v.label:>18}" for v in variants) + " |"
     sep = "|" + "-" * 38 + "|" + "|".join("-" * 20 for _ in variants) + "|"
-    what = " | ".join(f"{f'{v.recipe}, {v.root}':>18}" for v in variants)
+    what = " | ".join(f"{v.recipe + ', ' + (v.root or 'unikernel'):>18}" for v in variants)
     lines = [head, sep, f"| {'recipe, root':36} | {what} |"]
     for name, key in ROWS:
         cells = " | ".join(f"{v.results.get(key, '')!s:>18}" for v in variants)
@@ -326,7 +357,13 @@ def table(variants: list[Variant]) -> str:
     return "\n".join(lines)
 
 
-def plots(variants: list[Variant], sc: dict[str, object] | None, out: Path) -> list[Path]:
+def plots(
+    variants: list[Variant],
+    sc: dict[str, object] | None,
+    out: Path,
+    name: str = "small_vs_generic",
+    title: str = "Redis: generic kernel vs specialised kernel, initramfs vs erofs root, TCG",
+) -> list[Path]:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -350,9 +387,9 @@ def plots(variants: list[Variant], sc: dict[str, object] | None, out: Path) -> l
         ax.bar_label(bars, fmt="%.3g")
         ax.set_title(title)
         ax.tick_params(axis="x", labelsize=8)
-    fig.suptitle("Redis: generic kernel vs specialised kernel, initramfs vs erofs root, TCG")
+    fig.suptitle(title)
     fig.tight_layout()
-    path = out / "small_vs_generic.png"
+    path = out / f"{name}.png"
     fig.savefig(path, dpi=100)
     plt.close(fig)
     written.append(path)

@@ -31,6 +31,7 @@ class BootRequest:
     name: str
     args: Sequence[str]
     env: dict[str, str]
+    disks: Sequence[tuple[str, str]]  # writable block devices: (host file, mount point)
     nics: Sequence[Attachment]
     time_source: str | None
     memory_mb: int
@@ -60,7 +61,7 @@ def instance_spec(
                 env=req.env,
                 hostname=req.name,
                 net=[RumprunNet.of(n) for n in guest_nics],
-                mounts=[d.mount for d in m.disks],
+                mounts=[d.mount for d in m.disks] + [mount for _, mount in req.disks],
             )
             cfg.cmdline()  # its length, checked before anything is made
         except ValidationError as exc:
@@ -69,7 +70,12 @@ def instance_spec(
             raise UsageError(f"{req.name}: {exc}") from None
         # rumprun keeps its RTC: no time service.
         return replace(
-            spec, disks=tuple(images.disk_paths(m)), acpi=False, time_service=False, rumprun=cfg
+            spec,
+            disks=tuple(images.disk_paths(m)),
+            volumes=tuple(Path(f) for f, _ in req.disks),
+            acpi=False,
+            time_service=False,
+            rumprun=cfg,
         )
     gcfg = GuestConfig(
         name=req.name,

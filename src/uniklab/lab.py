@@ -15,11 +15,12 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from uniklab import boot, faults, run_plan, signals, validate
 from uniklab.backends import registry
 from uniklab.backends.base import Backend, Handle, Inspection, spec_from_json, spec_to_json
-from uniklab.bake import baker, recipe
+from uniklab.bake import baker, imported, recipe
 from uniklab.bake.image import ImageStore, Manifest
 from uniklab.errors import (
     ConflictError,
@@ -303,6 +304,26 @@ class Lab:
         self.store.put_image(rec.name, tag, result.manifest.digest)
         return result.manifest.model_copy(update={"name": rec.name, "tag": tag})
 
+    def import_image(
+        self, path: str | Path, *, name: str | None = None, tag: str = "latest", **kw: Any
+    ) -> Manifest:
+        """Import a rumprun unikernel baked elsewhere (``bake.imported.import_image``'s
+        keywords) and index it as ``name:tag`` (name: from the file's name)."""
+        name = name if name is not None else imported.default_name(path)
+        validate.image_ref(f"{name}:{tag}")
+        m = imported.import_image(self.images, path, name=name, tag=tag, **kw)
+        self.store.put_image(name, tag, m.digest)
+        return m
+
+    def _image_of_file(self, path: str, o: RunOptions) -> str:
+        """``run ./redis.bin``: the file imported as ``<name>:file-<digest>`` (a tag of its
+        own, so no tag someone chose is moved), its published ports probed."""
+        m = self.import_image(path, tag="file", ports=sorted({g for _, g in o.publish}))
+        tag = f"file-{m.short_digest}"
+        self.store.put_image(m.name, tag, m.digest)
+        self.store.delete_image(m.name, "file")
+        return f"{m.name}:{tag}"
+
     def image(self, ref: str, *, bake_missing: bool = False) -> Manifest:
         name, tag = validate.image_ref(ref)
         row = self.store.image(name, tag)
@@ -340,6 +361,8 @@ class Lab:
         # The options were checked when they were made: before any work (or bake) starts.
         o = opts or RunOptions()
         app_args, env = list(o.args), dict(o.env or {})
+        if "/" in image_ref and Path(image_ref).is_file():  # a unikernel file: ./redis.bin
+            image_ref = self._image_of_file(image_ref, o)
         validate.image_ref(image_ref)
         self.reconcile()
         if o.name and any(r.name == o.name for r in self.store.instances()):
@@ -357,6 +380,11 @@ class Lab:
             raise UsageError(
                 f"image {m.ref} runs on {', '.join(m.platforms)}, not {backend_name} "
                 f"(its kernel: {m.kernel.choice}, root: {m.root_kind})"
+            )
+        if o.volumes and not m.is_rumprun:
+            raise UsageError(
+                f"{m.ref} is a Linux image: --disk attaches block devices to rumprun images "
+                "(a Linux image's files go in its recipe)"
             )
         if m.is_rumprun and len(o.nets) > 1:
             # rumprun's config.c: 'currently only 1 "net" configuration is supported'
@@ -395,6 +423,7 @@ class Lab:
                     name=name,
                     args=app_args,
                     env=env,
+                    disks=o.volumes,
                     nics=nics,
                     time_source=self._time_source(nics[0], engine) if nics else None,
                     memory_mb=memory,

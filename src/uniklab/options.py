@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TypedDict
 
 from uniklab import validate
@@ -38,6 +39,30 @@ class RunFields(TypedDict, total=False):
     wait: bool
     timeout: float | None
     restart: str
+    disks: Sequence[str | tuple[str, str]]
+
+
+def disk_requests(disks: Sequence[str | tuple[str, str]]) -> tuple[tuple[str, str], ...]:
+    """Block devices as every face takes them: ``(host file, mount point)`` or the CLI's
+    ``FILE[:MOUNT]``; the file made absolute, the mount point absolute ("" for none)."""
+    out = []
+    for d in [disks] if isinstance(disks, str) else disks:
+        if isinstance(d, str):
+            path, _, mount = d.partition(":")
+        elif isinstance(d, tuple | list) and len(d) == 2:
+            path, mount = str(d[0]), str(d[1])
+        else:
+            raise UsageError(f"invalid disk {validate.short(d)}: FILE[:MOUNT] or (FILE, MOUNT)")
+        file = Path(path).expanduser().absolute()
+        if not path or not file.is_file():
+            raise UsageError(f"disk {validate.short(path)}: no such file")
+        if mount and (not mount.startswith("/") or any(c in mount for c in ' \t\n"\\,:')):
+            raise UsageError(
+                f"disk {validate.short(path)}: mount point {mount!r} is not an "
+                "absolute path without spaces or quotes"
+            )
+        out.append((str(file), mount))
+    return tuple(out)
 
 
 def nic_requests(net: NetArg | Sequence[NetArg] | None) -> tuple[NicRequest, ...]:
@@ -70,6 +95,8 @@ class RunOptions:
     wait: bool = True
     timeout: float | None = DEFAULT_WAIT  # seconds to be ready (None: the default)
     restart: str = "no"  # or "on-failure": relaunched (up to MAX_RESTARTS) when it crashes
+    # Block devices (host file, mount point): rumprun's -b, for rumprun images.
+    disks: Sequence[str | tuple[str, str]] = ()
 
     def __post_init__(self) -> None:
         def put(name: str, value: object) -> None:
@@ -104,6 +131,7 @@ class RunOptions:
         if nets and self.publish:
             raise UsageError("-p publishes ports of the user-mode network; not with --net")
         put("net", nets)
+        put("disks", disk_requests(self.disks))
         if self.host != "auto":  # `--host auto` is placed by the lab
             validate.name(self.host, "host name")
 
@@ -112,6 +140,12 @@ class RunOptions:
         """The NICs asked for (normalised ``net``); none means one user-mode NIC."""
         assert isinstance(self.net, tuple)
         return self.net
+
+    @property
+    def volumes(self) -> tuple[tuple[str, str], ...]:
+        """The block devices asked for (normalised ``disks``): (host file, mount point)."""
+        assert isinstance(self.disks, tuple)
+        return self.disks
 
     @property
     def memory_mb(self) -> int | None:

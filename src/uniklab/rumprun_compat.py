@@ -148,7 +148,6 @@ def _network_for(bridge: str, networks: Sequence[NetworkRow]) -> str:
 
 def translate(inv: RumprunInvocation, networks: Sequence[NetworkRow]) -> Translated:
     refused = [
-        (inv.blocks, "-b (block devices)"),
         (inv.guest_args, "-g (raw backend arguments)"),
         (inv.gdb_port is not None, "-D (gdb)"),
         (inv.paused, "-p (start paused)"),
@@ -200,6 +199,7 @@ def translate(inv: RumprunInvocation, networks: Sequence[NetworkRow]) -> Transla
         args=args,
         net=requests,
         publish=publish,
+        disks=[(b.path, b.mountpoint or "") for b in inv.blocks],
         wait=False,
     )
     backend = "xen" if inv.platform == "xen" else "qemu"

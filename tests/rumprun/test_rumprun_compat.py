@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from uniklab.errors import NotFoundError, UsageError
@@ -63,7 +65,7 @@ def test_qemu_static_env_memory_args() -> None:
             NotFoundError,
             "no uniklab network uses bridge xenbr0",
         ),
-        ("qemu -b disk.img redis", UsageError, "block devices"),
+        ("qemu -b ukl-no-such-disk.img,/data redis", UsageError, "no such file"),
         ("qemu -g -nographic redis", UsageError, "raw backend"),
         ("qemu -p redis", UsageError, "paused"),
         ("qemu -I n0,vioif,-net,tap -W n0,inet,dhcp redis", UsageError, "QEMU words"),
@@ -108,3 +110,11 @@ def test_a_static_address_on_user_mode_must_be_what_qemu_gives() -> None:
     assert ok.options.nets == ()
     with pytest.raises(UsageError, match=r"gives 10\.0\.2\.15"):
         translate(parse([*base, "if,inet,static,10.0.120.101/24", "redis"]), [])
+
+
+def test_block_devices_are_rumpruns_b(tmp_path: Path) -> None:
+    img = tmp_path / "pers.img"
+    img.write_bytes(b"\0" * 1024)
+    argv = ["qemu", "-b", f"{img},/backup", "-b", str(img), "redis"]
+    t = translate(parse(argv), [])
+    assert list(t.options.disks) == [(str(img), "/backup"), (str(img), "")]

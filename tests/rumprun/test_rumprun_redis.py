@@ -120,3 +120,43 @@ def test_two_nics_are_refused_in_one_line(lab: Lab) -> None:
 
     with pytest.raises(UsageError, match="one NIC"):
         lab.run(IMAGE, RunOptions(name="two", net=("a", "b"), publish=()))
+
+
+def test_a_writable_disk_keeps_redis_aof_as_rumprun_b_does(lab: Lab, home: Path) -> None:
+    """rumprun-packages' redis README: -b images/datapers.img,/backup (ext2) with AOF
+    persistence; what Redis wrote is in the image after the guest is gone."""
+    import subprocess
+
+    img = home / "datapers.img"
+    subprocess.run(["truncate", "-s", "8M", img], check=True, timeout=30)
+    subprocess.run(["mkfs.ext2", "-F", "-q", img], check=True, timeout=60)
+    lab.run(
+        IMAGE,
+        RunOptions(
+            name="aof",
+            disks=[(str(img), "/backup")],
+            args=("--appendonly", "yes", "--dir", "/backup", "--appendfsync", "always"),
+        ),
+    )
+    client = redis.Redis("127.0.0.1", lab.ip("aof").ports[0][0], socket_timeout=10, protocol=2)
+    assert client.set("kept", "on-disk")
+    lab.destroy("aof")
+    listing = subprocess.run(
+        ["debugfs", "-R", "cat /appendonly.aof", img], capture_output=True, timeout=30, check=True
+    ).stdout
+    assert b"kept" in listing and b"on-disk" in listing
+
+
+def test_a_disk_on_a_linux_image_is_refused_in_one_line(tmp_path: Path) -> None:
+    from uniklab.errors import UsageError
+
+    f = tmp_path / "d.img"
+    f.write_bytes(b"x")
+    lab = Lab(Paths(tmp_path / "h"))
+    try:
+        lab.bake("redis")
+        with pytest.raises(UsageError, match="Linux image"):
+            lab.run("redis", RunOptions(disks=[str(f)]))
+        assert lab.store.instances() == []
+    finally:
+        lab.close()

@@ -41,6 +41,7 @@ class InstanceSpec:
     rundir: Path
     nics: tuple[Attachment, ...] = ()  # rendered by the backend into its own syntax
     disks: tuple[Path, ...] = ()  # read-only data disks, after the root
+    volumes: tuple[Path, ...] = ()  # writable block devices (rumprun's -b), after the disks
     root_disk: Path | None = None  # a read-only root (erofs), the guest's first disk
     netns: str | None = None  # run the hypervisor inside this network namespace
     # Firmware tables: a kernel without VIRTIO_MMIO_CMDLINE_DEVICES (Debian's) finds
@@ -69,6 +70,7 @@ def spec_to_json(spec: InstanceSpec) -> dict[str, object]:
         "acpi": spec.acpi,
         "time_service": spec.time_service,
         "disks": [str(d) for d in spec.disks],
+        "volumes": [str(d) for d in spec.volumes],
         "nics": attachment.to_json(spec.nics),
         "rumprun": None if spec.rumprun is None else spec.rumprun.model_dump(mode="json"),
     }
@@ -88,6 +90,7 @@ def spec_from_json(d: dict[str, Any]) -> InstanceSpec:
         acpi=bool(d.get("acpi", True)),
         time_service=bool(d.get("time_service", True)),
         disks=tuple(Path(x) for x in d.get("disks", [])),
+        volumes=tuple(Path(x) for x in d.get("volumes", [])),
         nics=tuple(attachment.from_json(d["nics"])),
         rumprun=RumprunConfig.model_validate(d["rumprun"]) if d.get("rumprun") else None,
     )

@@ -179,11 +179,13 @@ def build_argv(
     # The root disk comes first (/dev/vda), then the image's data disks; all read-only,
     # so every guest of an image shares the image's own files (QEMU's lock allows many
     # readers).
-    disks = [spec.root_disk] if spec.root_disk is not None else []
-    for i, disk in enumerate([*disks, *spec.disks]):
+    disks = [(spec.root_disk, True)] if spec.root_disk is not None else []
+    disks += [(d, True) for d in spec.disks] + [(v, False) for v in spec.volumes]
+    for i, (disk, readonly) in enumerate(disks):
+        ro = ",readonly=on" if readonly else ""
         argv += [
             "-drive",
-            f"id=d{i},file={_opt(disk)},format=raw,if=none,readonly=on",
+            f"id=d{i},file={_opt(disk)},format=raw,if=none{ro}",
             "-device",
             f"virtio-blk-{bus},drive=d{i}",
         ]

@@ -126,6 +126,9 @@ class XenBackend:
     def create(self, spec: InstanceSpec) -> Handle:
         if spec.rumprun is None and spec.initrd is None:
             raise LaunchError("a Xen guest boots from an initrd: a --root image runs on QEMU only")
+        if spec.volumes:
+            # The host keeps one content-addressed copy of each file: not for writing.
+            raise LaunchError("writable disks (--disk, rumprun's -b) go with QEMU guests for now")
         vifs = []
         for nic in spec.nics:
             if nic.kind != "host-bridge" or not nic.bridge:

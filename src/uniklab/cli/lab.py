@@ -28,12 +28,12 @@ def lab() -> None:
     type=float,
     default=virtual_xen.UP_TIMEOUT,
     show_default=True,
-    help="Seconds to wait for 'xl list' to answer over ssh.",
+    help="Seconds to wait for the lab's Xen toolstack to answer over ssh.",
 )
 @common.json_option
 @click.pass_context
 def up(ctx: click.Context, name: str, timeout: float, as_json: bool) -> None:
-    """Boot Xen with a PV dom0 under QEMU; return once 'xl list' answers over ssh, and
+    """Boot Xen with a PV dom0 under QEMU; return once its Xen toolstack answers over ssh, and
     register it as host NAME in the inventory.  A lab that already runs is left as it is."""
     start = time.monotonic()
     uk = common.lab(ctx)

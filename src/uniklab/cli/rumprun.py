@@ -34,10 +34,12 @@ def rumprun(ctx: click.Context, argv: tuple[str, ...]) -> None:
     """Launch like rumprun's own launcher (its options as app-tools/rumprun reads them).
 
     PLATFORM is xen, qemu or kvm; the guest options are -N NAME, -M MB,
-    -I TAG,KIND,mac=MAC,bridge=NET (NET: the uniklab network to attach to),
-    -W TAG,inet,dhcp or -W TAG,inet,static,ADDR/PREFIX[,GW], -e VAR=VAL,
-    -i (follow the console; Ctrl-C destroys the guest) and -d.  -b, -g, -D and -p
-    are refused.  Without -i it prints PLATFORM:PID NAME and returns.
+    -I TAG,KIND,mac=MAC,bridge=NET (NET: the uniklab network to attach to; on
+    qemu/kvm also rumprun's -I TAG,vioif,'-net user,hostfwd=tcp::H-:G', '-net
+    bridge,br=B' or '-net tap,ifname=T'), -W TAG,inet,dhcp or
+    -W TAG,inet,static,ADDR/PREFIX[,GW], -e VAR=VAL, -b FILE[,MOUNT] (rumprun
+    images, QEMU), -i (follow the console; Ctrl-C destroys the guest) and -d.
+    -g, -D and -p are refused.  Without -i it prints PLATFORM:PID NAME and returns.
 
     \b
     Example:

@@ -59,6 +59,13 @@ from uniklab.net.attach import NicRequest, parse_net_option
     show_default=True,
     help="on-failure: relaunch a crashed guest (checked by every uniklab command).",
 )
+@click.option(
+    "--disk",
+    "disks",
+    multiple=True,
+    metavar="FILE[:MOUNT]",
+    help="A writable block device, mounted at MOUNT (rumprun images: rumprun's -b).",
+)
 @click.option("--wait/--no-wait", default=False, help="Wait until the image's probe passes.")
 @click.option(
     "--timeout",
@@ -85,6 +92,7 @@ def run(
     ip_addr: str | None,
     gateway: str | None,
     restart: str,
+    disks: tuple[str, ...],
     wait: bool,
     timeout: float,
     as_json: bool,
@@ -111,6 +119,7 @@ def run(
         labels=dict(validate.label_pair(label) for label in labels),
         wait=wait,
         timeout=timeout,
+        disks=list(disks),
     )
     lab = common.lab(ctx)
     status = f"starting {escape(validate.short(image, 200))}" + (

@@ -57,7 +57,8 @@ class RumprunConfig(BaseModel):
     env: dict[str, str] = Field(default_factory=dict)
     hostname: str = ""
     net: list[RumprunNet] = Field(default_factory=list)
-    mounts: list[str] = Field(default_factory=list)  # one per disk, in the disks' order
+    # One per disk, in the disks' order: where it is mounted ("": attached, not mounted).
+    mounts: list[str] = Field(default_factory=list)
 
     @field_validator("argv")
     @classmethod
@@ -104,7 +105,7 @@ class RumprunConfig(BaseModel):
     @classmethod
     def _mounts(cls, v: list[str]) -> list[str]:
         for m in v:
-            if not m.startswith("/") or _RAW_UNSAFE.search(m) or " " in m:
+            if m and (not m.startswith("/") or _RAW_UNSAFE.search(m) or " " in m):
                 raise ValueError(f"invalid mount point {m!r}")
         return v
 
@@ -133,7 +134,8 @@ class RumprunConfig(BaseModel):
         for b in extra_blk:
             parts.append(_pair("blk", _object(b)))
         for i, mount in enumerate(self.mounts):
-            parts.append(_pair("blk", _object({**blk(i), "fstype": "blk", "mountpoint": mount})))
+            where = {"fstype": "blk", "mountpoint": mount} if mount else {}
+            parts.append(_pair("blk", _object({**blk(i), **where})))
         for key, val in self.env.items():
             parts.append(_pair("env", _string(f"{key}={val}")))
         for n in self.net:

@@ -1,0 +1,125 @@
+"""The runbook's unikernel beside uniklab's Linux images, measured in one run on the same
+machine and the same networking: the rumprun Redis (rumprun-packages' Redis 3.0.6, baked
+with the rumprun toolchain for hw_virtio) against the generic Linux image (Debian's kernel
+and redis-server, an initramfs) and the smallest one (uniklab's specialised kernel, an
+erofs root, Redis 7 built static): image size, bake (cold with the toolchains cached, and
+cached), run → PONG under QEMU, the smallest guest memory that serves, QEMU's resident
+memory, and redis-benchmark SET/GET through the same user-mode port forward.
+
+    python bench/bench_rumprun.py               # ~15 minutes under TCG
+    python bench/bench_rumprun.py --boots 3 --requests 5000
+
+Writes bench/RESULTS-rumprun.md and bench/plots/rumprun_vs_linux.png.  The rumprun
+toolchain and the specialised kernel are built first if this machine lacks them (minutes,
+once per machine; reported, not counted in the bake).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from bench_small import Variant, measure, plots, table
+
+from uniklab.backends.hostinfo import choose_accel
+from uniklab.kernel import build as kbuild
+from uniklab.toolchain import rumprun as rr
+
+HERE = Path(__file__).resolve().parent
+
+
+def ratios(rumprun: Variant, others: list[Variant]) -> list[str]:
+    out = []
+    for other in others:
+        for name, key in (
+            ("run → PONG", "run_to_pong_s"),
+            ("image size", "image_mb"),
+            ("memory floor", "memory_floor_mb"),
+            ("QEMU RSS", "qemu_rss_mb"),
+            ("SET throughput", "bench_set_rps"),
+        ):
+            a, b = other.results.get(key), rumprun.results.get(key)
+            if isinstance(a, int | float) and isinstance(b, int | float) and b:
+                out.append(f"ratio {name}: {other.label} / {rumprun.label} = {a / b:.2f}x")
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    ap.add_argument("--boots", type=int, default=5, help="boots per image for run→PONG")
+    ap.add_argument("--step", type=int, default=4, help="memory floor search step (MiB)")
+    ap.add_argument("--requests", type=int, default=10000, help="redis-benchmark -n")
+    ap.add_argument("--results", type=Path, default=HERE / "RESULTS-rumprun.md")
+    ap.add_argument("--plots", type=Path, default=HERE / "plots")
+    ap.add_argument("--json", type=Path)
+    args = ap.parse_args()
+    home = Path(tempfile.mkdtemp(prefix="ukl-acc-", dir="/tmp"))
+    accel, _ = choose_accel(home, None)
+
+    prep = []
+    for platform in ("hw", "xen"):
+        t = time.monotonic()
+        tc = rr.build(platform, progress=lambda m: print(f"  toolchain: {m}", flush=True))
+        took = f"built now in {time.monotonic() - t:.0f} s" if tc.built_now else "cached"
+        prep.append(
+            f"rumprun {platform} toolchain ({tc.key}): {took}; its build took "
+            f"{tc.meta().get('seconds', '?')} s"
+        )
+    entry = kbuild.build("microvm", progress=lambda m: print(f"  kernel: {m}", flush=True))
+    prep.append(f"specialised kernel {entry.key} (release {entry.release}): cached or built")
+
+    variants = [
+        Variant("generic Linux", "redis", "host", "initramfs", "generic", 128, (64, 192)),
+        Variant("smallest Linux", "redis-static", "specialised", "erofs", "s", 32, (16, 48)),
+        Variant("rumprun (runbook)", "rumprun-redis", "host", None, "latest", 64, (8, 64)),
+    ]
+    for v in variants:
+        print(f"measuring {v.label}...", flush=True)
+        measure(v, args.boots, args.step, args.requests)
+
+    text = table(variants)
+    extra = [
+        *prep,
+        "bake cold = a fresh UNIKLAB_HOME, with the machine-wide caches (toolchains, kernel, "
+        "source build, guest init) warm; the rumprun bake builds Redis twice (hw and xen) "
+        "with rumprun-packages' Makefile and runs rumprun-bake for hw_virtio and xen_pv",
+        "rumprun's image = its hw_virtio unikernel (debug sections stripped) + data.iso "
+        "(redis.conf); the root column is that data disk",
+        *ratios(variants[-1], variants[:-1]),
+    ]
+    print()
+    print(text)
+    for line in extra:
+        print(line)
+    if args.json:  # first: a failing plot must not lose the figures
+        doc = {"accel": accel, "variants": {v.label: v.results for v in variants}}
+        args.json.write_text(json.dumps(doc, indent=2))
+    written = plots(
+        variants,
+        None,
+        args.plots,
+        name="rumprun_vs_linux",
+        title="Redis: rumprun unikernel vs Linux images, QEMU (TCG), same networking",
+    )
+    cmd = shlex.join(["python", "bench/bench_rumprun.py", *sys.argv[1:]])
+    args.results.write_text(
+        "# bench_rumprun: the runbook's rumprun Redis beside uniklab's Linux images\n\n"
+        f"Produced by `{cmd}` on {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, "
+        f"{os.cpu_count()} CPUs (shared), accel {accel}.\n\n"
+        + text
+        + "\n\n"
+        + "\n".join(f"- {x}" for x in extra)
+        + "\n\n"
+        + "\n".join(f"![{p.stem}](plots/{p.name})" for p in written)
+        + "\n"
+    )
+
+
+if __name__ == "__main__":
+    main()
