@@ -41,7 +41,7 @@ def test_license_file_matches_pyproject() -> None:
 def test_rumprun_help(flag: str, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["rumprun", flag]) == 0
     out = capsys.readouterr().out
-    assert out.startswith("Usage: uniklab rumprun [-DS] PLATFORM [GUEST OPTIONS] APP [ARGS]...")
+    assert out.startswith("Usage: uniklab rumprun [--host HOST] [-DS] PLATFORM [GUEST OPTIONS] APP")
     assert "-W net0,inet,dhcp redis" in out  # the example
 
 

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import sys
 import time
+from dataclasses import replace
 
 import click
 
 from uniklab import rumprun_args
 from uniklab.cli import common
-from uniklab.errors import NotFoundError
+from uniklab.errors import NotFoundError, UsageError
 from uniklab.hosts.service import local_is_dom0
 from uniklab.lab import Lab
 from uniklab.rumprun_compat import translate
@@ -21,8 +22,9 @@ from uniklab.state.store import RUNNING
 @click.command(
     context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False},
     add_help_option=False,
-    options_metavar="",
+    options_metavar="[--host HOST]",
 )
+@click.option("--host", help="For xen: the inventory host to run on (default: see below).")
 @click.argument(
     "argv",
     nargs=-1,
@@ -30,7 +32,7 @@ from uniklab.state.store import RUNNING
     metavar="[-DS] PLATFORM [GUEST OPTIONS] APP [ARGS]...",
 )
 @click.pass_context
-def rumprun(ctx: click.Context, argv: tuple[str, ...]) -> None:
+def rumprun(ctx: click.Context, host: str | None, argv: tuple[str, ...]) -> None:
     """Launch like rumprun's own launcher (its options as app-tools/rumprun reads them).
 
     PLATFORM is xen, qemu or kvm; the guest options are -N NAME, -M MB,
@@ -40,6 +42,9 @@ def rumprun(ctx: click.Context, argv: tuple[str, ...]) -> None:
     -W TAG,inet,static,ADDR/PREFIX[,GW], -e VAR=VAL, -b FILE[,MOUNT] (rumprun
     images, QEMU), -i (follow the console; Ctrl-C destroys the guest) and -d.
     -g, -D and -p are refused.  Without -i it prints PLATFORM:PID NAME and returns.
+
+    xen runs on this machine when it is a dom0, else on --host, else on the inventory's
+    only Xen host (the virtual one of 'uniklab lab up', for instance).
 
     \b
     Example:
@@ -53,17 +58,34 @@ def rumprun(ctx: click.Context, argv: tuple[str, ...]) -> None:
     lab = common.lab(ctx)
     lab.reconcile()
     t = translate(inv, lab.store.networks())
-    if t.backend == "xen" and not local_is_dom0():
-        raise NotFoundError(
-            "no Xen here: this machine is not a Xen dom0 (use 'uniklab rumprun qemu …', "
-            "or 'uniklab run --host HOST' for a Xen host in the inventory)"
-        )
-    view = lab.run(t.image, t.options)
+    options = t.options
+    if t.backend == "xen":
+        options = replace(options, host=_xen_host(lab, host))
+    elif host is not None:
+        raise UsageError(f"--host goes with rumprun xen; {inv.platform} runs here")
+    view = lab.run(t.image, options)
     if t.interactive:
         _follow(lab, view.name)
         return
-    # rumprun prints PLATFORM:ID of a detached guest.
-    common.out.print(f"{inv.platform}:{view.row.pid} {view.name}")
+    # rumprun prints PLATFORM:ID of a detached guest: xen:DOMID, qemu:PID.
+    ident = view.row.runtime.get("domid") if t.backend == "xen" else view.row.pid
+    common.out.print(f"{inv.platform}:{ident} {view.name}")
+
+
+def _xen_host(lab: Lab, given: str | None) -> str:
+    """Where `rumprun xen` runs: --host, this machine if a dom0, else the one Xen host."""
+    if given is not None:
+        return given
+    if local_is_dom0():
+        return "local"
+    xen = [h.name for h in lab.hosts.ls() if h.hypervisor == "xen"]
+    if len(xen) == 1:
+        return xen[0]
+    raise NotFoundError(
+        "no Xen here: this machine is not a Xen dom0 and the inventory has "
+        + (f"several Xen hosts ({', '.join(xen)}): give --host" if xen else "no Xen host")
+        + " (uniklab lab up boots a virtual one; or use 'uniklab rumprun qemu …')"
+    )
 
 
 def _follow(lab: Lab, name: str) -> None:
