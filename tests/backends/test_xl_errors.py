@@ -10,12 +10,19 @@ from uniklab.backends.xl_errors import explain
 FIX = Path(__file__).parent.parent / "fixtures" / "xen"
 
 
-def test_a_guest_too_big_for_its_memory_says_the_minimum_way_out() -> None:
+def test_a_guest_too_big_for_its_memory_says_the_minimum_and_the_way_out() -> None:
     # Debian's kernel and a Linux initramfs at the runbook's 64 MB (`uniklab run redis
     # --host xenlab --net xenbr0 --memory 64M`): libxl says "No such file or directory".
     said = explain((FIX / "xl_create_64M_linux.stderr").read_text(), memory_mb=64)
-    assert said.startswith("64 MB is too little for this guest's kernel and initrd")
-    assert "-m 128M" in said and "--kernel specialised" in said
+    assert said == (
+        "64 MB is too little to load this guest: its kernel takes 58.0 MB, so it needs more "
+        "than 74 MB: give it more memory (-m), or bake a smaller image (uniklab bake "
+        "redis-static --kernel specialised:xen --root initramfs fits in 64 MB)"
+    )
+    # The specialised Xen kernel and a static Redis at 32 MB: the initrd no longer fits.
+    said = explain((FIX / "xl_create_32M_static.stderr").read_text(), memory_mb=32)
+    assert said.startswith("32 MB is too little to load this guest: its initrd takes 2.0 MB")
+    assert "needs more than 35 MB" in said
     assert "\n" not in said
 
 

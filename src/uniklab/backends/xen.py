@@ -167,10 +167,13 @@ class XenBackend:
             self.ex.run(["rm", "-f", str(cfg)], timeout=30, check=False)
             said = exc.stderr.strip() and not exc.timed_out
             detail = xl_errors.explain(exc.stderr, memory_mb=spec.memory_mb) if said else exc
+            # A known cause is the whole message; xl's cascade only when it is not.
+            known = said and xl_errors.cause(exc.stderr, memory_mb=spec.memory_mb)
+            log.debug("xl create on %s said: %s", self.ex.name, exc.stderr)
             raise LaunchError(
                 f"xl create failed on {self.ex.name}: {detail}",
                 argv=exc.argv,
-                output=exc.stderr,
+                output="" if known else exc.stderr,
             ) from exc
         domid = self._domid(spec.name)
         handle = Handle(

@@ -11,13 +11,20 @@ from __future__ import annotations
 import re
 
 _LOCATION = re.compile(r"^libxl: error: \S+:\d+:\S+: (?:Domain \d+:)?")
+# xc_dom_chk_alloc_pages: "segment kernel too large (0x3a00 > 0x4000 - 0x1000 pages)":
+# the segment's pages > the domain's pages - those already used.
+_SEGMENT = re.compile(
+    r"segment (\w+) too large \((0x[0-9a-f]+) > (0x[0-9a-f]+) - (0x[0-9a-f]+) pages"
+)
+_SEGMENT_NAMES = {"module0": "initrd"}
+PAGE = 4096
+FITS_64M = "uniklab bake redis-static --kernel specialised:xen --root initramfs fits in 64 MB"
 # (pattern in xl's output, what to say); {memory} is the domain's memory in MB.
 _CAUSES: tuple[tuple[re.Pattern[str], str], ...] = (
     (
-        re.compile(r"xc_dom_build_image failed|segment \w+ too large|xc_dom_alloc_segment"),
-        "{memory} MB is too little for this guest's kernel and initrd to be loaded: "
-        "give it more memory (-m 128M), or bake a smaller image "
-        "(uniklab bake … --kernel specialised)",
+        re.compile(r"xc_dom_build_image failed"),
+        "{memory} MB is too little for this guest's kernel and initrd to be loaded: give it "
+        f"more memory (-m), or bake a smaller image ({FITS_64M})",
     ),
     (
         re.compile(r'Domain with name "([^"]+)" already exists'),
@@ -37,15 +44,36 @@ _CAUSES: tuple[tuple[re.Pattern[str], str], ...] = (
 )
 
 
-def explain(output: str, *, memory_mb: int | None = None) -> str:
-    """One line for the user from xl's stdout/stderr."""
+def cause(output: str, *, memory_mb: int | None = None) -> str | None:
+    """One line for a failure whose cause is known (what to do), else None."""
+    mem = "this" if memory_mb is None else str(memory_mb)
+    seg = _SEGMENT.search(output)
+    if seg:
+        name = seg.group(1)
+        need, used = int(seg.group(2), 16), int(seg.group(4), 16)
+        least = -(-(used + need) * PAGE // 2**20)
+        return (
+            f"{mem} MB is too little to load this guest: its "
+            f"{_SEGMENT_NAMES.get(name, name)} takes {need * PAGE / 2**20:.1f} MB, so it "
+            f"needs more than {least} MB: give it more memory (-m), or bake a smaller "
+            f"image ({FITS_64M})"
+        )
     lines = [ln.strip() for ln in output.splitlines() if ln.strip()]
     for pattern, advice in _CAUSES:
         for ln in lines:
             m = pattern.search(ln)
             if m:
-                mem = "this" if memory_mb is None else str(memory_mb)
                 return advice.format(*m.groups(), memory=mem)
+    return None
+
+
+def explain(output: str, *, memory_mb: int | None = None) -> str:
+    """One line for the user from xl's stdout/stderr: the cause when known, else libxl's
+    first error without its source location."""
+    known = cause(output, memory_mb=memory_mb)
+    if known is not None:
+        return known
+    lines = [ln.strip() for ln in output.splitlines() if ln.strip()]
     errors = [_LOCATION.sub("", ln) for ln in lines if ln.startswith("libxl: error:")]
     if errors:
         return errors[0]
