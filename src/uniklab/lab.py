@@ -15,13 +15,10 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from uniklab import boot, faults, run_plan, signals, validate
+from uniklab import faults, signals, validate
 from uniklab.backends import registry
-from uniklab.backends.base import Backend, Handle, Inspection, spec_from_json, spec_to_json
-from uniklab.bake import baker, imported, recipe
-from uniklab.bake.image import ImageStore, Manifest
 from uniklab.errors import (
     ConflictError,
     NotFoundError,
@@ -30,25 +27,43 @@ from uniklab.errors import (
     UsageError,
 )
 from uniklab.guest import console as guest_console
-from uniklab.hosts.inventory import Host
-from uniklab.hosts.service import HostService
-from uniklab.net import attach
-from uniklab.net.attachment import Attachment
-from uniklab.net.service import NetworkService
-from uniklab.options import DEFAULT_WAIT as DEFAULT_WAIT
-from uniklab.options import RunOptions as RunOptions  # part of the Lab API
 from uniklab.paths import Paths, default_paths
 from uniklab.ports import free_port, port_free
-from uniklab.probes import base as probes
-from uniklab.probes.kinds import from_spec
-from uniklab.reach import Reach
-from uniklab.state.store import CRASHED, CREATING, EXITED, RUNNING, InstanceRow, Store
+
+# What a verb needs is imported by that verb: `uniklab ps` does not load the bakers, the
+# probes (redis) or the launch planning, and `import uniklab.lab` stays cheap.
+if TYPE_CHECKING:
+    from uniklab.backends.base import Backend, Handle, Inspection
+    from uniklab.bake import baker, recipe
+    from uniklab.bake.image import Manifest
+    from uniklab.hosts.inventory import Host
+    from uniklab.net.attachment import Attachment
+    from uniklab.options import DEFAULT_WAIT as DEFAULT_WAIT
+    from uniklab.options import RunOptions as RunOptions  # part of the Lab API
+    from uniklab.probes import base as probes
+    from uniklab.state.store import InstanceRow
+
+_REEXPORTED = {"DEFAULT_WAIT": "uniklab.options", "RunOptions": "uniklab.options"}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _REEXPORTED:
+        import importlib
+
+        value = getattr(importlib.import_module(_REEXPORTED[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 log = logging.getLogger(__name__)
 
 TEST_TAG = "uniklab-test"
 """The tags of images baked by the test faces start with this (see ``Lab.bake_for_tests``)."""
 MAX_RESTARTS = 5
+HOST_BRIDGE = "xenbr0"
+"""The bridge a guest joins on a host without user-mode networking (Xen) when ``run``
+names none: ``xl``'s own default for a vif."""
 
 
 @dataclass(frozen=True)
@@ -68,10 +83,14 @@ class InstanceView:
 
     @property
     def forwards(self) -> list[tuple[int, int]]:
+        from uniklab.reach import Reach
+
         return Reach.forwards(self.row)
 
     @property
     def address(self) -> str:
+        from uniklab.reach import Reach
+
         fw = self.forwards
         if fw:
             return ",".join(f"127.0.0.1:{h}->{g}" for h, g in fw)
@@ -116,6 +135,8 @@ class AddressInfo:
 def exit_reason(console: str, gone: str = "") -> tuple[str, str]:
     """(state, reason) for a guest whose hypervisor process is gone, from its console; when
     the console says nothing, the backend's word (``gone``: "domain r1 is gone from dom0")."""
+    from uniklab.state.store import CRASHED, EXITED
+
     m = guest_console.EXIT_RE.findall(console)
     if m:
         reason = f"app {m[-1]}"
@@ -145,6 +166,12 @@ class Lab:
     """The verbs of uniklab over one state store and image store."""
 
     def __init__(self, paths: Paths | None = None) -> None:
+        from uniklab.bake.image import ImageStore
+        from uniklab.hosts.service import HostService
+        from uniklab.net.service import NetworkService
+        from uniklab.reach import Reach
+        from uniklab.state.store import Store
+
         self.paths = (paths or default_paths()).ensure()
         self.store = Store(self.paths.db)
         self.images = ImageStore(self.paths.images)
@@ -181,12 +208,16 @@ class Lab:
 
     @staticmethod
     def handle(row: InstanceRow) -> Handle:
+        from uniklab.backends.base import Handle
+
         return Handle(pid=row.pid, runtime=row.runtime, name=row.name)
 
     # -- reconcile --------------------------------------------------------------------
     def reconcile(self) -> dict[int, Inspection]:
         """Make the store tell the truth: dead guests, debris of killed commands.
         Returns what it saw of each live guest, so a listing need not ask again."""
+        from uniklab.state.store import CRASHED, CREATING, RUNNING
+
         self.images.sweep_staging()
         self.networks.reconcile()
         seen: dict[int, Inspection] = {}
@@ -208,6 +239,8 @@ class Lab:
 
     def _restart(self, row: InstanceRow, reason: str) -> bool:
         """Relaunch a crashed instance whose policy says so; False if it may not."""
+        from uniklab.backends.base import spec_from_json
+
         restarts = int(row.runtime.get("restarts", 0))
         launch = row.runtime.get("launch")
         if row.spec.get("restart") != "on-failure" or not launch or restarts >= MAX_RESTARTS:
@@ -240,6 +273,9 @@ class Lab:
         self.store.delete_instance(row.id)
 
     def _teardown(self, row: InstanceRow) -> None:
+        from uniklab.backends.base import Handle
+        from uniklab.net import attach
+
         rundir = row.runtime.get("rundir") or str(self.paths.run / str(row.id))
         handle = Handle(pid=row.pid, runtime={**row.runtime, "rundir": rundir}, name=row.name)
         try:
@@ -258,6 +294,8 @@ class Lab:
         root: str | None = None,
         progress: Callable[[str], None] | None = None,
     ) -> baker.BakeResult:
+        from uniklab.bake import recipe
+
         rec, rec_dir = recipe.load(ref)
         return self.bake_recipe(rec, rec_dir, tag=tag, kernel=kernel, root=root, progress=progress)
 
@@ -273,6 +311,8 @@ class Lab:
         index: bool = True,  # point the image's name:tag at it
     ) -> baker.BakeResult:
         """Bake a recipe object (e.g. one made from a bare binary) and index the image."""
+        from uniklab.bake import baker
+
         validate.image_ref(f"{rec.name}:{tag}")
         result = baker.bake(
             rec,
@@ -298,6 +338,8 @@ class Lab:
         baked with ``--kernel specialised`` stays as it is), and, the tag naming the content,
         sessions that bake different inputs under one name never run each other's image.
         """
+        from uniklab.bake import recipe
+
         rec, rec_dir = recipe.load(ref)
         result = self.bake_recipe(rec, rec_dir, tag=TEST_TAG, progress=progress, index=False)
         tag = tag_for_tests(result.manifest.digest)
@@ -309,6 +351,8 @@ class Lab:
     ) -> Manifest:
         """Import a rumprun unikernel baked elsewhere (``bake.imported.import_image``'s
         keywords) and index it as ``name:tag`` (name: from the file's name)."""
+        from uniklab.bake import imported
+
         name = name if name is not None else imported.default_name(path)
         validate.image_ref(f"{name}:{tag}")
         m = imported.import_image(self.images, path, name=name, tag=tag, **kw)
@@ -325,6 +369,8 @@ class Lab:
         return f"{m.name}:{tag}"
 
     def image(self, ref: str, *, bake_missing: bool = False) -> Manifest:
+        from uniklab.bake import recipe
+
         name, tag = validate.image_ref(ref)
         row = self.store.image(name, tag)
         if row is None or not self.images.has(row.digest):
@@ -358,6 +404,12 @@ class Lab:
 
     # -- instances --------------------------------------------------------------------
     def run(self, image_ref: str, opts: RunOptions | None = None) -> InstanceView:
+        from uniklab import boot, run_plan
+        from uniklab.backends.base import spec_to_json
+        from uniklab.net import attach
+        from uniklab.options import DEFAULT_WAIT, RunOptions
+        from uniklab.state.store import RUNNING
+
         # The options were checked when they were made: before any work (or bake) starts.
         o = opts or RunOptions()
         app_args, env = list(o.args), dict(o.env or {})
@@ -370,11 +422,15 @@ class Lab:
         host = self.hosts.get(self.place() if o.host == "auto" else o.host)
         engine = registry.for_host(host)
         backend_name = engine.name
-        if not engine.user_networking and (o.publish or not o.nets):
-            raise UsageError(
-                f"a {engine.name.capitalize()} guest on {host.name} joins a bridge there: "
-                "give --net BRIDGE (and no -p)"
-            )
+        nets = o.nets
+        if not engine.user_networking:
+            if o.publish:
+                raise UsageError(
+                    f"a {engine.name.capitalize()} guest on {host.name} joins a bridge there: "
+                    "give --net BRIDGE (and no -p)"
+                )
+            # Like xl, whose vif without bridge= joins xenbr0.
+            nets = nets or (attach.NicRequest(HOST_BRIDGE),)
         m = self.image(image_ref, bake_missing=True)
         if backend_name not in m.platforms:
             raise UsageError(
@@ -386,12 +442,12 @@ class Lab:
                 f"{m.ref} is a Linux image: --disk attaches block devices to rumprun images "
                 "(a Linux image's files go in its recipe)"
             )
-        if m.is_rumprun and len(o.nets) > 1:
+        if m.is_rumprun and len(nets) > 1:
             # rumprun's config.c: 'currently only 1 "net" configuration is supported'
             raise UsageError(f"{m.ref} is a rumprun unikernel: it takes one NIC (one --net)")
         name = o.name or self._new_name(m.name)
         memory = o.memory_mb if o.memory_mb is not None else validate.memory_mb(m.memory)
-        wanted = [] if o.nets else (list(o.publish) or [(0, p) for p in m.ports])
+        wanted = [] if nets else (list(o.publish) or [(0, p) for p in m.ports])
         if len({h for h, _ in wanted if h}) != len([h for h, _ in wanted if h]):
             raise ConflictError("a host port is published twice")
         row = self.store.reserve(
@@ -413,7 +469,7 @@ class Lab:
             forwards = self.store.claim_ports(row.id, wanted, free_port, port_free)
             others = [r for r in self.store.instances() if r.id != row.id]
             nics = run_plan.plan_attachments(
-                engine, o.nets, name, row.id, self.networks, others, forwards, host.name
+                engine, nets, name, row.id, self.networks, others, forwards, host.name
             )
             spec = boot.instance_spec(
                 m,
@@ -475,6 +531,8 @@ class Lab:
         return f"{image_name}-{secrets.token_hex(3)}"
 
     def view(self, row: InstanceRow, inspection: Inspection | None = None) -> InstanceView:
+        from uniklab.state.store import RUNNING
+
         insp = None
         if row.state == RUNNING:
             insp = inspection or self.backend_of(row).inspect(self.handle(row))
@@ -491,6 +549,8 @@ class Lab:
     def ps(
         self, *, all: bool = True, labels: Mapping[str, str] | None = None
     ) -> list[InstanceView]:
+        from uniklab.state.store import RUNNING
+
         seen = self.reconcile()
         rows = self.store.instances()
         if labels:
@@ -529,6 +589,8 @@ class Lab:
         return self.backend_of(view.row).console(self.handle(view.row))
 
     def ip(self, name: str, *, timeout: float = 30.0) -> AddressInfo:
+        from uniklab.state.store import RUNNING
+
         view = self.get(name)
         guest = None
         for m in guest_console.NET_RE.finditer(self.logs(name)):
@@ -551,6 +613,9 @@ class Lab:
         return self.reach.endpoint(self.store.instance_by_id(view.row.id), guest_port)
 
     def wait_ready(self, view: InstanceView, m: Manifest, *, timeout: float) -> probes.ProbeResult:
+        from uniklab.probes import base as probes
+        from uniklab.probes.kinds import from_spec
+
         backend = self.backend_of(view.row)
         handle = self.handle(view.row)
         probe = from_spec(m.probe, lambda: backend.console(handle))
@@ -564,6 +629,10 @@ class Lab:
         )
 
     def check(self, name: str, *, timeout: float = 5.0) -> probes.ProbeResult:
+        from uniklab.probes import base as probes
+        from uniklab.probes.kinds import from_spec
+        from uniklab.state.store import RUNNING
+
         view = self.get(name)
         if view.state != RUNNING:
             raise UniklabError(f"{name} is {view.state}: {view.row.exit_reason or ''}".rstrip(": "))

@@ -7,6 +7,7 @@ import re
 import tomllib
 from pathlib import Path
 
+import click
 import pytest
 
 import uniklab
@@ -51,8 +52,11 @@ def test_rumprun_names_a_long_option(capsys: pytest.CaptureFixture[str]) -> None
 
 
 def _commands() -> list[list[str]]:
+    # Every verb, loaded (the group imports a verb's module when it is first asked for).
+    ctx = click.Context(cli)
     out = []
-    for name, cmd in cli.commands.items():
+    for name in cli.list_commands(ctx):
+        cmd = cli.get_command(ctx, name)
         out.append([name])
         for sub in getattr(cmd, "commands", {}):
             out.append([name, sub])

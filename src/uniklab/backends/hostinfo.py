@@ -7,8 +7,10 @@ import logging
 import os
 import re
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 
+from uniklab import buildcache
 from uniklab.errors import CommandError
 from uniklab.executor import local
 
@@ -118,8 +120,38 @@ def _probe_cache(cache: Path) -> Path:
     return cache / f"kvm-probe-{boot_id}"
 
 
+def is_linux_bzimage(path: Path) -> bool:
+    """A Linux x86 boot image (its setup header's "HdrS" at 0x202): what the probe boots."""
+    try:
+        with open(path, "rb") as fh:
+            fh.seek(0x202)
+            return fh.read(4) == b"HdrS"
+    except OSError:
+        return False
+
+
+def probe_kernel(kernel: Path | None, candidates: Sequence[Path] = ()) -> Path | None:
+    """A Linux kernel the KVM probe can boot to its root-mount panic: ``kernel`` if it is
+    one (a rumprun unikernel is not: it never panics so), else the first readable one of
+    ``candidates`` (the host's, uniklab's specialised builds)."""
+    for k in [*([kernel] if kernel is not None else []), *candidates]:
+        if is_linux_bzimage(k):
+            return k
+    return None
+
+
+def _kernel_candidates() -> list[Path]:
+    cached = sorted(buildcache.root("kernels", "UNIKLAB_KERNEL_CACHE").glob("*/bzImage"))
+    return [Path(f"/boot/vmlinuz-{os.uname().release}"), *cached]
+
+
 def choose_accel(cache: Path, kernel: Path | None) -> tuple[str, str]:
-    """'kvm' or 'tcg', and why.  UNIKLAB_ACCEL overrides; the probe is cached per boot."""
+    """'kvm' or 'tcg', and why.  UNIKLAB_ACCEL overrides; the probe is cached per boot.
+
+    KVM counts only once a Linux kernel was seen to boot under it (here KVM starts real-mode
+    firmware and then hangs every kernel): the probe boots ``kernel`` if it is a Linux
+    kernel, else another one this machine has.  With none to boot, the firmware probe's
+    "yes" is taken for this command only, never cached."""
     forced = os.environ.get("UNIKLAB_ACCEL")
     if forced in ("kvm", "tcg"):
         return forced, "set by UNIKLAB_ACCEL"
@@ -127,9 +159,12 @@ def choose_accel(cache: Path, kernel: Path | None) -> tuple[str, str]:
     if marker.exists():
         ok_text = marker.read_text()
         return ("kvm" if ok_text.startswith("kvm") else "tcg"), ok_text.split(":", 1)[-1].strip()
-    ok, why = kvm_usable(kernel)
+    linux = probe_kernel(kernel, _kernel_candidates())
+    ok, why = kvm_usable(linux)
     accel = "kvm" if ok else "tcg"
     log.info("accelerator: %s (%s)", accel, why)
+    if ok and linux is None:
+        return accel, f"{why} (no Linux kernel to prove it with: not cached)"
     marker.parent.mkdir(parents=True, exist_ok=True)
     marker.write_text(f"{accel}: {why}")
     return accel, why

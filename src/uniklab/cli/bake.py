@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 import click
-from rich.markup import escape
 
-from uniklab import validate
-from uniklab.bake import recipe as recipe_mod
 from uniklab.cli import common
 from uniklab.errors import UsageError
 
@@ -59,7 +56,18 @@ def bake(
     """Bake RECIPE (a built-in name such as 'redis', or a recipe .toml) into an image.
 
     Or bake a binary: uniklab bake --binary /usr/local/bin/myd --port 9000 --name myd
+
+    \b
+    Examples:
+      uniklab bake redis
+      uniklab bake redis-static --kernel specialised --root erofs -t small
+      uniklab bake ./myapp.toml
     """
+    from rich.markup import escape
+
+    from uniklab import validate
+    from uniklab.bake import recipe as recipe_mod
+
     if binary is None:
         if recipe is None:
             raise UsageError("give a RECIPE (name or .toml file) or --binary PATH")

@@ -4,16 +4,22 @@ from __future__ import annotations
 
 import click
 
-from uniklab.cli import common
+from uniklab.cli import common, complete
 
 
 @click.command()
-@click.argument("names", nargs=-1, required=True)
+@click.argument("names", nargs=-1, required=True, shell_complete=complete.instances)
 @click.option("--timeout", type=float, default=5.0, show_default=True)
 @common.json_option
 @click.pass_context
 def check(ctx: click.Context, names: tuple[str, ...], timeout: float, as_json: bool) -> None:
-    """Probe instances (Redis: PING and a SET/GET round trip); non-zero if any fails."""
+    """Probe instances (Redis: PING and a SET/GET round trip); non-zero if any fails.
+
+    \b
+    Examples:
+      uniklab check r1
+      uniklab check --json $(uniklab ps -q --filter state=running)
+    """
     results = []
     for name in names:
         r = common.lab(ctx).check(name, timeout=timeout)

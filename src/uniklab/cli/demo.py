@@ -13,7 +13,6 @@ import click
 
 from uniklab.cli import common
 from uniklab.errors import UniklabError
-from uniklab.lab import Lab, RunOptions, tail
 
 
 def _step(title: str) -> None:
@@ -38,7 +37,9 @@ def _redis_cli(port: int, *words: str) -> str:
 @click.pass_context
 def demo(ctx: click.Context, memory: str, keep: bool) -> None:
     """Run the runbook for Redis: bake, run, probe with redis-cli, list, destroy."""
-    lab: Lab = common.lab(ctx)
+    from uniklab.lab import RunOptions, tail
+
+    lab = common.lab(ctx)
     name = "uniklab-demo-redis"
     _step("uniklab bake redis")
     res = lab.bake("redis")

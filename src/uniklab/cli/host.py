@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import click
-from rich.markup import escape
 
-from uniklab import validate
 from uniklab.backends import registry
-from uniklab.cli import common
+from uniklab.cli import common, complete
 from uniklab.errors import UniklabError
 
 
@@ -41,7 +39,15 @@ def add(
     labels: tuple[str, ...],
     replace: bool,
 ) -> None:
-    """Add host NAME to the inventory."""
+    """Add host NAME to the inventory.
+
+    \b
+    Examples:
+      uniklab host add xd3 --ssh root@172.20.10.161 -i ~/.ssh/lab -l rack=2
+      uniklab host doctor xd3
+    """
+    from uniklab import validate
+
     if data is None and ssh:
         data = ssh.rpartition("@")[2]
     kv = dict(validate.label_pair(item) for item in labels)
@@ -86,7 +92,7 @@ def ls(ctx: click.Context, as_json: bool) -> None:
 
 
 @host.command("show")
-@click.argument("name")
+@click.argument("name", shell_complete=complete.hosts)
 @click.pass_context
 def show(ctx: click.Context, name: str) -> None:
     """Show one host's entry as JSON."""
@@ -94,7 +100,7 @@ def show(ctx: click.Context, name: str) -> None:
 
 
 @host.command("rm")
-@click.argument("name")
+@click.argument("name", shell_complete=complete.hosts)
 @click.pass_context
 def rm(ctx: click.Context, name: str) -> None:
     """Remove a host from the inventory (refused while instances run on it)."""
@@ -105,12 +111,18 @@ def rm(ctx: click.Context, name: str) -> None:
 
 
 @host.command("doctor")
-@click.argument("name")
+@click.argument("name", shell_complete=complete.hosts)
 @click.option("--bridge", default=None, help="A bridge guests join there [Xen: xenbr0].")
 @common.json_option
 @click.pass_context
 def doctor(ctx: click.Context, name: str, bridge: str | None, as_json: bool) -> None:
-    """Check that host NAME is prepped to run unikernels; print what to fix."""
+    """Check that host NAME is prepped to run unikernels; print what to fix.
+
+    Each host is judged by its hypervisor (local: this machine's, QEMU unless it is a
+    Xen dom0); 'uniklab doctor' checks everything this machine needs, feature by feature.
+    """
+    from rich.markup import escape
+
     lab = common.lab(ctx)
     h = lab.hosts.get(name)
     checks = lab.backend_on(h).doctor(bridge=bridge)

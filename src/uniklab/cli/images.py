@@ -6,7 +6,6 @@ from __future__ import annotations
 import datetime as dt
 
 import click
-from rich.markup import escape
 
 from uniklab import validate
 from uniklab.cli import common
@@ -90,6 +89,8 @@ def import_(
     e.g. uniklab images import redis.bin --port 6379 --arg /data/conf/redis.conf
     --disk data.iso:/data
     """
+    from rich.markup import escape
+
     port_numbers = [validate.port(p) for p in ports]
     disk_pairs = [_disk(d) for d in disks]
     lab = common.lab(ctx)

@@ -4,15 +4,21 @@ from __future__ import annotations
 
 import click
 
-from uniklab.cli import common
+from uniklab.cli import common, complete
 
 
 @click.command()
-@click.argument("name")
+@click.argument("name", shell_complete=complete.instances)
 @common.json_option
 @click.pass_context
 def ip(ctx: click.Context, name: str, as_json: bool) -> None:
-    """Print the address of instance NAME."""
+    """Print the address of instance NAME.
+
+    \b
+    Examples:
+      uniklab ip r1              where to reach r1, and how that was found
+      uniklab ip --json r1       address, how it was found, published ports
+    """
     info = common.lab(ctx).ip(name)
     if as_json:
         common.print_json(

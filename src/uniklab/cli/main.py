@@ -4,79 +4,188 @@ turns errors into exit codes (a traceback only with -v) and SIGTERM/SIGHUP into 
 from __future__ import annotations
 
 import contextlib
+import importlib
 import logging
 import signal
 import sys
+from typing import TYPE_CHECKING, NamedTuple
 
 import click
-from rich.logging import RichHandler
-from rich.markup import escape
 
 from uniklab import __version__, signals
 from uniklab.cli import common
-from uniklab.cli.bake import bake
-from uniklab.cli.check import check
-from uniklab.cli.demo import demo
-from uniklab.cli.destroy import destroy
-from uniklab.cli.gc import gc
-from uniklab.cli.host import host
-from uniklab.cli.images import images
-from uniklab.cli.ip import ip
-from uniklab.cli.kernel import kernel
-from uniklab.cli.lab import lab
-from uniklab.cli.logs import logs
-from uniklab.cli.net import net
-from uniklab.cli.ps import ps
-from uniklab.cli.recipes import recipes
-from uniklab.cli.rmi import rmi
-from uniklab.cli.rumprun import rumprun
-from uniklab.cli.run import run
-from uniklab.cli.store import store
-from uniklab.cli.test import test
-from uniklab.cli.toolchain import toolchain
 from uniklab.errors import LaunchError, ProbeTimeoutError, UniklabError
 
+if TYPE_CHECKING:
+    from click.shell_completion import CompletionItem
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+
+class Verb(NamedTuple):
+    target: str  # "module:attribute" of the click command
+    summary: str  # the first sentence of its help: what `uniklab --help` lists
+
+
+# Each verb's module is imported only when that verb runs (or its own help or completion
+# is asked for): `uniklab --help` and completing a verb's name read the summaries here.
+# tests/cli/test_startup.py checks that each summary is what the verb's help says.
+VERBS: dict[str, Verb] = {
+    "bake": Verb(
+        "uniklab.cli.bake:bake",
+        "Bake RECIPE (a built-in name such as 'redis', or a recipe .toml) into an image.",
+    ),
+    "check": Verb(
+        "uniklab.cli.check:check",
+        "Probe instances (Redis: PING and a SET/GET round trip); non-zero if any fails.",
+    ),
+    "demo": Verb(
+        "uniklab.cli.demo:demo",
+        "Run the runbook for Redis: bake, run, probe with redis-cli, list, destroy.",
+    ),
+    "destroy": Verb(
+        "uniklab.cli.destroy:destroy",
+        "Destroy instances (like `xl destroy`): process, runtime files and state row.",
+    ),
+    "doctor": Verb(
+        "uniklab.cli.doctor:doctor",
+        "Check this machine's prerequisites for each feature; print how to fix each.",
+    ),
+    "gc": Verb(
+        "uniklab.cli.gc:gc",
+        "Find leftovers (processes, runtime dirs, taps, bridges, half-baked images, and "
+        "domains on Xen hosts) and remove them.",
+    ),
+    "host": Verb("uniklab.cli.host:host", "Add, list, show, remove and check lab hosts."),
+    "images": Verb(
+        "uniklab.cli.images:images",
+        "List baked images (or import one: uniklab images import FILE).",
+    ),
+    "ip": Verb("uniklab.cli.ip:ip", "Print the address of instance NAME."),
+    "kernel": Verb(
+        "uniklab.cli.kernel:kernel",
+        "Specialised guest kernels (tinyconfig + uniklab's fragments, everything built in).",
+    ),
+    "lab": Verb("uniklab.cli.lab:lab", "Boot, inspect and stop a virtual Xen host (lab in a box)."),
+    "logs": Verb("uniklab.cli.logs:logs", "Print the console log of instance NAME."),
+    "net": Verb("uniklab.cli.net:net", "Create, list and remove bridged networks."),
+    "ps": Verb(
+        "uniklab.cli.ps:ps",
+        "List instances: Name ID Mem VCPUs State Time(s) Address Ports Image Backend.",
+    ),
+    "recipes": Verb(
+        "uniklab.cli.recipes:recipes",
+        "List the built-in recipes: the Debian package each needs, its ports and probe.",
+    ),
+    "rmi": Verb("uniklab.cli.rmi:rmi", "Remove one or more images."),
+    "rumprun": Verb(
+        "uniklab.cli.rumprun:rumprun",
+        "Launch like rumprun's own launcher (its options as app-tools/rumprun reads them).",
+    ),
+    "run": Verb(
+        "uniklab.cli.run:run", "Run IMAGE; ARGS after '--' are appended to the app's command line."
+    ),
+    "store": Verb("uniklab.cli.store:store", "The state store (state.db) of this UNIKLAB_HOME."),
+    "test": Verb(
+        "uniklab.cli.test:test",
+        "Run SPEC.toml: its networks and instances up, its test commands (on this machine, "
+        "with NAME_ADDR, NAME_HOST, NAME_PORT of each instance in their environment), then "
+        "everything torn down.",
+    ),
+    "toolchain": Verb(
+        "uniklab.cli.toolchain:toolchain",
+        "Toolchains built from pinned sources (rumprun), once per machine.",
+    ),
+}
+
+
+class LazyGroup(click.Group):
+    """A group whose verbs are imported when used (click's "lazy loading subcommands"):
+    listings (--help, completing a verb's name) show the summaries of ``VERBS``."""
+
+    def __init__(self, *args: object, verbs: dict[str, Verb], **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+        self.verbs = verbs
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*self.commands, *self.verbs})
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name not in self.commands and cmd_name in self.verbs:
+            module, _, attr = self.verbs[cmd_name].target.partition(":")
+            command = getattr(importlib.import_module(module), attr)
+            self.add_command(command, cmd_name)
+        return self.commands.get(cmd_name)
+
+    def listed(self, ctx: click.Context) -> list[tuple[str, click.Command]]:
+        """Each visible verb: its command if loaded, else a stand-in carrying its summary."""
+        found = []
+        for name in self.list_commands(ctx):
+            cmd = self.commands.get(name) or click.Command(name, help=self.verbs[name].summary)
+            if not cmd.hidden:
+                found.append((name, cmd))
+        return found
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        commands = self.listed(ctx)
+        if commands:
+            limit = formatter.width - 6 - max(len(name) for name, _ in commands)
+            rows = [(name, cmd.get_short_help_str(limit)) for name, cmd in commands]
+            with formatter.section("Commands"):
+                formatter.write_dl(rows)
+
+    def shell_complete(self, ctx: click.Context, incomplete: str) -> list[CompletionItem]:
+        from click.shell_completion import CompletionItem
+
+        items = [
+            CompletionItem(name, help=cmd.get_short_help_str())
+            for name, cmd in self.listed(ctx)
+            if name.startswith(incomplete)
+        ]
+        # The group's own options (click.Command's completion: no subcommands there).
+        items.extend(click.Command.shell_complete(self, ctx, incomplete))
+        return items
+
+
+class _RichOnFirstRecord(logging.Handler):
+    """Passes records to a rich handler made when the first one comes: most commands log
+    nothing at the default level, and then never import rich's logging."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._rich: logging.Handler | None = None
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if self._rich is None:
+            from rich.logging import RichHandler
+
+            self._rich = RichHandler(console=common.err, show_path=False)
+            self._rich.setFormatter(self.formatter)
+        self._rich.emit(record)
+
+
+@click.group(cls=LazyGroup, verbs=VERBS, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("-v", "--verbose", count=True, help="Show debug logs and tracebacks.")
 @click.version_option(version=__version__, prog_name="uniklab")
 @click.pass_context
 def cli(ctx: click.Context, verbose: int) -> None:
-    """Bake applications into unikernel-style images and run them on QEMU."""
+    """Bake applications into unikernel-style images and run them on QEMU or Xen, on this
+    machine or on lab hosts.
+
+    \b
+    Examples:
+      uniklab run redis -p 6379:6379 --name r1    bake (once) and run Redis
+      uniklab ps                                  list instances
+      uniklab logs r1 ; uniklab destroy r1
+      uniklab doctor                              what this machine can run
+    """
     ctx.ensure_object(dict)["verbose"] = verbose
     level = logging.DEBUG if verbose else logging.WARNING
     logging.basicConfig(
         level=level,
         format="%(message)s",
         datefmt="[%X]",
-        handlers=[RichHandler(console=common.err, show_path=False)],
+        handlers=[_RichOnFirstRecord()],
         force=True,
     )
-
-
-for command in (
-    bake,
-    images,
-    rmi,
-    recipes,
-    run,
-    ps,
-    ip,
-    logs,
-    check,
-    destroy,
-    demo,
-    net,
-    rumprun,
-    test,
-    host,
-    gc,
-    lab,
-    kernel,
-    store,
-    toolchain,
-):
-    cli.add_command(command)
 
 
 MAX_ERROR_LINE = 500
@@ -91,6 +200,8 @@ def one_line(message: str) -> str:
 
 
 def _explain(exc: UniklabError) -> None:
+    from rich.markup import escape
+
     # The message holds user input: escaped, so '[/red]' in a name is text, not markup.
     line = escape(one_line(str(exc)))
     common.err.print(f"[red]error:[/red] {line}", markup=True, highlight=False)

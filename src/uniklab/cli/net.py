@@ -4,9 +4,16 @@ from __future__ import annotations
 
 import click
 
-from uniklab.cli import common
-from uniklab.net.dnsmasq import LEASE_TIME
-from uniklab.net.service import NetworkSpec
+from uniklab.cli import common, complete
+
+
+def _lease_help() -> dict[str, object]:
+    from uniklab.net.dnsmasq import LEASE_TIME
+
+    return {
+        "help": f"DHCP lease time (default {LEASE_TIME}; at least 2m, or infinite), e.g. 2m, "
+        "12h. Guests renew at half of it."
+    }
 
 
 @click.group()
@@ -24,11 +31,7 @@ def net() -> None:
 )
 @click.option("--netns", help="Put the bridge (and dnsmasq) in this network namespace.")
 @click.option("--dhcp/--no-dhcp", default=True, show_default=True, help="Serve DHCP.")
-@click.option(
-    "--lease-time",
-    help=f"DHCP lease time (default {LEASE_TIME}; at least 2m, or infinite), e.g. 2m, 12h. "
-    "Guests renew at half of it.",
-)
+@click.option("--lease-time", cls=common.FilledLater, fill=_lease_help)
 @common.json_option
 @click.pass_context
 def create(
@@ -41,7 +44,17 @@ def create(
     lease_time: str | None,
     as_json: bool,
 ) -> None:
-    """Create network NAME."""
+    """Create network NAME.
+
+    \b
+    Examples:
+      uniklab net create lab --subnet 10.77.0.0/24
+      uniklab net create lab --subnet 10.77.0.0/24 --netns uklab --lease-time 12h
+      uniklab net create lan --bridge xenbr0 --no-dhcp     an existing bridge, as it is
+    """
+    from uniklab.net.dnsmasq import LEASE_TIME
+    from uniklab.net.service import NetworkSpec
+
     lab = common.lab(ctx)
     lab.reconcile()
     row = lab.networks.create(NetworkSpec(name, subnet, bridge, netns, dhcp, lease_time))
@@ -93,7 +106,7 @@ def ls(ctx: click.Context, as_json: bool) -> None:
 
 
 @net.command("rm")
-@click.argument("names", nargs=-1, required=True)
+@click.argument("names", nargs=-1, required=True, shell_complete=complete.networks)
 @click.pass_context
 def rm(ctx: click.Context, names: tuple[str, ...]) -> None:
     """Remove networks (refused while instances use them)."""

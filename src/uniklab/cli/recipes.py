@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import click
 
-from uniklab.bake import recipe as recipes_mod
-from uniklab.bake.recipe import Recipe
 from uniklab.cli import common
-from uniklab.guest import console
+
+if TYPE_CHECKING:
+    from uniklab.bake.recipe import Recipe
 
 
 def _probe(r: Recipe) -> str:
+    from uniklab.guest import console
+
     p = r.probe
     if p.kind == "http":
         return f"http GET {p.path} -> {p.status} :{r.probe_port}"
@@ -19,7 +23,7 @@ def _probe(r: Recipe) -> str:
     return f"{p.kind} :{r.probe_port}"
 
 
-def _installed(r: recipes_mod.Recipe) -> str:
+def _installed(r: Recipe) -> str:
     if r.build is not None:
         return "built from source"
     return "yes" if r.installed() else f"no ({r.binary})"
@@ -29,6 +33,8 @@ def _installed(r: recipes_mod.Recipe) -> str:
 @common.json_option
 def recipes(as_json: bool) -> None:
     """List the built-in recipes: the Debian package each needs, its ports and probe."""
+    from uniklab.bake import recipe as recipes_mod
+
     found = [recipes_mod.load(n)[0] for n in recipes_mod.builtin_names()]
     if as_json:
         common.print_json(

@@ -2,18 +2,27 @@
 
 from __future__ import annotations
 
-import click
-from rich.markup import escape
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING
 
-from uniklab import validate
-from uniklab.cli import common
+import click
+
+from uniklab.cli import common, complete
 from uniklab.errors import UsageError
-from uniklab.lab import DEFAULT_WAIT, RunOptions
-from uniklab.net.attach import NicRequest, parse_net_option
+
+if TYPE_CHECKING:
+    from uniklab.lab import InstanceView
+
+
+def _default_wait() -> dict[str, object]:
+    from uniklab.options import DEFAULT_WAIT
+
+    return {"default": DEFAULT_WAIT}
 
 
 @click.command(context_settings={"ignore_unknown_options": False})
-@click.argument("image")
+@click.argument("image", shell_complete=complete.runnable)
 @click.argument("args", nargs=-1)
 @click.option("--name", help="Instance name (default: IMAGE-<random>).")
 @click.option("-m", "--memory", help="Guest memory, e.g. 64M, 128M, 1G (default: the image's).")
@@ -41,6 +50,7 @@ from uniklab.net.attach import NicRequest, parse_net_option
     multiple=True,
     metavar="NET[,mac=M][,ip=CIDR][,gw=IP]",
     help="Attach a NIC to a managed network (repeatable); default: user-mode.",
+    shell_complete=complete.networks,
 )
 @click.option(
     "--host",
@@ -48,6 +58,7 @@ from uniklab.net.attach import NicRequest, parse_net_option
     default="local",
     show_default=True,
     help="Inventory host to run on (a Xen dom0), or 'auto': most free memory.",
+    shell_complete=complete.run_hosts,
 )
 @click.option("--mac", help="MAC of the first --net NIC.")
 @click.option("--ip", "ip_addr", metavar="CIDR", help="Static address of the first --net NIC.")
@@ -69,8 +80,10 @@ from uniklab.net.attach import NicRequest, parse_net_option
 @click.option("--wait/--no-wait", default=False, help="Wait until the image's probe passes.")
 @click.option(
     "--timeout",
+    cls=common.FilledLater,
+    fill=_default_wait,
     type=float,
-    default=DEFAULT_WAIT,
+    default=None,  # RunOptions': DEFAULT_WAIT
     show_default=True,
     help="Seconds to wait for readiness.",
 )
@@ -94,10 +107,27 @@ def run(
     restart: str,
     disks: tuple[str, ...],
     wait: bool,
-    timeout: float,
+    timeout: float | None,
     as_json: bool,
 ) -> None:
-    """Run IMAGE; ARGS after '--' are appended to the app's command line."""
+    """Run IMAGE; ARGS after '--' are appended to the app's command line.
+
+    IMAGE is NAME[:TAG] (a built-in recipe is baked on first use) or a rumprun unikernel
+    file (./redis.bin).  A Xen host without --net puts the guest on its bridge xenbr0.
+
+    \b
+    Examples:
+      uniklab run redis --name r1 -p 6379:6379 --wait
+      uniklab run redis --memory 64M -- --maxmemory 32mb
+      uniklab run redis --net lab --ip 10.77.0.20/24 --gateway 10.77.0.1
+      uniklab run redis --host xd3 --net xenbr0 --wait
+    """
+    from rich.markup import escape
+
+    from uniklab import validate
+    from uniklab.net.attach import NicRequest, parse_net_option
+    from uniklab.options import RunOptions
+
     requests = [parse_net_option(n) for n in nets]
     if (mac or ip_addr or gateway) and not requests:
         raise UsageError("--mac, --ip and --gateway go with --net")
@@ -127,10 +157,27 @@ def run(
     )
     with common.err.status(status):
         view = lab.run(image, opts)
+    _warn_if_tcg(view)
     if as_json:
         common.print_json(view.as_dict())
         return
     common.out.print(
         f"{view.name} running ({view.row.memory_mb}M, {view.row.vcpus} vCPU) "
         f"at {view.address or 'no address'}"
+    )
+
+
+def _warn_if_tcg(view: InstanceView, kvm: Path = Path("/dev/kvm")) -> None:
+    """One line when this machine has /dev/kvm but the guest runs under TCG (slower):
+    KVM was expected, and the backend's probe found it does not run guests here."""
+    if view.row.backend != "qemu" or view.row.host != "local":
+        return
+    if view.row.runtime.get("accel") != "tcg" or not kvm.exists():
+        return
+    if os.environ.get("UNIKLAB_ACCEL") == "tcg":  # asked for
+        return
+    common.err.print(
+        f"warning: {view.name} runs under TCG (slow): /dev/kvm is here but KVM does not run "
+        "guests on this machine; 'uniklab doctor' says why (UNIKLAB_ACCEL=tcg silences this)",
+        markup=False,
     )

@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
-from rich.markup import escape
 
-from uniklab.api import Client
 from uniklab.cli import common
 from uniklab.errors import UniklabError
-from uniklab.testing import runner, spec
+
+if TYPE_CHECKING:
+    from uniklab.testing import runner
 
 
 @click.command()
@@ -25,7 +26,17 @@ from uniklab.testing import runner, spec
 def test(ctx: click.Context, spec_file: Path, junit: Path | None) -> None:
     """Run SPEC.toml: its networks and instances up, its test commands (on this machine,
     with NAME_ADDR, NAME_HOST, NAME_PORT of each instance in their environment), then
-    everything torn down.  Exits non-zero if a test fails."""
+    everything torn down.  Exits non-zero if a test fails.
+
+    \b
+    Example:
+      uniklab test examples/lab.toml --junit out/junit.xml
+    """
+    from rich.markup import escape
+
+    from uniklab.api import Client
+    from uniklab.testing import runner, spec
+
     s = spec.load(spec_file)
     suite = s.name or spec_file.stem
     client = Client(common.lab(ctx).paths.home)

@@ -1,0 +1,53 @@
+"""Which kernel the KVM probe boots, and which verdicts are cached (no guest boots here:
+the probe itself is stubbed, as on this machine it takes seconds)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from uniklab.backends import hostinfo
+
+
+def _bzimage(path: Path) -> Path:
+    data = bytearray(1024)
+    data[0x202:0x206] = b"HdrS"
+    path.write_bytes(bytes(data))
+    return path
+
+
+def test_a_rumprun_unikernel_is_not_what_the_probe_boots(tmp_path: Path) -> None:
+    rumprun = tmp_path / "kernel-qemu"
+    rumprun.write_bytes(b"\x7fELF" + bytes(1024))
+    linux = _bzimage(tmp_path / "bzImage")
+    assert hostinfo.probe_kernel(rumprun, [tmp_path / "missing", linux]) == linux
+    assert hostinfo.probe_kernel(linux) == linux
+    assert hostinfo.probe_kernel(rumprun, [tmp_path / "missing"]) is None
+
+
+@pytest.mark.parametrize(
+    ("kernel_found", "verdict", "cached"),
+    [(True, True, "kvm"), (True, False, "tcg"), (False, False, "tcg"), (False, True, None)],
+)
+def test_kvm_is_cached_only_when_a_linux_kernel_proved_it(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    kernel_found: bool,
+    verdict: bool,
+    cached: str | None,
+) -> None:
+    monkeypatch.delenv("UNIKLAB_ACCEL", raising=False)
+    linux = _bzimage(tmp_path / "bzImage") if kernel_found else None
+    monkeypatch.setattr(hostinfo, "_kernel_candidates", lambda: [linux] if linux else [])
+    seen: list[Path | None] = []
+
+    def probe(kernel: Path | None) -> tuple[bool, str]:
+        seen.append(kernel)
+        return verdict, "stub"
+
+    monkeypatch.setattr(hostinfo, "kvm_usable", probe)
+    accel, _ = hostinfo.choose_accel(tmp_path / "cache", tmp_path / "not-a-kernel")
+    assert accel == ("kvm" if verdict else "tcg") and seen == [linux]
+    marker = hostinfo._probe_cache(tmp_path / "cache")
+    assert (marker.read_text().split(":")[0] if marker.exists() else None) == cached
