@@ -195,7 +195,7 @@ def main() -> None:
     lab = Lab(Paths(home))
     rows: list[dict[str, object]] = []
     try:
-        accel, _ = choose_accel(lab.paths.cache, None)
+        accel, _ = choose_accel(None)
         for app in apps:
             print(f"{app}...", flush=True)
             rows.append(bench_app(lab, app))

@@ -108,7 +108,7 @@ def main() -> None:
         lab.bake("redis")
         cached_s = time.monotonic() - t
         m = cold.manifest
-        accel, _ = choose_accel(lab.paths.cache, None)
+        accel, _ = choose_accel(None)
         runs = [boots(lab, m.memory) for _ in range(args.boots)]
         ok_runs = [r for r in runs if r[0]]
         boot_s = sorted(r[1] for r in ok_runs)[len(ok_runs) // 2] if ok_runs else float("nan")

@@ -21,7 +21,6 @@ import json
 import os
 import shlex
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -59,8 +58,7 @@ def main() -> None:
     ap.add_argument("--plots", type=Path, default=HERE / "plots")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
-    home = Path(tempfile.mkdtemp(prefix="ukl-acc-", dir="/tmp"))
-    accel, _ = choose_accel(home, None)
+    accel, _ = choose_accel(None)
 
     prep = []
     for platform in ("hw", "xen"):

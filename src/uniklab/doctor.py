@@ -34,7 +34,7 @@ class Finding:
         return asdict(self)
 
 
-def _accel(cache: Path) -> tuple[str, str]:
+def _accel(_cache: Path) -> tuple[str, str]:
     """The bounded probe `run` uses (cached per boot): real-mode firmware, then a kernel
     that must reach user space.  Without a readable kernel only the first step runs, and
     its verdict is not cached (it would stand in for the whole probe)."""
@@ -46,7 +46,7 @@ def _accel(cache: Path) -> tuple[str, str]:
     except UniklabError:
         ok, why = hostinfo.kvm_usable(None)
         return ("kvm" if ok else "tcg"), f"{why} (no readable kernel: firmware step only)"
-    return hostinfo.choose_accel(cache, kernel)
+    return hostinfo.choose_accel(kernel)
 
 
 def _host_kernel() -> Path:
@@ -107,7 +107,7 @@ def _net_admin() -> bool:
 class Machine:
     """What the checks read of the machine (each a function, so a test can stand in)."""
 
-    cache: Path  # uniklab's cache of this home (the KVM probe's verdict lives there)
+    cache: Path  # where the KVM probe's verdict lives (machine-wide: hostinfo.choose_accel)
     which: Callable[[str], str | None] = shutil.which
     exists: Callable[[Path], bool] = Path.exists
     kvm_access: Callable[[], bool] = field(default=lambda: os.access(KVM, os.R_OK | os.W_OK))

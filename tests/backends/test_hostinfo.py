@@ -38,6 +38,7 @@ def test_kvm_is_cached_only_when_a_linux_kernel_proved_it(
     cached: str | None,
 ) -> None:
     monkeypatch.delenv("UNIKLAB_ACCEL", raising=False)
+    monkeypatch.setenv("UNIKLAB_FACTS_CACHE", str(tmp_path / "cache"))
     linux = _bzimage(tmp_path / "bzImage") if kernel_found else None
     monkeypatch.setattr(hostinfo, "_kernel_candidates", lambda: [linux] if linux else [])
     seen: list[Path | None] = []
@@ -47,7 +48,7 @@ def test_kvm_is_cached_only_when_a_linux_kernel_proved_it(
         return verdict, "stub"
 
     monkeypatch.setattr(hostinfo, "kvm_usable", probe)
-    accel, _ = hostinfo.choose_accel(tmp_path / "cache", tmp_path / "not-a-kernel")
+    accel, _ = hostinfo.choose_accel(tmp_path / "not-a-kernel")
     assert accel == ("kvm" if verdict else "tcg") and seen == [linux]
-    marker = hostinfo._probe_cache(tmp_path / "cache")
+    marker = hostinfo._probe_cache()
     assert (marker.read_text().split(":")[0] if marker.exists() else None) == cached

@@ -115,9 +115,9 @@ def kvm_usable(kernel: Path | None, *, timeout: float = 10.0) -> tuple[bool, str
         return False, "kernel probe did not reach user space"
 
 
-def _probe_cache(cache: Path) -> Path:
+def _probe_cache() -> Path:
     boot_id = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
-    return cache / f"kvm-probe-{boot_id}"
+    return buildcache.root("facts", "UNIKLAB_FACTS_CACHE") / f"kvm-probe-{boot_id}"
 
 
 def is_linux_bzimage(path: Path) -> bool:
@@ -145,8 +145,10 @@ def _kernel_candidates() -> list[Path]:
     return [Path(f"/boot/vmlinuz-{os.uname().release}"), *cached]
 
 
-def choose_accel(cache: Path, kernel: Path | None) -> tuple[str, str]:
-    """'kvm' or 'tcg', and why.  UNIKLAB_ACCEL overrides; the probe is cached per boot.
+def choose_accel(kernel: Path | None) -> tuple[str, str]:
+    """'kvm' or 'tcg', and why.  UNIKLAB_ACCEL overrides; the probe is cached per boot of
+    this machine, for every home (``UNIKLAB_FACTS_CACHE``): a fresh home does not pay the
+    probe's seconds again.
 
     KVM counts only once a Linux kernel was seen to boot under it (here KVM starts real-mode
     firmware and then hangs every kernel): the probe boots ``kernel`` if it is a Linux
@@ -155,7 +157,7 @@ def choose_accel(cache: Path, kernel: Path | None) -> tuple[str, str]:
     forced = os.environ.get("UNIKLAB_ACCEL")
     if forced in ("kvm", "tcg"):
         return forced, "set by UNIKLAB_ACCEL"
-    marker = _probe_cache(cache)
+    marker = _probe_cache()
     if marker.exists():
         ok_text = marker.read_text()
         return ("kvm" if ok_text.startswith("kvm") else "tcg"), ok_text.split(":", 1)[-1].strip()

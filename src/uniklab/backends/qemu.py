@@ -167,7 +167,7 @@ def _unavailable() -> str | None:
 
 
 def _create(ctx: BackendContext) -> QemuBackend:
-    accel, why = hostinfo.choose_accel(ctx.cache, ctx.kernel)
+    accel, why = hostinfo.choose_accel(ctx.kernel)
     log.debug("qemu accelerator %s: %s", accel, why)
     return QemuBackend(accel=accel, tsc_khz=hostinfo.tsc_khz(), executor=ctx.executor)
 

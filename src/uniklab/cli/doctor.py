@@ -30,10 +30,12 @@ def doctor(as_json: bool) -> None:
       uniklab doctor
       uniklab doctor --json | jq -r '.[] | select(.status != "OK") | .fix'
     """
+    from uniklab import buildcache
     from uniklab import doctor as doctor_mod
-    from uniklab.paths import default_paths
 
-    findings = doctor_mod.check(doctor_mod.Machine(cache=default_paths().cache))
+    findings = doctor_mod.check(
+        doctor_mod.Machine(cache=buildcache.root("facts", "UNIKLAB_FACTS_CACHE"))
+    )
     if as_json:
         common.print_json([f.as_dict() for f in findings])
     else:
