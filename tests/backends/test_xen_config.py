@@ -51,7 +51,7 @@ def test_vif_script() -> None:
     assert 'vif = [ "mac=00:16:3e:00:00:01,bridge=br1,script=/etc/x/vif" ]' in text
 
 
-def test_a_rumprun_domain_has_no_ramdisk_or_command_line_and_read_only_disks() -> None:
+def test_a_rumprun_domain_has_no_ramdisk_or_command_line_and_its_own_disks() -> None:
     """rumprun's launcher (run_xen) writes kernel=, memory, vif, disk and no extra=: the
     config goes to xenstore."""
     text = build_config(
@@ -62,4 +62,5 @@ def test_a_rumprun_domain_has_no_ramdisk_or_command_line_and_read_only_disks() -
         )
     )
     assert "ramdisk" not in text and "extra" not in text
-    assert 'disk = [ "format=raw,vdev=xvda,access=ro,target=/var/lib/uniklab/blobs/ab12" ]' in text
+    spec = "format=raw,vdev=xvda,access=rw,script=block,target=/var/lib/uniklab/blobs/ab12"
+    assert f'disk = [ "{spec}" ]' in text

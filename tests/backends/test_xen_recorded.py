@@ -75,9 +75,11 @@ class RecordedXenHost:
                 del self.domains[line]
             if line is None or self.vanish_on_destroy:
                 rc, err = 1, (FIX / "xl_destroy_id_missing.stderr").read_text()
-        elif args[:3] == ["rm", "-f", "--"]:
-            for path in args[3:]:
+        elif args[:3] == ["sh", "-c", xen._RM_FILES]:
+            for path in args[4:]:
                 self.cfgs.pop(Path(path).name, None)
+        elif args[0] == "cp":
+            pass
         elif args[0] == "sha256sum":
             out = "".join(f"{self.hashes[p]}  {p}\n" for p in args[1:] if p in self.hashes)
         elif args[:2] in (["mkdir", "-p"], ["xl", "create"], ["xl", "unpause"]):
@@ -89,6 +91,9 @@ class RecordedXenHost:
         if check and rc:
             raise CommandError(args, rc, err, host=self.name)
         return Result(args, rc, out, err)
+
+
+RM = ["sh", "-c", xen._RM_FILES]
 
 
 def _handle(domain: str, domid: int | None) -> Handle:
@@ -113,9 +118,8 @@ def test_destroy_by_id_and_files() -> None:
     XenBackend(host).destroy(_handle("orphan", 2))
     assert ["xl", "destroy", "2"] in host.calls
     assert host.calls[-1] == [
-        "rm",
-        "-f",
-        "--",
+        *RM,
+        "/var/lib/uniklab/domains/orphan",
         "/x/orphan.cfg",
         "/var/log/xen/console/guest-orphan.log",
     ]
@@ -126,14 +130,14 @@ def test_destroy_leaves_a_domain_that_took_the_name_alone() -> None:
     host = RecordedXenHost()
     XenBackend(host).destroy(_handle("keep", 5))  # "keep" is id 1 now: not that one
     assert not any(c[:2] == ["xl", "destroy"] for c in host.calls)
-    assert host.calls[-1][:4] == ["rm", "-f", "--", "/x/keep.cfg"]
+    assert host.calls[-1][:5] == [*RM, "/var/lib/uniklab/domains/keep", "/x/keep.cfg"]
 
 
 def test_destroy_of_a_domain_that_dies_meanwhile_succeeds() -> None:
     host = RecordedXenHost()
     host.vanish_on_destroy = True
     XenBackend(host).destroy(_handle("orphan", 2))  # xl destroy fails: the domain is gone
-    assert host.calls[-1][:4] == ["rm", "-f", "--", "/x/orphan.cfg"]
+    assert host.calls[-1][:5] == [*RM, "/var/lib/uniklab/domains/orphan", "/x/orphan.cfg"]
 
 
 class StubbornXenHost(RecordedXenHost):
@@ -256,4 +260,4 @@ def test_a_rumprun_guest_is_created_as_rumpruns_launcher_does(tmp_path: Path) ->
     assert cfg["blk"] == {"source": "etfs", "path": "xvda", "fstype": "blk", "mountpoint": "/data"}
     assert cfg["cmdline"] == "redis-server /data/conf/redis.conf"
     text = host.files[str(xen.cfg_path("keep"))]
-    assert "ramdisk" not in text and "extra" not in text and "vdev=xvda,access=ro" in text
+    assert "ramdisk" not in text and "extra" not in text and "vdev=xvda,access=rw" in text

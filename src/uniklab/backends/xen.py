@@ -138,6 +138,14 @@ class XenBackend:
         uploads = [spec.kernel, *([spec.initrd] if spec.initrd else []), *spec.disks]
         kernel, *rest = self.ensure_image(*uploads)
         ramdisk = rest.pop(0) if spec.initrd else None
+        # rumprun's etfs opens its disks read-write (a read-only vbd: "etfs register
+        # failed: 1"), and the content-addressed copy is every guest's: each domain gets a
+        # copy of its own, beside its config, removed with it.
+        disks = [DOMAINS / f"{spec.name}.{_xvd(i)}" for i in range(len(rest))]
+        if disks:
+            self.ex.run(["mkdir", "-p", str(DOMAINS)], timeout=30)
+            for blob, copy in zip(rest, disks, strict=True):
+                self.ex.run(["cp", "--", str(blob), str(copy)], timeout=120)
         cfg_text = build_config(
             XenDomain(
                 name=spec.name,
@@ -147,7 +155,7 @@ class XenBackend:
                 memory_mb=spec.memory_mb,
                 vcpus=spec.vcpus,
                 vifs=vifs,
-                disks=[XenDisk(str(d), _xvd(i)) for i, d in enumerate(rest)],
+                disks=[XenDisk(str(d), _xvd(i)) for i, d in enumerate(disks)],
             )
         )
         # An instance's runtime directory lives in its home's runtime root: that names the
@@ -290,14 +298,17 @@ class XenBackend:
             raise CommandError(r.argv, r.returncode, r.stderr, host=self.ex.name)
 
     def _remove_files(self, name: str, cfg: str | None) -> None:
+        """The domain's config, console log and disk copies (``NAME.xvd?``)."""
         paths = [p for p in (cfg, str(console_path(name))) if p]
-        self.ex.run(["rm", "-f", "--", *paths], timeout=30, check=False)
+        self.ex.run(["sh", "-c", _RM_FILES, str(DOMAINS / name), *paths], timeout=30, check=False)
 
     # Last: the method's name shadows the builtin in annotations below it.
     def list(self) -> list[xl_parse.Domain]:
         return self._domains()
 
 
+# Removes "$@" and the domain's disk copies, "$0".xvd? ($0: DOMAINS/NAME).
+_RM_FILES = 'rm -f -- "$@" "$0".xvd?'
 _KERNFS = {"source": "dev", "path": "virtual", "fstype": "kernfs", "mountpoint": "/kern"}
 
 

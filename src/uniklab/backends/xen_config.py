@@ -29,7 +29,7 @@ class XenVif:
 
 @dataclass(frozen=True)
 class XenDisk:
-    path: str  # on the Xen host
+    path: str  # on the Xen host: the domain's own copy (rumprun's etfs opens it read-write)
     vdev: str  # xvda, xvdb…
 
 
@@ -42,7 +42,7 @@ class XenDomain:
     memory_mb: int
     vcpus: int
     vifs: Sequence[XenVif] = ()
-    disks: Sequence[XenDisk] = ()  # read-only
+    disks: Sequence[XenDisk] = ()
 
 
 def build_config(d: XenDomain) -> str:
@@ -52,7 +52,11 @@ def build_config(d: XenDomain) -> str:
         if v.script:
             spec += f",script={v.script}"
         vifs.append(_q(spec))
-    disks = [_q(f"format=raw,vdev={k.vdev},access=ro,target={k.path}") for k in d.disks]
+    # A file needs a hotplug script for xl to pick blkback ("phy"): "block" (Debian's, or
+    # the virtual Xen host's own) loops it.
+    disks = [
+        _q(f"format=raw,vdev={k.vdev},access=rw,script=block,target={k.path}") for k in d.disks
+    ]
     lines = [
         "# written by uniklab",
         f"name = {_q(d.name)}",

@@ -70,6 +70,7 @@ DOM0_MODULES = (
     "xen_gntdev",
     "xen_gntalloc",
     "xen_blkback",
+    "loop",  # file-backed domU disks (dom0_files/block)
     "xen_netback",
     "bridge",
     "virtio_pci",
@@ -91,6 +92,7 @@ HOST_TOOLS = (
     "/usr/bin/ip",
     "/usr/bin/kmod",
     "/usr/sbin/dnsmasq",
+    "/usr/sbin/losetup",
     "/usr/bin/redis-cli",
 )
 HOST_TOOLS_OPTIONAL = (
@@ -329,6 +331,7 @@ def build_initrd(
 
     arc.add_file_from("/init", DATA / "init", mode=0o755)
     arc.add_file_from(VIF_SCRIPT, DATA / "vif-uniklab", mode=0o755)
+    arc.add_file_from("/etc/xen/scripts/block", DATA / "block", mode=0o755)
     arc.add_file_from("/etc/xen/xl.conf", DATA / "xl.conf", mode=0o644)
     arc.add_file_from("/etc/ssh/sshd_config", DATA / "sshd_config", mode=0o644)
     arc.add_file_from("/etc/ssh/ssh_host_ed25519_key", host_key, mode=0o600)

@@ -75,6 +75,8 @@ PATCHES = (
     Patch("netbsd-setjmp-stack-alignment.patch", ("hw", "xen")),
     Patch("xen-header-probe-idirafter.patch", ("xen",)),
     Patch("xen-minios-no-werror-fcommon.patch", ("xen",)),
+    Patch("xen-minios-xenbus-first-reply.patch", ("xen",)),
+    Patch("xen-minios-callback-stack-alignment.patch", ("xen",)),
     Patch("hw-halt-exits-qemu.patch", ("hw",)),
 )
 
