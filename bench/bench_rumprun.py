@@ -24,29 +24,13 @@ import sys
 import time
 from pathlib import Path
 
-from bench_small import Variant, measure, plots, table
+from bench_small import Variant, measure, plots, ratios, table
 
 from uniklab.backends.hostinfo import choose_accel
 from uniklab.kernel import build as kbuild
 from uniklab.toolchain import rumprun as rr
 
 HERE = Path(__file__).resolve().parent
-
-
-def ratios(rumprun: Variant, others: list[Variant]) -> list[str]:
-    out = []
-    for other in others:
-        for name, key in (
-            ("run → PONG", "run_to_pong_s"),
-            ("image size", "image_mb"),
-            ("memory floor", "memory_floor_mb"),
-            ("QEMU RSS", "qemu_rss_mb"),
-            ("SET throughput", "bench_set_rps"),
-        ):
-            a, b = other.results.get(key), rumprun.results.get(key)
-            if isinstance(a, int | float) and isinstance(b, int | float) and b:
-                out.append(f"ratio {name}: {other.label} / {rumprun.label} = {a / b:.2f}x")
-    return out
 
 
 def main() -> None:
@@ -89,7 +73,7 @@ def main() -> None:
         "with rumprun-packages' Makefile and runs rumprun-bake for hw_virtio and xen_pv",
         "rumprun's image = its hw_virtio unikernel (debug sections stripped) + data.iso "
         "(redis.conf); the root column is that data disk",
-        *ratios(variants[-1], variants[:-1]),
+        *(line for other in variants[:-1] for line in ratios(other, variants[-1])),
     ]
     print()
     print(text)

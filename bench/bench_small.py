@@ -251,43 +251,17 @@ def scale(
 
 
 def ps_latency(n: int = 100, repeat: int = 5) -> dict[str, float]:
-    home = Path(tempfile.mkdtemp(prefix="ukl-ps-", dir="/tmp"))
-    lab = Lab(Paths(home))
-    procs: list[subprocess.Popen[bytes]] = []
-    try:
-        for i in range(n):
-            rundir = home / "run" / f"p{i:03d}"
-            rundir.mkdir(parents=True)
-            # sh stays (a command follows sleep), its command line carrying the marker.
-            proc = subprocess.Popen(
-                ["sh", "-c", "sleep 600; :", str(rundir)], start_new_session=True
-            )
-            procs.append(proc)
-            row = lab.store.reserve(
-                name=f"p{i:03d}",
-                image="redis:small",
-                digest="sha256:" + "0" * 64,
-                backend="qemu",
-                host="local",
-                memory_mb=48,
-                vcpus=1,
-                owner_pid=os.getpid(),
-                spec={},
-                labels={},
-            )
-            lab.store.update(
-                row.id,
-                state=RUNNING,
-                pid=proc.pid,
-                started=time.time(),
-                runtime={"rundir": str(rundir), "accel": "tcg"},
-            )
+    from bench_cli import home_with  # the same 100 rows of live processes
+
+    with home_with(n) as home:
+        lab = Lab(Paths(home))
         times = []
         for _ in range(repeat):
             t = time.monotonic()
             views = lab.ps()
             times.append(time.monotonic() - t)
             assert sum(v.row.state == RUNNING for v in views) == n, "ps lost rows"
+        lab.close()
         cli = []
         env = {**os.environ, "UNIKLAB_HOME": str(home)}
         for _ in range(repeat):
@@ -304,12 +278,6 @@ def ps_latency(n: int = 100, repeat: int = 5) -> dict[str, float]:
             "api_ps_s": round(sorted(times)[repeat // 2], 3),
             "cli_ps_s": round(sorted(cli)[repeat // 2], 3),
         }
-    finally:
-        for proc in procs:
-            os.killpg(proc.pid, 9)
-            proc.wait()
-        lab.close()
-        shutil.rmtree(home, ignore_errors=True)
 
 
 ROWS = [
@@ -339,6 +307,7 @@ def ratios(generic: Variant, small: Variant) -> list[str]:
         ("memory floor", "memory_floor_mb"),
         ("image size", "image_mb"),
         ("QEMU RSS", "qemu_rss_mb"),
+        ("SET throughput", "bench_set_rps"),
     ):
         a, b = generic.results.get(key), small.results.get(key)
         if isinstance(a, int | float) and isinstance(b, int | float) and b:

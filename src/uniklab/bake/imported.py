@@ -39,8 +39,9 @@ from elftools.elf.segments import NoteSegment
 from pydantic import ValidationError
 
 from uniklab import validate
-from uniklab.bake.image import ImageDisk, ImageStore, KernelInfo, Manifest
+from uniklab.bake.image import ImageDisk, ImageStore, Manifest
 from uniklab.bake.recipe import ProbeSpec
+from uniklab.bake.rumprun import rumprun_manifest
 from uniklab.errors import BakeError, NotFoundError, UsageError
 from uniklab.guest import console as guest_console
 from uniklab.guest.rumprun import RumprunConfig
@@ -147,36 +148,20 @@ def import_image(
         if store.has(digest):
             shutil.rmtree(staging, ignore_errors=True)
             return store.manifest(digest).model_copy(update={"name": name, "tag": tag})
-        kernel_size = (staging / kernel_file).stat().st_size
-        disk_size = sum(d.size for d in image_disks)
-        manifest = Manifest(
+        manifest = rumprun_manifest(
+            staging,
             name=name,
             tag=tag,
             digest=digest,
-            kind="rumprun",
-            platforms=[chosen],
-            created=time.time(),
-            kernel=KernelInfo(
-                release="rumprun (imported)",
-                source=str(src),
-                file=kernel_file,
-                choice="rumprun",
-            ),
             kernels={chosen: kernel_file},
+            release="rumprun (imported)",
+            source=str(src),
             disks=image_disks,
-            initrd="",
-            compression="none",
-            size=kernel_size + disk_size,
-            kernel_size=kernel_size,
-            initrd_size=disk_size,
-            cmdline="",
-            acpi=False,
             entrypoint=argv,
             ports=port_list,
             probe=ready,
             memory=memory,
-            files=len(image_disks),
-            bake_seconds=round(time.monotonic() - start, 3),
+            seconds=time.monotonic() - start,
         )
         store.commit(staging, manifest)
     except OSError as exc:

@@ -93,37 +93,20 @@ def bake(
             )
             if not disks:
                 disks = [_copy_disk(pkg, d.src, d.mount, staging) for d in spec.disks]
-        first = next(iter(kernels.values()))
-        kernel_size = (staging / first).stat().st_size
-        disk_size = sum(d.size for d in disks)
-        manifest = Manifest(
+        manifest = rumprun_manifest(
+            staging,
             name=recipe.name,
             tag=tag,
             digest=digest,
-            kind="rumprun",
-            platforms=list(kernels),
-            created=time.time(),
-            kernel=KernelInfo(
-                release=f"rumprun {sources.RUMPRUN.commit}",
-                source=", ".join(tc.name for tc in toolchains.values()),
-                file=first,
-                choice="rumprun",
-            ),
             kernels=kernels,
+            release=f"rumprun {sources.RUMPRUN.commit}",
+            source=", ".join(tc.name for tc in toolchains.values()),
             disks=disks,
-            initrd="",
-            compression="none",
-            size=kernel_size + disk_size,
-            kernel_size=kernel_size,
-            initrd_size=disk_size,
-            cmdline="",
-            acpi=False,
             entrypoint=[Path(spec.binary).name, *recipe.args],
             ports=recipe.ports,
             probe=_probe(recipe.probe),
             memory=recipe.memory,
-            files=len(disks),
-            bake_seconds=round(time.monotonic() - start, 3),
+            seconds=time.monotonic() - start,
         )
         store.commit(staging, manifest)
     except OSError as exc:
@@ -136,6 +119,53 @@ def bake(
         shutil.rmtree(work, ignore_errors=True)
     log.info("baked %s:%s %s in %.2fs", recipe.name, tag, digest[:19], manifest.bake_seconds)
     return manifest, False
+
+
+def rumprun_manifest(
+    staging: Path,
+    *,
+    name: str,
+    tag: str,
+    digest: str,
+    kernels: dict[str, str],
+    release: str,
+    source: str,
+    disks: list[ImageDisk],
+    entrypoint: list[str],
+    ports: list[int],
+    probe: ProbeSpec,
+    memory: str,
+    seconds: float,
+) -> Manifest:
+    """The manifest of a rumprun image whose files are in ``staging`` (baked or imported):
+    a kernel per backend (``kernels``), data disks, no Linux root or command line."""
+    first = next(iter(kernels.values()))
+    kernel_size = (staging / first).stat().st_size
+    disk_size = sum(d.size for d in disks)
+    return Manifest(
+        name=name,
+        tag=tag,
+        digest=digest,
+        kind="rumprun",
+        platforms=list(kernels),
+        created=time.time(),
+        kernel=KernelInfo(release=release, source=source, file=first, choice="rumprun"),
+        kernels=kernels,
+        disks=disks,
+        initrd="",
+        compression="none",
+        size=kernel_size + disk_size,
+        kernel_size=kernel_size,
+        initrd_size=disk_size,
+        cmdline="",
+        acpi=False,
+        entrypoint=entrypoint,
+        ports=ports,
+        probe=probe,
+        memory=memory,
+        files=len(disks),
+        bake_seconds=round(seconds, 3),
+    )
 
 
 def _pin(name: str) -> sources.Pin:
