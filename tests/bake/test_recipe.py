@@ -248,3 +248,20 @@ def test_bad_build_sections(text: str, needle: str, tmp_path: Path) -> None:
     path.write_text(text)
     with pytest.raises(BakeError, match=re.escape(needle)):
         recipe.load(str(path))
+
+
+@pytest.mark.parametrize(
+    ("rumprun", "words"),
+    [
+        ({"binary": "b"}, "exactly one of package"),
+        ({"package": "redis", "debian_source": "redis", "binary": "b"}, "exactly one of"),
+        ({"debian_source": "redis", "binary": "b"}, "needs a command"),
+        ({"package": "redis", "binary": "b", "shims": ["x.c"]}, "go with debian_source"),
+        ({"debian_source": "redis", "command": ["make"], "binary": "../b"}, "inside the package"),
+    ],
+)
+def test_a_rumprun_build_has_one_source(rumprun: dict[str, object], words: str) -> None:
+    from uniklab.bake.recipe import Recipe
+
+    with pytest.raises(ValueError, match=words):
+        Recipe.model_validate({"name": "x", "kind": "rumprun", "rumprun": rumprun})

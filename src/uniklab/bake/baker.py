@@ -280,7 +280,9 @@ def bake(
     if recipe.kind == "rumprun":
         if kernel != HOST or root is not None:
             raise UsageError(f"{recipe.name} is a rumprun unikernel: it has no --kernel or --root")
-        m, cached = rumprun.bake(recipe, store=store, tag=tag, progress=say)
+        m, cached = rumprun.bake(
+            recipe, store=store, recipe_dir=recipe_dir, tag=tag, progress=say
+        )
         return BakeResult(m, cached, time.monotonic() - start)
     say("resolving inputs")
     if root is not None and root not in ROOTS:

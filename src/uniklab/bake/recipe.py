@@ -288,28 +288,58 @@ class RumprunDisk(BaseModel):
 
 
 class RumprunSpec(BaseModel):
-    """Build with a rumprun-packages package's own Makefile, then ``rumprun-bake``.
+    """Build the app with the rumprun toolchain, then ``rumprun-bake`` it.
 
-    ``make`` runs in ``rumprun-packages/<package>`` with the rumprun toolchain on PATH; the
-    pinned sources it would download (``downloads``, names of uniklab's pins) are put in
-    its ``dl/`` first.  ``binary`` and ``disks`` are what it leaves, relative to it.
+    Either a rumprun-packages ``package``: its own Makefile runs in
+    ``rumprun-packages/<package>`` with the toolchain on PATH, the pinned sources it would
+    download (``downloads``, names of uniklab's pins) put in its ``dl/`` first.  Or a
+    Debian ``debian_source``: unpacked with Debian's patches (less ``drop_patches``), the
+    ``shims`` (C files beside the recipe, for what rumprun's libc lacks) compiled into
+    objects that ``{shims}`` in ``command`` names, then ``command`` (an argv, ``{jobs}``:
+    the CPUs).  ``binary`` and ``disks`` are what the build leaves, relative to its tree.
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    package: str
+    package: str | None = None
+    debian_source: str | None = None
+    command: list[str] = Field(default_factory=list)  # with debian_source
+    drop_patches: list[str] = Field(default_factory=list)  # debian/patches/ to un-apply
+    shims: list[str] = Field(default_factory=list)
     make: list[str] = Field(default_factory=list)  # targets; none: the Makefile's default
     downloads: list[str] = Field(default_factory=list)
     binary: str
     disks: list[RumprunDisk] = Field(default_factory=list)
     targets: list[RumprunTarget] = Field(default_factory=lambda: list(RUMPRUN_TARGETS))
 
-    @field_validator("package")
+    @field_validator("package", "debian_source")
     @classmethod
-    def _package(cls, v: str) -> str:
-        if not re.match(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$", v):
-            raise ValueError(f"invalid rumprun-packages package name {v!r}")
+    def _package(cls, v: str | None) -> str | None:
+        if v is not None and not re.match(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$", v):
+            raise ValueError(f"invalid package name {v!r}")
         return v
+
+    @field_validator("command")
+    @classmethod
+    def _command(cls, v: list[str]) -> list[str]:
+        for a in v:
+            _c_string(a, "build argument")
+        return v
+
+    @field_validator("drop_patches", "shims")
+    @classmethod
+    def _files(cls, v: list[str]) -> list[str]:
+        return [_relative(f, "file") for f in v]
+
+    @model_validator(mode="after")
+    def _one_source(self) -> RumprunSpec:
+        if (self.package is None) == (self.debian_source is None):
+            raise ValueError("give exactly one of package (rumprun-packages) or debian_source")
+        if self.debian_source is not None and not self.command:
+            raise ValueError("debian_source needs a command (the build's argv)")
+        if self.package is not None and (self.command or self.drop_patches or self.shims):
+            raise ValueError("command, drop_patches and shims go with debian_source")
+        return self
 
     @field_validator("make")
     @classmethod

@@ -22,9 +22,11 @@ import time
 from pathlib import Path
 
 from uniklab import buildcache
+from uniklab.bake import source as debian
 from uniklab.bake.image import ImageDisk, ImageStore, KernelInfo, Manifest
-from uniklab.bake.recipe import ProbeSpec, Recipe, RumprunSpec
+from uniklab.bake.recipe import ProbeSpec, Recipe, RumprunSpec, builtin_dir
 from uniklab.buildcache import Progress
+from uniklab.digest import sha256_known
 from uniklab.errors import BakeError, CommandError
 from uniklab.executor import local
 from uniklab.guest import console as guest_console
@@ -43,6 +45,7 @@ def bake(
     recipe: Recipe,
     *,
     store: ImageStore,
+    recipe_dir: Path | None = None,
     tag: str = "latest",
     source: Path | None = None,
     fetch: bool = True,
@@ -60,9 +63,8 @@ def bake(
         platform = TARGETS[target][0]
         say(f"the rumprun {platform} toolchain")
         toolchains[target] = rr.build(platform, source=source, fetch=fetch, progress=say)
-    pins = [sources.RUMPRUN_PACKAGES, *(_pin(name) for name in spec.downloads)]
-    tarballs = {pin.name: sources.tarball(pin, source) for pin in pins}
-    digest = _digest(recipe, toolchains, tarballs)
+    inputs = _inputs(spec, recipe_dir, source, say)
+    digest = _digest(recipe, toolchains, inputs)
     if store.has(digest):
         m = store.manifest(digest)
         return m.model_copy(update={"name": recipe.name, "tag": tag}), True
@@ -74,7 +76,10 @@ def bake(
         kernels: dict[str, str] = {}
         disks: list[ImageDisk] = []
         for built, tc in toolchains.items():
-            pkg = _build_package(spec, tc, tarballs, work / built, say)
+            if spec.package is not None:
+                pkg = _build_package(spec, spec.package, tc, inputs, work / built, say)
+            else:
+                pkg = _build_debian(spec, tc, inputs, work / built, say)
             backend = TARGETS[built][1]
             say(f"rumprun-bake {built}")
             baked = work / f"{built}.bin"
@@ -183,20 +188,47 @@ def _probe(probe: ProbeSpec) -> ProbeSpec:
     return probe
 
 
-def _digest(recipe: Recipe, toolchains: dict[str, rr.Toolchain], tarballs: dict[str, Path]) -> str:
+def _inputs(
+    spec: RumprunSpec, recipe_dir: Path | None, source: Path | None, say: Progress
+) -> dict[str, Path]:
+    """The files the build reads, by name: rumprun-packages and the pinned downloads
+    (verified tarballs), or the Debian source's .dsc (fetched once per machine) and the
+    shims."""
+    if spec.package is not None:
+        pins = [sources.RUMPRUN_PACKAGES, *(_pin(name) for name in spec.downloads)]
+        return {pin.name: sources.tarball(pin, source) for pin in pins}
+    assert spec.debian_source is not None
+    found = {"dsc": debian.fetch(spec.debian_source, debian.cache_root(), say)}
+    for shim in spec.shims:
+        found[f"shim:{shim}"] = _recipe_file(recipe_dir, shim)
+    return found
+
+
+def _recipe_file(recipe_dir: Path | None, rel: str) -> Path:
+    base = (recipe_dir or builtin_dir()).resolve()
+    path = (base / rel).resolve()
+    if not path.is_relative_to(base) or not path.is_file():
+        raise BakeError(f"recipe file {rel!r} not found in {base}")
+    return path
+
+
+def _digest(recipe: Recipe, toolchains: dict[str, rr.Toolchain], inputs: dict[str, Path]) -> str:
     doc = {
         "format": FORMAT,
         "recipe": recipe.model_dump(mode="json"),
         "toolchains": {t: tc.key for t, tc in toolchains.items()},
-        # a verified tarball's content is its pin's
-        "sources": {name: path.name for name, path in sorted(tarballs.items())},
-        "pins": {p.name: p.sha256 for p in sources.PINS if p.name in tarballs},
+        "inputs": {name: sha256_known(path) for name, path in sorted(inputs.items())},
     }
     return "sha256:" + hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()
 
 
 def _build_package(
-    spec: RumprunSpec, tc: rr.Toolchain, tarballs: dict[str, Path], work: Path, say: Progress
+    spec: RumprunSpec,
+    package: str,
+    tc: rr.Toolchain,
+    tarballs: dict[str, Path],
+    work: Path,
+    say: Progress,
 ) -> Path:
     """Unpack rumprun-packages, give it the toolchain and the pinned downloads, run make."""
     work.mkdir(parents=True)
@@ -205,28 +237,61 @@ def _build_package(
     except CommandError as exc:
         raise BakeError(f"unpacking rumprun-packages failed: {exc}") from exc
     tree = work / sources.RUMPRUN_PACKAGES.top
-    pkg = tree / spec.package
+    pkg = tree / package
     if not (pkg / "Makefile").is_file():
-        raise BakeError(f"rumprun-packages has no package {spec.package!r} (no Makefile)")
+        raise BakeError(f"rumprun-packages has no package {package!r} (no Makefile)")
     (tree / "config.mk").write_text(f"RUMPRUN_TOOLCHAIN_TUPLE={rr.TUPLE}\n")
     (pkg / "dl").mkdir(exist_ok=True)
     for name in spec.downloads:
         src = tarballs[name]
         shutil.copy2(src, pkg / "dl" / src.name)
-    log_path = _log_path(spec.package, tc.platform)
-    say(f"make {' '.join(spec.make)} in rumprun-packages/{spec.package} (log: {log_path})")
     jobs = os.cpu_count() or 1
-    argv = ["nice", "-n", "19", "env", f"PATH={tc.env()['PATH']}", "make", f"-j{jobs}"]
+    _make(tc, ["make", f"-j{jobs}", *spec.make], package, pkg, say)
+    if not (pkg / spec.binary).is_file():
+        raise BakeError(f"make in rumprun-packages/{package} left no {spec.binary}")
+    return pkg
+
+
+def _build_debian(
+    spec: RumprunSpec, tc: rr.Toolchain, inputs: dict[str, Path], work: Path, say: Progress
+) -> Path:
+    """Unpack the Debian source with its patches (less ``drop_patches``), compile the
+    shims with the toolchain, run the build command."""
+    assert spec.debian_source is not None
+    work.mkdir(parents=True)
+    src = work / "src"
+    say(f"unpacking {inputs['dsc'].name} with Debian's patches")
+    try:
+        local.run(["dpkg-source", "-x", inputs["dsc"], src], timeout=600, cwd=work)
+        for patch in spec.drop_patches:
+            local.run(["patch", "-R", "-p1", "-i", src / "debian/patches" / patch], cwd=src)
+    except CommandError as exc:
+        raise BakeError(f"preparing {spec.debian_source}: {exc}") from exc
+    objects = []
+    for i, shim in enumerate(spec.shims):
+        obj = src / f"uniklab-shim-{i}.o"
+        argv = [str(tc.cc), "-O2", "-c", "-o", str(obj), str(inputs[f"shim:{shim}"])]
+        _run(tc, argv, cwd=src, what=f"compiling {shim}")
+        objects.append(str(obj))
+    jobs = str(os.cpu_count() or 1)
+    argv = [a.replace("{jobs}", jobs).replace("{shims}", " ".join(objects)) for a in spec.command]
+    _make(tc, argv, spec.debian_source, src, say)
+    if not (src / spec.binary).is_file():
+        raise BakeError(f"the build of {spec.debian_source} left no {spec.binary}")
+    return src
+
+
+def _make(tc: rr.Toolchain, argv: list[str], what: str, cwd: Path, say: Progress) -> None:
+    """A package's build with the toolchain first on PATH, niced, its log kept."""
+    log_path = _log_path(what, tc.platform)
+    say(f"building {what} for rumprun {tc.platform} (log: {log_path})")
     buildcache.run_logged(
-        [*argv, *spec.make],
-        what=f"building {spec.package} for rumprun {tc.platform} (log: {log_path})",
+        ["nice", "-n", "19", "env", f"PATH={tc.env()['PATH']}", *argv],
+        what=f"building {what} for rumprun {tc.platform} (log: {log_path})",
         log_path=log_path,
         deadline=time.monotonic() + BUILD_TIMEOUT,
-        cwd=pkg,
+        cwd=cwd,
     )
-    if not (pkg / spec.binary).is_file():
-        raise BakeError(f"make in rumprun-packages/{spec.package} left no {spec.binary}")
-    return pkg
 
 
 def _log_path(package: str, platform: str) -> Path:
