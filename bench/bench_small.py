@@ -29,6 +29,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import textwrap
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -349,12 +350,12 @@ def plots(
         ("bake cached (s)", "bake_cached_s"),
     ]
     fig, axes = plt.subplots(2, 3, figsize=(12, 6.5))
-    labels = [v.label.replace("+", "\n+").replace(" \n", "\n") for v in variants]
-    for ax, (title, key) in zip(axes.flat, panels, strict=True):
+    labels = [textwrap.fill(v.label.replace("+", " +"), 12) for v in variants]
+    for ax, (panel, key) in zip(axes.flat, panels, strict=True):
         vals = [float(v.results.get(key, 0) or 0) for v in variants]
         bars = ax.bar(labels, vals, color=["#888888", "#2a7ab0", "#3a9a50", "#c08020"][: len(vals)])
         ax.bar_label(bars, fmt="%.3g")
-        ax.set_title(title)
+        ax.set_title(panel)
         ax.tick_params(axis="x", labelsize=8)
     fig.suptitle(title)
     fig.tight_layout()
