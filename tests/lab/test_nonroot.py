@@ -8,8 +8,10 @@ interpreter may live under a root-only home), and drives the real Lab API.
 from __future__ import annotations
 
 import encodings.idna  # noqa: F401  (imported lazily by sockets; the child cannot read it)
+import importlib
 import multiprocessing
 import os
+import pkgutil
 import shutil
 from pathlib import Path
 
@@ -52,7 +54,18 @@ def _as_nobody(home: str, queue: multiprocessing.Queue[str]) -> None:
         queue.put(f"{type(exc).__name__}: {exc}")
 
 
+def _import_everything() -> None:
+    """The child cannot read the venv (it may sit in a root-only directory): uniklab's
+    modules, which load lazily, are imported here first, with what they import."""
+    import uniklab
+
+    for mod in pkgutil.walk_packages(uniklab.__path__, "uniklab."):
+        if not mod.name.endswith("__main__"):  # that one runs the CLI
+            importlib.import_module(mod.name)
+
+
 def test_run_as_nobody(image_home: Path, tmp_path_factory: pytest.TempPathFactory) -> None:
+    _import_everything()
     home = Path("/tmp") / f"ukl-nobody-{os.getpid()}"
     shutil.copytree(image_home, home, ignore=shutil.ignore_patterns("cache", "run"))
     (home / "state.db-wal").unlink(missing_ok=True)

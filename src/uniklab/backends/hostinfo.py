@@ -141,7 +141,10 @@ def probe_kernel(kernel: Path | None, candidates: Sequence[Path] = ()) -> Path |
 
 
 def _kernel_candidates() -> list[Path]:
-    cached = sorted(buildcache.root("kernels", "UNIKLAB_KERNEL_CACHE").glob("*/bzImage"))
+    try:
+        cached = sorted(buildcache.root("kernels", "UNIKLAB_KERNEL_CACHE").glob("*/bzImage"))
+    except OSError:  # another user's cache
+        cached = []
     return [Path(f"/boot/vmlinuz-{os.uname().release}"), *cached]
 
 
@@ -158,17 +161,22 @@ def choose_accel(kernel: Path | None) -> tuple[str, str]:
     if forced in ("kvm", "tcg"):
         return forced, "set by UNIKLAB_ACCEL"
     marker = _probe_cache()
-    if marker.exists():
+    try:
         ok_text = marker.read_text()
         return ("kvm" if ok_text.startswith("kvm") else "tcg"), ok_text.split(":", 1)[-1].strip()
+    except OSError:
+        pass  # not probed yet this boot (or the cache is not ours to read)
     linux = probe_kernel(kernel, _kernel_candidates())
     ok, why = kvm_usable(linux)
     accel = "kvm" if ok else "tcg"
     log.info("accelerator: %s (%s)", accel, why)
     if ok and linux is None:
         return accel, f"{why} (no Linux kernel to prove it with: not cached)"
-    marker.parent.mkdir(parents=True, exist_ok=True)
-    marker.write_text(f"{accel}: {why}")
+    try:
+        marker.parent.mkdir(parents=True, exist_ok=True)
+        marker.write_text(f"{accel}: {why}")
+    except OSError as exc:  # e.g. a user whose HOME's cache is another user's
+        log.info("the KVM probe's verdict is not cached (%s)", exc)
     return accel, why
 
 
