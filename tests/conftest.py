@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import signal
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,6 +23,22 @@ if TYPE_CHECKING:
 
 # Under CI=true a skip is a failure (tests/support/ci_skips.py); the sshd fixture.
 pytest_plugins = ["tests.support.ci_skips", "tests.support.sshd"]
+
+
+@pytest.fixture
+def signal_defaults() -> Iterator[None]:
+    """SIGINT, SIGHUP and SIGTERM as a terminal gives them, whatever started the suite:
+    `nohup` ignores SIGHUP, and a shell's background job ignores SIGINT, and an ignored
+    signal stays ignored in every child (and in uniklab, which leaves it so)."""
+    wanted = {
+        signal.SIGINT: signal.default_int_handler,
+        signal.SIGHUP: signal.SIG_DFL,
+        signal.SIGTERM: signal.SIG_DFL,
+    }
+    saved = {s: signal.signal(s, h) for s, h in wanted.items()}
+    yield
+    for s, h in saved.items():
+        signal.signal(s, h)
 
 
 @pytest.fixture

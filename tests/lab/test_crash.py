@@ -19,7 +19,7 @@ from uniklab.net import links, netns
 from uniklab.paths import Paths
 from uniklab.state.store import RUNNING
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.usefixtures("signal_defaults")]
 
 NS = f"uklcrash{os.getpid() % 10000}"
 

@@ -17,6 +17,8 @@ import pytest
 from uniklab import signals
 from uniklab.cli.main import cli, main
 
+pytestmark = pytest.mark.usefixtures("signal_defaults")
+
 
 class Unhandled(Exception):
     """What a signal raises under ``guard``: without uniklab's handlers, a test fails
