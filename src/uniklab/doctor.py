@@ -34,19 +34,12 @@ class Finding:
         return asdict(self)
 
 
-def _accel(_cache: Path) -> tuple[str, str]:
-    """The bounded probe `run` uses (cached per boot): real-mode firmware, then a kernel
-    that must reach user space.  Without a readable kernel only the first step runs, and
-    its verdict is not cached (it would stand in for the whole probe)."""
+def _accel() -> tuple[str, str]:
+    """The bounded probe `run` uses (cached per boot): real-mode firmware, then a Linux
+    kernel that must reach user space (``hostinfo.choose_accel`` finds one)."""
     from uniklab.backends import hostinfo
-    from uniklab.bake.kernel_choice import host_kernel
 
-    try:
-        kernel = host_kernel()[0]
-    except UniklabError:
-        ok, why = hostinfo.kvm_usable(None)
-        return ("kvm" if ok else "tcg"), f"{why} (no readable kernel: firmware step only)"
-    return hostinfo.choose_accel(kernel)
+    return hostinfo.choose_accel(None)
 
 
 def _host_kernel() -> Path:
@@ -111,7 +104,7 @@ class Machine:
     which: Callable[[str], str | None] = shutil.which
     exists: Callable[[Path], bool] = Path.exists
     kvm_access: Callable[[], bool] = field(default=lambda: os.access(KVM, os.R_OK | os.W_OK))
-    accel: Callable[[Path], tuple[str, str]] = _accel
+    accel: Callable[[], tuple[str, str]] = _accel
     host_kernel: Callable[[], Path] = _host_kernel
     unreadable_kernels: Callable[[], list[Path]] = _unreadable_kernels
     net_admin: Callable[[], bool] = _net_admin
@@ -156,7 +149,7 @@ def _qemu(m: Machine) -> Iterator[Finding]:
     if m.which("qemu-system-x86_64") is None:
         return  # the probe boots QEMU
     try:
-        accel, why = m.accel(m.cache)
+        accel, why = m.accel()
     except (UniklabError, OSError) as exc:
         accel, why = "tcg", str(exc)
     if accel == "kvm":

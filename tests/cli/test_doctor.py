@@ -24,7 +24,7 @@ def everything(tmp_path: Path) -> Machine:
         which=lambda tool: f"/usr/bin/{tool}",
         exists=lambda path: True,
         kvm_access=lambda: True,
-        accel=lambda cache: ("kvm", "firmware probe ran"),
+        accel=lambda: ("kvm", "firmware probe ran"),
         host_kernel=lambda: Path("/boot/vmlinuz-6.1.0-test-amd64"),
         unreadable_kernels=lambda: [],
         net_admin=lambda: True,
@@ -74,7 +74,7 @@ def test_a_complete_machine(tmp_path: Path) -> None:
         ({"which": without("ssh")}, "ssh", WARN, "apt-get install -y openssh-client"),
         ({"which": without("genisoimage")}, "genisoimage", WARN, "apt-get install -y genisoimage"),
         ({"kvm_access": lambda: False}, "/dev/kvm", WARN, "usermod -aG kvm $USER"),
-        ({"accel": lambda cache: ("tcg", "firmware probe exited 1")}, "KVM runs guests", WARN,
+        ({"accel": lambda: ("tcg", "firmware probe exited 1")}, "KVM runs guests", WARN,
          "nested"),
         ({"net_admin": lambda: False}, "root or CAP_NET_ADMIN", WARN, "sudo uniklab"),
         ({"toolchains": lambda: ["hw"]}, "toolchain xen", WARN,
@@ -102,7 +102,7 @@ def test_no_dev_kvm(tmp_path: Path) -> None:
 
 
 def test_the_probe_is_not_run_when_tcg_is_asked_for(tmp_path: Path) -> None:
-    m = replace(everything(tmp_path), accel=lambda cache: ("tcg", "set by UNIKLAB_ACCEL"))
+    m = replace(everything(tmp_path), accel=lambda: ("tcg", "set by UNIKLAB_ACCEL"))
     assert one(doctor.check(m), "KVM runs guests").status == OK
 
 

@@ -5,75 +5,43 @@ rumprun's launcher runs it, talked to, and destroyed."""
 from __future__ import annotations
 
 import shutil
-import struct
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import redis
-from elftools.elf.elffile import ELFFile
 
-from tests.support.homes import copy_home, make_baked_home
-from tests.support.leaks import assert_nothing_left, qemu_processes
+from tests.support.homes import make_baked_home
+from tests.support.leaks import assert_nothing_left
 from uniklab import api
+from uniklab.bake.imported import detect_platform
 from uniklab.lab import Lab, RunOptions
 from uniklab.paths import Paths
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(45 * 60)]
 IMAGE = "rumprun-redis"
-MULTIBOOT_MAGIC = 0x1BADB002
 
 
 @pytest.fixture(scope="module")
-def baked() -> Iterator[Path]:
+def image_home() -> Iterator[Path]:
+    """The conftest's lab_home and lab, over a store holding the rumprun image."""
     path = make_baked_home("ukr-img-", IMAGE)
     yield path
     shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.fixture
-def home(baked: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
-    path = copy_home(baked, "ukr-")
-    monkeypatch.setenv("UNIKLAB_HOME", str(path))
-    yield path
-    for line in qemu_processes(str(path)):
-        import os
-
-        os.kill(int(line.split()[0]), 9)
-    shutil.rmtree(path, ignore_errors=True)
-
-
-@pytest.fixture
-def lab(home: Path) -> Iterator[Lab]:
-    lab = Lab(Paths(home))
-    yield lab
-    for row in lab.store.instances():
-        lab.destroy(row.name)
-    lab.close()
-
-
-def _multiboot(path: Path) -> bool:
-    head = path.read_bytes()[:8192]
-    for off in range(0, len(head) - 12, 4):
-        magic, flags, checksum = struct.unpack_from("<III", head, off)
-        if magic == MULTIBOOT_MAGIC and (magic + flags + checksum) & 0xFFFFFFFF == 0:
-            return True
-    return False
-
-
-def _xen_pv(path: Path) -> bool:
-    with open(path, "rb") as fh:
-        elf = ELFFile(fh)
-        return elf.get_section_by_name("__xen_guest") is not None
+def home(lab_home: Path) -> Path:
+    return lab_home
 
 
 def test_the_image_holds_both_platforms_and_bakes_again_from_cache(lab: Lab) -> None:
     m = lab.image(f"{IMAGE}:latest")
     assert m.kind == "rumprun" and m.platforms == ["qemu", "xen"]
     assert m.memory == "64M" and m.entrypoint == ["redis-server", "/data/conf/redis.conf"]
-    assert _multiboot(lab.images.kernel_path(m, "qemu"))
-    assert _xen_pv(lab.images.kernel_path(m, "xen"))
+    assert detect_platform(lab.images.kernel_path(m, "qemu")) == "qemu"  # multiboot
+    assert detect_platform(lab.images.kernel_path(m, "xen")) == "xen"  # __xen_guest
     [disk] = m.disks
     assert disk.mount == "/data" and lab.images.disk_paths(m)[0].stat().st_size == disk.size
     # Debug sections stripped: a few MB, not rumprun-bake's 21 MB.
