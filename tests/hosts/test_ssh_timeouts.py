@@ -11,6 +11,7 @@ import contextlib
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import time
 from collections.abc import Iterator
@@ -116,6 +117,47 @@ def test_a_finished_command_leaves_no_watchdog(ex: SshExecutor) -> None:
     assert err.value.returncode == 128 + signal.SIGTERM
 
 
+def test_exit_255_of_the_command_is_not_a_lost_host(ex: SshExecutor) -> None:
+    # ssh exits 255 when its connection fails, and so does `xl` when it fails: the host
+    # answered, so this is the command's failure, with its own stderr and nothing else.
+    with pytest.raises(CommandError) as err:
+        ex.run(["sh", "-c", "echo 'libxl: no such domain' >&2; exit 255"])
+    assert (err.value.returncode, err.value.stderr) == (255, "libxl: no such domain\n")
+    r = ex.run(["sh", "-c", "echo out; echo warn >&2"])
+    assert (r.stdout, r.stderr) == ("out\n", "warn\n")
+
+
+def test_a_command_that_never_reached_the_host_is_sent_again(
+    ex: SshExecutor, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A shared connection that is closing as a command joins it fails that command with
+    # ssh's 255 before it starts on the host (no start mark): it goes again, once.
+    from uniklab.executor import Result, local
+
+    real = local.run
+    calls: list[int] = []
+
+    def flaky(argv: list[str], **kw: object) -> Result:
+        calls.append(1)
+        if len(calls) == 1:
+            return Result(argv, 255, "", "mux_client_request_session: read from master failed\n")
+        return real(argv, **kw)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(local, "run", flaky)
+    assert ex.run(["echo", "hi"]).stdout == "hi\n" and len(calls) == 2
+
+
+def test_a_connection_refused_twice_is_an_unreachable_host(sshd: SshServer) -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # nobody listens there once closed
+    ex = SshExecutor(
+        Host(name="gone", ssh="root@127.0.0.1", port=port, identity=str(sshd.identity))
+    )
+    with pytest.raises(HostUnreachableError, match=r"^gone: ssh failed: .*refused"):
+        ex.run(["true"], timeout=5)
+
+
 def test_host_that_stops_answering_mid_command(sshd: SshServer, tmp_path: Path) -> None:
     # A key file of its own gives this test its own connection (and sshd session) to stop.
     identity = tmp_path / "id"
@@ -178,12 +220,17 @@ def test_watchdog_without_coreutils_timeout(shell: str, tmp_path: Path) -> None:
         return r.returncode, r.stdout, r.stderr, time.monotonic() - start
 
     rc, _, err, took = run(["sleep", "299.789"], 1)
-    assert (rc, err) == (124, "uniklab-timeout: stopped after 1s\n") and 1 <= took < 2
+    assert (rc, err) == (124, "uniklab-started\nuniklab-timeout: stopped after 1s\n")
+    assert 1 <= took < 2
     assert _pids("sleep", "299.789") == []
     spin = ["sh", "-c", "trap '' TERM; while :; do :; done", "ukl-spin-297"]
     rc, _, err, took = run(spin, 1)
     assert rc == 124 and 1 + REMOTE_KILL_AFTER <= took < 1 + REMOTE_KILL_AFTER + 1
     assert _pids("ukl-spin-297", exact=False) == []
-    assert run(["cat"], 7, stdin="a\nb")[:3] == (0, "a\nb", "")
-    assert run(["sh", "-c", "echo oops >&2; exit 124"], 7)[:3] == (124, "", "oops\n")
+    assert run(["cat"], 7, stdin="a\nb")[:3] == (0, "a\nb", "uniklab-started\n")
+    oops = run(["sh", "-c", "echo oops >&2; exit 124"], 7)[:3]
+    assert oops == (124, "", "uniklab-started\noops\n")
+    # A command's own 255 is marked (ssh's own is not): a failed `xl`, not a lost host.
+    own = run(["sh", "-c", "exit 255"], 7)[:3]
+    assert own == (255, "", "uniklab-started\nuniklab-exit: 255\n")
     assert _wait_for(lambda: _pids("uniklab-timeout", "7", exact=False) == [], 3.0)

@@ -43,6 +43,11 @@ REMOTE_KILL_AFTER = 2  # seconds from the host's SIGTERM to its SIGKILL
 LOCAL_GRACE = REMOTE_KILL_AFTER + 3.0
 REMOTE_TIMED_OUT = 124  # the wrapper's exit status when it stopped the command
 TIMEOUT_MARK = "uniklab-timeout:"
+# ssh exits 255 when the connection fails, and so may a remote command (`xl` does): the
+# wrapper says on stderr that it started, and that an exit 255 is the command's own.
+START_MARK = "uniklab-started"
+EXIT255_MARK = "uniklab-exit: 255"
+RETRY_PAUSE = 1.0  # seconds before the one retry of a command that never reached the host
 
 # $1 seconds, $2 kill-after seconds, then the argv.  coreutils' timeout where the host has
 # it (one process, a kernel timer; it signals the command's whole process group).  Else a
@@ -53,10 +58,15 @@ TIMEOUT_MARK = "uniklab-timeout:"
 _WATCHDOG = f"""\
 t=$1 k=$2
 shift 2
+echo {START_MARK} >&2
+finish() {{
+  [ "$1" = 255 ] && echo "{EXIT255_MARK}" >&2
+  exit "$1"
+}}
 if command -v timeout >/dev/null 2>&1; then
   timeout -k "$k" "$t" "$@"
   r=$?
-  [ "$r" = 124 ] || [ "$r" = 137 ] || exit "$r"
+  [ "$r" = 124 ] || [ "$r" = 137 ] || finish "$r"
 else
   f=0
   trap 'f=1' USR1
@@ -87,7 +97,7 @@ else
     r=$?
     kill -0 "$c" 2>/dev/null || break
   done
-  [ "$f" = 1 ] || exit "$r"
+  [ "$f" = 1 ] || finish "$r"
 fi
 echo "{TIMEOUT_MARK} stopped after ${{t}}s" >&2
 exit {REMOTE_TIMED_OUT}
@@ -189,30 +199,50 @@ class SshExecutor:
         if cwd:
             remote = ["sh", "-c", 'cd "$1" && shift && exec "$@"', "sh", str(cwd), *remote]
         late = f"{self.name}: {remote[0]} did not finish within {timeout:g}s"
-        start = time.monotonic()
-        try:
-            r = local.run(
-                self.ssh_argv(bounded(remote, timeout)),
-                timeout=timeout + LOCAL_GRACE,
-                check=False,
-                input=input,
+        for attempt in (1, 2):
+            start = time.monotonic()
+            try:
+                r = local.run(
+                    self.ssh_argv(bounded(remote, timeout)),
+                    timeout=timeout + LOCAL_GRACE,
+                    check=False,
+                    input=input,
+                )
+            except CommandError as exc:
+                if exc.timed_out:
+                    raise HostUnreachableError(f"{late} (the host stopped answering)") from exc
+                raise
+            lines = r.stderr.splitlines()
+            started = START_MARK in lines
+            own_255 = bool(lines) and lines[-1] == EXIT255_MARK
+            stderr = "".join(
+                line + "\n" for line in lines if line not in (START_MARK, EXIT255_MARK)
             )
-        except CommandError as exc:
-            if exc.timed_out:
-                raise HostUnreachableError(f"{late} (the host stopped answering)") from exc
-            raise
-        last = r.stderr.rstrip().rpartition("\n")[2]
+            if r.returncode != SSH_UNREACHABLE or own_255:
+                break
+            why = (stderr.strip().splitlines() or ["no message from ssh"])[-1]
+            if started:
+                raise HostUnreachableError(
+                    f"{self.name}: the connection broke while {remote[0]} ran: {why}"[:300]
+                )
+            # The command never reached the host (a shared connection that was closing
+            # as this one joined it, or a refused connect): once more, on a new one.
+            if attempt == 1:
+                log.debug(
+                    "%s: ssh failed before %s started (%s); retrying", self.name, remote[0], why
+                )
+                time.sleep(RETRY_PAUSE)
+                continue
+            raise HostUnreachableError(f"{self.name}: ssh failed: {why}"[:300])
+        last = stderr.rstrip().rpartition("\n")[2]
         # coreutils' timeout exits 124 (or 137) when it stopped the command, as a command
         # may by itself: only one that also took its whole time was stopped.
         stopped = r.returncode == REMOTE_TIMED_OUT and last.startswith(TIMEOUT_MARK)
         if stopped and time.monotonic() - start >= timeout:
             raise HostUnreachableError(f"{late} (stopped on the host)")
-        if r.returncode == SSH_UNREACHABLE:
-            why = (r.stderr.strip().splitlines() or ["?"])[-1]
-            raise HostUnreachableError(f"{self.name}: ssh failed: {why}"[:300])
-        result = Result(remote, r.returncode, r.stdout, r.stderr)
+        result = Result(remote, r.returncode, r.stdout, stderr)
         if check and r.returncode != 0:
-            raise CommandError(remote, r.returncode, r.stderr, host=self.name)
+            raise CommandError(remote, r.returncode, stderr, host=self.name)
         return result
 
     def close(self) -> None:
