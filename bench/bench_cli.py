@@ -14,6 +14,12 @@ at a live ``sleep`` whose command line carries the row's runtime directory (as
 ``bench_small.py``'s ``ps_latency`` does), so ``ps`` inspects 100 live processes as it
 would 100 guests, without booting them.  ``uniklab`` is the console script next to this
 interpreter (what a user types), each run a fresh process.
+
+Python's bytecode cache is on, as for a user (pip compiles an installed wheel; a checkout
+writes ``__pycache__``): the measured runs keep it in a temporary ``PYTHONPYCACHEPREFIX``,
+written by the warm-up run, whatever ``PYTHONDONTWRITEBYTECODE`` says here.  ``--no-pyc``
+sets ``PYTHONDONTWRITEBYTECODE``, the cache neither written nor moved: an editable checkout
+that never wrote one compiles uniklab's modules on every run (tens of milliseconds).
 """
 
 from __future__ import annotations
@@ -78,6 +84,8 @@ def home_with(n: int) -> Iterator[Path]:
                 runtime={"rundir": str(rundir), "accel": "tcg"},
                 owner_pid=None,
             )
+        for i, proc in enumerate(procs):
+            _wait_for_exec(proc.pid, str(home / "run" / f"p{i:03d}"))
         yield home
     finally:
         for proc in procs:
@@ -85,6 +93,16 @@ def home_with(n: int) -> Iterator[Path]:
             proc.wait()
         store.close()
         shutil.rmtree(home, ignore_errors=True)
+
+
+def _wait_for_exec(pid: int, marker: str, timeout: float = 10.0) -> None:
+    """Until the child runs sh (its command line carries ``marker``): just forked, it is
+    still this interpreter, and the first ``ps`` would mark that instance crashed."""
+    deadline = time.monotonic() + timeout
+    while marker not in Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace"):
+        if time.monotonic() > deadline:
+            raise SystemExit(f"pid {pid} did not exec sh in {timeout}s")
+        time.sleep(0.005)
 
 
 def timed(argv: Sequence[str], env: Mapping[str, str], runs: int) -> float:
@@ -101,11 +119,20 @@ def timed(argv: Sequence[str], env: Mapping[str, str], runs: int) -> float:
     return statistics.median(times)
 
 
-def measure(runs: int, instances: int) -> dict[str, float]:
+def measure(runs: int, instances: int, *, pyc: bool = True) -> dict[str, float]:
     uk = uniklab_script()
-    base = {k: v for k, v in os.environ.items() if not k.startswith("_UNIKLAB_COMPLETE")}
+    drop = ("_UNIKLAB_COMPLETE", "PYTHONDONTWRITEBYTECODE", "PYTHONPYCACHEPREFIX")
+    base = {k: v for k, v in os.environ.items() if not k.startswith(drop)}
     results: dict[str, float] = {}
-    with home_with(0) as empty, home_with(instances) as full:
+    with (
+        tempfile.TemporaryDirectory(prefix="ukl-pyc-") as pycache,
+        home_with(0) as empty,
+        home_with(instances) as full,
+    ):
+        if pyc:
+            base["PYTHONPYCACHEPREFIX"] = pycache
+        else:
+            base["PYTHONDONTWRITEBYTECODE"] = "1"
         env0 = {**base, "UNIKLAB_HOME": str(empty)}
         envn = {**base, "UNIKLAB_HOME": str(full)}
 
@@ -131,6 +158,17 @@ def measure(runs: int, instances: int) -> dict[str, float]:
         ]
         for label, argv, env in cases:
             results[label] = round(timed(argv, env, runs), 3)
+        # Every run listed the instances as running (none was taken for a dead guest).
+        listed = subprocess.run(
+            [uk, "ps", "-q", "--filter", "state=running"],
+            env=envn,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=True,
+        ).stdout.split()
+        if len(listed) != instances:
+            raise SystemExit(f"{len(listed)} of {instances} instances still running")
     return results
 
 
@@ -156,8 +194,9 @@ def main() -> None:
     ap.add_argument("--instances", type=int, default=100)
     ap.add_argument("--save", type=Path, help="write the figures as JSON here")
     ap.add_argument("--compare", type=Path, help="a saved JSON to show as 'before'")
+    ap.add_argument("--no-pyc", action="store_true", help="without Python's bytecode cache")
     args = ap.parse_args()
-    now = measure(args.runs, args.instances)
+    now = measure(args.runs, args.instances, pyc=not args.no_pyc)
     before = json.loads(args.compare.read_text())["results"] if args.compare else None
     print(render(now, before, args.runs))
     if args.save:

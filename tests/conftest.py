@@ -41,6 +41,20 @@ def signal_defaults() -> Iterator[None]:
         signal.signal(s, h)
 
 
+@pytest.fixture(autouse=True)
+def no_user_config(
+    monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """No test reads the user's configuration file or variables (uniklab.config): the
+    config home is a directory that does not exist (a test wanting a file names its own)."""
+    from uniklab import config
+
+    empty = tmp_path_factory.getbasetemp() / "no-config-home"
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(empty))
+    for var in (config.ENV_FILE, *(s.env for s in config.SETTINGS)):
+        monkeypatch.delenv(var, raising=False)
+
+
 @pytest.fixture
 def home(monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     # A short path: QEMU's unix sockets live under it and sun_path holds 108 bytes.

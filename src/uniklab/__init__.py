@@ -23,7 +23,7 @@ from uniklab.errors import (
 )
 
 if TYPE_CHECKING:
-    from uniklab.api import Client, Image, Instance, Stats, destroy, images, ps, run
+    from uniklab.api import Client, Event, Image, Instance, Stats, destroy, images, ps, run
     from uniklab.net.attach import NicRequest
     from uniklab.options import RunOptions
 
@@ -41,6 +41,7 @@ def bake(recipe: str, *, tag: str = "latest", home: str | Path | None = None) ->
 
 _LAZY = {
     "Client": "uniklab.api",
+    "Event": "uniklab.api",
     "Image": "uniklab.api",
     "Instance": "uniklab.api",
     "Stats": "uniklab.api",
@@ -66,6 +67,7 @@ __all__ = [
     "Client",
     "CommandError",
     "ConflictError",
+    "Event",
     "Image",
     "Instance",
     "LaunchError",

@@ -19,23 +19,27 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Mapping
+from collections.abc import Generator, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, Literal, overload
 
 import redis
 from typing_extensions import Unpack
 
+from uniklab import events as _events
 from uniklab import signals, validate
 from uniklab.bake.image import Manifest
 from uniklab.errors import NotFoundError, UniklabError, UsageError
+from uniklab.events import Event
 from uniklab.lab import InstanceView, Lab
 from uniklab.net import netns as _netns
 from uniklab.options import NetArg, RunFields, RunOptions, nic_requests
 from uniklab.paths import Paths, default_paths
 from uniklab.reach import Reach
+from uniklab.stats import Sampler, Stats
 
 log = logging.getLogger(__name__)
 
@@ -60,18 +64,6 @@ class Image:
     @classmethod
     def from_manifest(cls, m: Manifest) -> Image:
         return cls(m.name, m.tag, m.digest, m.kind, m.size, m.created, tuple(m.ports), m.memory)
-
-
-@dataclass(frozen=True)
-class Stats:
-    """What the hypervisor says about an instance right now."""
-
-    state: str  # running | exited | crashed | creating
-    uptime: float | None  # seconds since the hypervisor started
-    cpu_seconds: float | None  # user + system time of the hypervisor process
-    rss_bytes: int | None  # resident memory of the hypervisor process
-    memory_mb: int  # guest memory
-    vcpus: int
 
 
 class Instance:
@@ -172,22 +164,39 @@ class Instance:
         self._view = self._client.lab.get(self.name)
         return self._view
 
-    def logs(self) -> str:
-        """The guest's console so far."""
-        self._alive_or_raise()
-        return self._client.lab.logs(self.name)
+    @overload
+    def logs(self, *, follow: Literal[False] = False, tail: int | None = None) -> str: ...
 
-    def stats(self) -> Stats:
-        view = self.reload()
-        insp = view.inspection
-        return Stats(
-            state=view.state,
-            uptime=insp.uptime if insp else None,
-            cpu_seconds=insp.cpu_seconds if insp else None,
-            rss_bytes=insp.rss_bytes if insp else None,
-            memory_mb=view.row.memory_mb,
-            vcpus=view.row.vcpus,
-        )
+    @overload
+    def logs(
+        self, *, follow: Literal[True], tail: int | None = None
+    ) -> Generator[str, None, None]: ...
+
+    def logs(
+        self, *, follow: bool = False, tail: int | None = None
+    ) -> str | Generator[str, None, None]:
+        """The guest's console so far (``tail``: its last N lines).  With ``follow``, its
+        lines (without their ends) from there on, each as it comes, until the guest is
+        gone or the iterator is closed::
+
+            for line in vm.logs(follow=True, tail=0):
+                if "Ready to accept" in line:
+                    break
+        """
+        from uniklab import consoles
+
+        self._alive_or_raise()
+        if follow:
+            return consoles.lines_of(self._client.lab.follow(self.name, lines=tail))
+        return consoles.last_lines(self._client.lab.logs(self.name), tail)
+
+    def stats(self, interval: float | None = None) -> Stats:
+        """The instance's figures now (network bytes included where the backend counts
+        them); with ``interval`` (seconds) it looks twice, that far apart, for CPU%."""
+        self._alive_or_raise()
+        if interval is None:
+            return Sampler(self._client.lab, [self.name]).sample()[0]
+        return next(Sampler(self._client.lab, [self.name]).stream(interval))[0]
 
     @property
     def state(self) -> str:
@@ -200,6 +209,36 @@ class Instance:
 
     def as_dict(self) -> dict[str, object]:
         return self.reload().as_dict()
+
+    # -- lifecycle ------------------------------------------------------------------------
+    def stop(self, timeout: float = 10.0) -> int | None:
+        """Graceful stop (``docker stop -t``): the app gets SIGTERM and ``timeout`` seconds
+        before SIGKILL, then the guest powers off.  The instance stays, ``stopped``, for
+        ``start``.  Returns the app's exit status when the guest told it."""
+        self._alive_or_raise()
+        self._view = self._client.lab.stop(self.name, timeout=timeout)
+        status = self._view.row.runtime.get("exit_status")
+        return status if isinstance(status, int) else None
+
+    def start(self, timeout: float | None = None) -> None:
+        """Start a stopped (or exited) instance again: same name, MAC and ports where
+        still free; returns once its probe answers (``timeout`` seconds at most)."""
+        self._alive_or_raise()
+        self._view = self._client.lab.start(self.name, timeout=timeout)
+
+    def restart(self, timeout: float = 10.0) -> None:
+        """``stop`` (with ``timeout``) if running or paused, then ``start``."""
+        self._alive_or_raise()
+        self._view = self._client.lab.restart(self.name, timeout=timeout)
+
+    def pause(self) -> None:
+        """Freeze the guest's vCPUs (``docker pause``); ``resume`` thaws them."""
+        self._alive_or_raise()
+        self._view = self._client.lab.pause(self.name)
+
+    def resume(self) -> None:
+        self._alive_or_raise()
+        self._view = self._client.lab.resume(self.name)
 
     def _alive_or_raise(self) -> None:
         if self._destroyed:
@@ -306,6 +345,29 @@ class Client:
     def destroy(self, name: str) -> None:
         self.lab.destroy(name)
 
+    def stats(
+        self, names: Sequence[str] = (), *, interval: float = 1.0
+    ) -> Generator[list[Stats], None, None]:
+        """Figures of ``names`` (none: every live instance) every ``interval`` seconds, with
+        CPU% over that interval, until the caller stops iterating (``uniklab stats``)."""
+        return Sampler(self.lab, names).stream(interval)
+
+    def events(
+        self,
+        *,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        follow: bool = False,
+        kinds: Sequence[str] | None = None,
+        names: Sequence[str] | None = None,
+    ) -> Generator[Event, None, None]:
+        """This home's events (created, ready, exited, crashed, restarted, destroyed, ...),
+        oldest first; with ``follow`` it waits for new ones (from now, unless ``since``)
+        until ``until`` or until the caller stops iterating (``uniklab events``)."""
+        return _events.read(
+            self.lab.paths, since=since, until=until, follow=follow, kinds=kinds, names=names
+        )
+
 
 class _OwnedInstance(Instance):
     """An instance from a module-level ``run``: its client closes when it is destroyed."""
@@ -337,6 +399,21 @@ def ps(
     They share one client, whose store connection closes when the last is dropped.
     """
     return Client(home).ps(all=all, labels=labels)
+
+
+def events(
+    *,
+    since: datetime | None = None,
+    until: datetime | None = None,
+    follow: bool = False,
+    kinds: Sequence[str] | None = None,
+    names: Sequence[str] | None = None,
+    home: str | Path | None = None,
+) -> Generator[Event, None, None]:
+    """The events of a home (default: ``UNIKLAB_HOME``); see ``Client.events``.  Reading
+    them needs no state store."""
+    paths = Paths(Path(home).expanduser().resolve()) if home else default_paths()
+    return _events.read(paths, since=since, until=until, follow=follow, kinds=kinds, names=names)
 
 
 def destroy(name: str, *, home: str | Path | None = None) -> None:
@@ -372,6 +449,7 @@ def run(
 
 __all__ = [
     "Client",
+    "Event",
     "Image",
     "Instance",
     "NetArg",
@@ -381,6 +459,7 @@ __all__ = [
     "UniklabError",
     "bake",
     "destroy",
+    "events",
     "images",
     "nic_requests",
     "ps",

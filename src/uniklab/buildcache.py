@@ -4,12 +4,18 @@ source) is made once per machine and shared by every UNIKLAB_HOME and test sessi
 Each entry is built in a ``.tmp-<pid>-…`` directory and renamed into place, so a
 half-built entry is never seen; a lock file per key serialises builders of one entry, and
 the staging directories of killed builders are swept by the next one.
+
+Long work reports itself through one callback type, ``Progress``; a build counts its units
+(objects compiled, lines of output) with ``Counter`` and keeps the count of its last run
+(``record_units``), so the next build of the same thing has an estimate (``expected_units``)
+and the CLI shows a bar with an ETA where it would otherwise only know the time elapsed.
 """
 
 from __future__ import annotations
 
 import fcntl
 import os
+import re
 import shutil
 import signal
 import time
@@ -17,13 +23,29 @@ import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Protocol
 
 import platformdirs
 
 from uniklab.errors import BakeError
 from uniklab.executor import spawn_detached
 
-Progress = Callable[[str], None]
+
+class Progress(Protocol):
+    """How long work says where it is.  ``step``: what it does now (a new text is a new
+    step).  ``done`` of ``total`` units, when the work counts them (``total`` may be an
+    estimate, the last build's count; None: unknown); ``detail``: the latest unit (the file
+    just compiled).  Plain ``say(step)`` calls are the common case."""
+
+    def __call__(
+        self, step: str, /, *, done: int | None = None, total: int | None = None, detail: str = ""
+    ) -> None: ...
+
+
+def quiet(
+    step: str, /, *, done: int | None = None, total: int | None = None, detail: str = ""
+) -> None:
+    """The Progress of nobody listening."""
 
 
 def root(kind: str, env: str) -> Path:
@@ -98,3 +120,70 @@ def run_logged(
     if proc.returncode != 0:
         lines = log_path.read_text(errors="replace").strip().splitlines()[-tail:]
         raise BakeError(f"{what} failed (exit {proc.returncode}):\n" + "\n".join(lines))
+
+
+class Counter:
+    """Counts a build's units in its output as it comes (``run_logged``'s ``on_output``)
+    and reports each change as ``step`` with ``done`` of ``total``: ``unit(line)`` names
+    the unit a line stands for (the file compiled), or None; ``phase(line)``, if given,
+    names a new step a line starts (a build script's milestones), or None."""
+
+    def __init__(
+        self,
+        say: Progress,
+        step: str,
+        unit: Callable[[str], str | None],
+        total: int | None,
+        phase: Callable[[str], str | None] = lambda _line: None,
+    ) -> None:
+        self.say, self.step, self.unit, self.total, self.phase = say, step, unit, total, phase
+        self.done = 0
+        self._partial = ""  # a line cut by the chunk's end, completed by the next chunk
+        say(step, done=0, total=total)
+
+    def __call__(self, text: str) -> None:
+        lines = (self._partial + text).split("\n")
+        self._partial = lines.pop()
+        last = None
+        for line in lines:
+            step = self.phase(line)
+            if step is not None and step != self.step:
+                self.step = step
+                self.say(step, done=self.done, total=self.total)
+            name = self.unit(line)
+            if name is not None:
+                self.done += 1
+                last = name
+        if last is not None:
+            self.say(self.step, done=self.done, total=self.total, detail=last)
+
+
+def any_line(line: str) -> str | None:
+    """Every line of output is a unit (a build with nothing better to count)."""
+    return line.strip()[:80] or None
+
+
+def _units_file(root: Path, what: str) -> Path:
+    return root / ".units" / re.sub(r"[^A-Za-z0-9._-]", "_", what)
+
+
+def expected_units(root: Path, what: str) -> int | None:
+    """How many units the last completed build of ``what`` counted (an estimate for this
+    one), or None when this machine has not built it before."""
+    try:
+        value = int(_units_file(root, what).read_text())
+    except (OSError, ValueError):
+        return None
+    return value if value > 0 else None
+
+
+def record_units(root: Path, what: str, units: int) -> None:
+    """Keep a completed build's count for the next build of ``what`` (best effort)."""
+    path = _units_file(root, what)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".tmp-{os.getpid()}-{path.name}")
+        tmp.write_text(f"{units}\n")
+        os.replace(tmp, path)
+    except OSError:
+        pass

@@ -13,11 +13,12 @@ import os
 import shlex
 import shutil
 import subprocess
-from collections.abc import Iterator, Mapping, Sequence
+import tempfile
+from collections.abc import Generator, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import IO, Protocol
 
 from uniklab.errors import CommandError
 
@@ -59,6 +60,12 @@ class Executor(Protocol):
     ) -> AbstractContextManager[tuple[str, int]]:
         """Where this machine connects to reach ``dest:dest_port`` as the executor's host
         sees it (an address here, or a tunnel's end), for as long as the context lasts."""
+        ...
+
+    def command(self, argv: Sequence[str | Path], *, tty: bool = False) -> list[str]:
+        """The argv that runs ``argv`` where this executor runs commands, for a caller that
+        runs it itself for as long as it needs (``stream``, ``hand_over``: no timeout, unlike
+        ``run``); ``tty``: with a terminal there (an interactive program)."""
         ...
 
 
@@ -111,6 +118,9 @@ class LocalExecutor:
     ) -> Iterator[tuple[str, int]]:
         yield dest, dest_port  # this machine is the host: no tunnel
 
+    def command(self, argv: Sequence[str | Path], *, tty: bool = False) -> list[str]:
+        return [str(a) for a in argv]  # a terminal here is the caller's own
+
 
 def spawn_detached(
     argv: Sequence[str], *, log_path: Path, cwd: Path | None = None
@@ -128,6 +138,66 @@ def spawn_detached(
             start_new_session=True,
             close_fds=True,
         )
+
+
+STOP_GRACE = 5.0  # seconds a streamed command has to end once told to (TERM, then KILL)
+
+
+def stream(argv: Sequence[str], *, chunk: int = 65536) -> Generator[bytes, None, None]:
+    """Start ``argv`` here (``Executor.command`` puts it on a host) now, and yield its
+    output as it comes, until it ends.  Closed early (the reader is done, Ctrl-C), the
+    command's stdin is closed and it is stopped: TERM, then KILL.  A command that fails
+    on its own raises ``CommandError`` with its stderr."""
+    args = [str(a) for a in argv]
+    log.debug("stream: %s", shlex.join(args))
+    # stderr to a file: a pipe nobody reads would stall a command that says much there.
+    err = tempfile.TemporaryFile()  # noqa: SIM115 (closed by _pump, or here on failure)
+    try:
+        proc = subprocess.Popen(args, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err)
+    except FileNotFoundError as exc:
+        err.close()
+        raise CommandError(args, 127, f"{args[0]}: command not found") from exc
+    return _pump(proc, args, err, chunk)
+
+
+def _pump(
+    proc: subprocess.Popen[bytes], args: list[str], err: IO[bytes], chunk: int
+) -> Generator[bytes, None, None]:
+    assert proc.stdout is not None
+    with err:
+        try:
+            while data := os.read(proc.stdout.fileno(), chunk):
+                yield data
+        finally:
+            _stop(proc)  # at once when done: a command that closed its stdout gets no more
+        if proc.returncode != 0:
+            err.seek(0)
+            raise CommandError(args, proc.returncode, err.read().decode(errors="replace"))
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    for pipe in (proc.stdin, proc.stdout):
+        if pipe is not None:
+            with contextlib.suppress(OSError):
+                pipe.close()
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(STOP_GRACE)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(STOP_GRACE)
+
+
+def hand_over(argv: Sequence[str]) -> int:
+    """Run ``argv`` here on the caller's own terminal (stdin, stdout, stderr) until it
+    ends, and return its exit status: an interactive session, which its user ends."""
+    args = [str(a) for a in argv]
+    log.debug("interactive: %s", shlex.join(args))
+    try:
+        return subprocess.run(args, check=False).returncode
+    except FileNotFoundError as exc:
+        raise CommandError(args, 127, f"{args[0]}: command not found") from exc
 
 
 local = LocalExecutor()

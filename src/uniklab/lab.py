@@ -12,12 +12,12 @@ import os
 import secrets
 import shutil
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Generator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from uniklab import faults, signals, validate
+from uniklab import events, faults, signals, validate
 from uniklab.backends import registry
 from uniklab.errors import (
     ConflictError,
@@ -33,9 +33,10 @@ from uniklab.ports import free_port, port_free
 # What a verb needs is imported by that verb: `uniklab ps` does not load the bakers, the
 # probes (redis) or the launch planning, and `import uniklab.lab` stays cheap.
 if TYPE_CHECKING:
-    from uniklab.backends.base import Backend, Handle, Inspection
+    from uniklab.backends.base import Backend, ConsoleAccess, Handle, Inspection, InstanceSpec
     from uniklab.bake import baker, recipe
     from uniklab.bake.image import Manifest
+    from uniklab.buildcache import Progress
     from uniklab.hosts.inventory import Host
     from uniklab.net.attachment import Attachment
     from uniklab.options import DEFAULT_WAIT as DEFAULT_WAIT
@@ -61,6 +62,9 @@ log = logging.getLogger(__name__)
 TEST_TAG = "uniklab-test"
 """The tags of images baked by the test faces start with this (see ``Lab.bake_for_tests``)."""
 MAX_RESTARTS = 5
+STOP_TIMEOUT = 10.0
+"""Seconds a ``stop`` gives the app between SIGTERM and SIGKILL (``docker stop``'s 10)."""
+MAX_STOP_TIMEOUT = 3600.0
 HOST_BRIDGE = "xenbr0"
 """The bridge a guest joins on a host without user-mode networking (Xen) when ``run``
 names none: ``xl``'s own default for a vif."""
@@ -119,6 +123,7 @@ class InstanceView:
             "accel": self.row.runtime.get("accel"),
             "labels": self.row.labels,
             "exit_reason": self.row.exit_reason,
+            "exit_status": self.row.runtime.get("exit_status"),  # as `stop` heard it
             "created": self.row.created,
         }
 
@@ -166,7 +171,7 @@ class Lab:
     """The verbs of uniklab over one state store and image store."""
 
     def __init__(self, paths: Paths | None = None) -> None:
-        from uniklab.bake.image import ImageStore
+        from uniklab.bake.imagestore import ImageStore
         from uniklab.hosts.service import HostService
         from uniklab.net.service import NetworkService
         from uniklab.reach import Reach
@@ -216,7 +221,7 @@ class Lab:
     def reconcile(self) -> dict[int, Inspection]:
         """Make the store tell the truth: dead guests, debris of killed commands.
         Returns what it saw of each live guest, so a listing need not ask again."""
-        from uniklab.state.store import CRASHED, CREATING, RUNNING
+        from uniklab.state.store import CRASHED, CREATING, PAUSED, RUNNING
 
         self.images.sweep_staging()
         self.networks.reconcile()
@@ -224,7 +229,7 @@ class Lab:
         for row in self.store.instances():
             if row.state == CREATING:
                 self._reconcile_creating(row)
-            elif row.state == RUNNING:
+            elif row.state in (RUNNING, PAUSED):
                 backend = self.backend_of(row)
                 insp = backend.inspect(self.handle(row))
                 if insp.alive:
@@ -232,7 +237,10 @@ class Lab:
                 else:
                     state, reason = exit_reason(backend.console(self.handle(row)), insp.detail)
                     log.info("instance %s is %s: %s", row.name, state, reason)
-                    if state == CRASHED and self._restart(row, reason):
+                    events.emit(self.paths, state, row.name, reason=reason)
+                    # A guest that a `stop` is ending is not restarted, whatever it says.
+                    stopping = bool(row.runtime.get("stopping"))
+                    if state == CRASHED and not stopping and self._restart(row, reason):
                         continue
                     self.store.update(row.id, state=state, exit_reason=reason)
         return seen
@@ -251,6 +259,7 @@ class Lab:
             log.warning("restarting %s failed: %s", row.name, exc)
             return False
         log.info("restarted %s (%s)", row.name, reason)
+        events.emit(self.paths, "restarted", row.name, reason=reason, restarts=restarts + 1)
         self.store.update(
             row.id,
             pid=handle.pid,
@@ -292,7 +301,7 @@ class Lab:
         tag: str = "latest",
         kernel: str = "host",
         root: str | None = None,
-        progress: Callable[[str], None] | None = None,
+        progress: Progress | None = None,
     ) -> baker.BakeResult:
         from uniklab.bake import recipe
 
@@ -307,7 +316,7 @@ class Lab:
         tag: str = "latest",
         kernel: str = "host",
         root: str | None = None,
-        progress: Callable[[str], None] | None = None,
+        progress: Progress | None = None,
         index: bool = True,  # point the image's name:tag at it
     ) -> baker.BakeResult:
         """Bake a recipe object (e.g. one made from a bare binary) and index the image."""
@@ -329,7 +338,7 @@ class Lab:
         return result
 
     def bake_for_tests(
-        self, ref: str, *, progress: Callable[[str], None] | None = None
+        self, ref: str, *, progress: Progress | None = None
     ) -> Manifest:
         """Bake recipe ``ref`` (a built-in name or a recipe file; default kernel and root)
         under a tag of its own, ``tag_for_tests(digest)``, and return the tagged manifest.
@@ -504,9 +513,13 @@ class Lab:
                 runtime=runtime,
                 owner_pid=None,
             )
+            events.emit(
+                self.paths, "created", name, image=m.ref, backend=backend_name, host=host.name
+            )
             view = self.view(self.store.instance_by_id(row.id))
             if o.wait:
                 self.wait_ready(view, m, timeout=o.timeout or DEFAULT_WAIT)
+                events.emit(self.paths, "ready", name)
             return self.view(self.store.instance_by_id(row.id))
         except BaseException:
             # Whatever this command created, it removes: process, runtime dir, row; a second
@@ -516,6 +529,8 @@ class Lab:
                     self._teardown(self.store.instance_by_id(row.id))
                 finally:
                     self.store.delete_instance(row.id)
+                    if handle is not None:
+                        events.emit(self.paths, "destroyed", name, reason="run failed")
             raise
 
     def _time_source(self, nic: Attachment, engine: registry.BackendType) -> str | None:
@@ -531,10 +546,10 @@ class Lab:
         return f"{image_name}-{secrets.token_hex(3)}"
 
     def view(self, row: InstanceRow, inspection: Inspection | None = None) -> InstanceView:
-        from uniklab.state.store import RUNNING
+        from uniklab.state.store import PAUSED, RUNNING
 
         insp = None
-        if row.state == RUNNING:
+        if row.state in (RUNNING, PAUSED):
             insp = inspection or self.backend_of(row).inspect(self.handle(row))
             first = self.reach.first(row)
             bridged = first is not None and first.kind != "user"
@@ -549,14 +564,14 @@ class Lab:
     def ps(
         self, *, all: bool = True, labels: Mapping[str, str] | None = None
     ) -> list[InstanceView]:
-        from uniklab.state.store import RUNNING
+        from uniklab.state.store import PAUSED, RUNNING
 
         seen = self.reconcile()
         rows = self.store.instances()
         if labels:
             rows = [r for r in rows if all_items_in(labels, r.labels)]
         if not all:
-            rows = [r for r in rows if r.state == RUNNING]
+            rows = [r for r in rows if r.state in (RUNNING, PAUSED)]
         return [self.view(r, seen.get(r.id)) for r in rows]
 
     def place(self) -> str:
@@ -587,6 +602,19 @@ class Lab:
     def logs(self, name: str) -> str:
         view = self.get(name)
         return self.backend_of(view.row).console(self.handle(view.row))
+
+    def follow(self, name: str, *, lines: int | None = None) -> Generator[str, None, None]:
+        """The console of ``name``: its last ``lines`` lines so far (all with None), then
+        what the guest writes, as it comes, until the guest is gone (at once if it is)."""
+        view = self.get(name)
+        return self.backend_of(view.row).follow(self.handle(view.row), lines=lines)
+
+    def attach(self, name: str) -> ConsoleAccess:
+        """How a terminal joins the console of running instance ``name``."""
+        view = self.get(name)
+        if view.inspection is None or not view.inspection.alive:
+            raise UniklabError(f"{name} is {view.state}: no console to attach to")
+        return self.backend_of(view.row).attach(self.handle(view.row))
 
     def ip(self, name: str, *, timeout: float = 30.0) -> AddressInfo:
         from uniklab.state.store import RUNNING
@@ -649,6 +677,120 @@ class Lab:
             )
         return result
 
+    # -- lifecycle: stop, start, restart, pause, resume ------------------------------------
+    def _in_state(self, name: str, verb: str, states: tuple[str, ...]) -> InstanceRow:
+        """The row of ``name`` after a reconcile, if it is in one of ``states``."""
+        self.reconcile()
+        row = self.store.instance(name)
+        if row.state not in states:
+            allowed = " or ".join([", ".join(states[:-1]), states[-1]] if states[:-1] else states)
+            raise UsageError(f"cannot {verb} {name}: it is {row.state} (only {allowed})")
+        return row
+
+    def stop(self, name: str, *, timeout: float = STOP_TIMEOUT) -> InstanceView:
+        """Graceful stop: the app gets SIGTERM, ``timeout`` seconds, then SIGKILL, and the
+        guest powers off.  The instance stays (``stopped``, with the app's exit status)
+        for ``start``."""
+        from uniklab.state.store import PAUSED, RUNNING, STOPPED
+
+        if not 0 <= timeout <= MAX_STOP_TIMEOUT:
+            raise UsageError(f"invalid stop timeout {timeout}: 0 to {MAX_STOP_TIMEOUT:g} seconds")
+        row = self._in_state(name, "stop", (RUNNING, PAUSED))
+        # Marked first: a reconcile by another command meanwhile must not restart it.
+        self.store.update(row.id, runtime={**row.runtime, "stopping": os.getpid()})
+        try:
+            status = self.backend_of(row).stop(self.handle(row), timeout=timeout)
+        except BaseException:
+            self.store.update(row.id, runtime=row.runtime)
+            raise
+        runtime = {k: v for k, v in row.runtime.items() if k != "stopping"}
+        self.store.update(
+            row.id,
+            state=STOPPED,
+            pid=None,
+            exit_reason=None if status is None else f"app exit status {status}",
+            runtime={**runtime, "exit_status": status},
+        )
+        events.emit(self.paths, "stopped", name, exit_status=status)
+        return self.view(self.store.instance_by_id(row.id))
+
+    def start(
+        self, name: str, *, wait: bool = True, timeout: float | None = None
+    ) -> InstanceView:
+        """Start a stopped (or exited) instance again from its stored launch: same name,
+        MAC and ports (a port taken meanwhile is replaced by a free one)."""
+        from uniklab.backends.base import spec_from_json, spec_to_json
+        from uniklab.options import DEFAULT_WAIT
+        from uniklab.state.store import CRASHED, EXITED, RUNNING, STOPPED
+
+        row = self._in_state(name, "start", (STOPPED, EXITED, CRASHED))
+        launch = row.runtime.get("launch")
+        if not launch:
+            raise UsageError(f"cannot start {name}: it has no launch record (destroy it)")
+        spec = self._with_free_ports(row, spec_from_json(launch))
+        handle = self.backend_of(row).create(spec)
+        runtime = {k: v for k, v in row.runtime.items() if k not in ("stopping", "exit_status")}
+        self.store.update(
+            row.id,
+            state=RUNNING,
+            pid=handle.pid,
+            started=time.time(),
+            exit_reason=None,
+            attachments=list(spec.nics),
+            runtime={**runtime, **handle.runtime, "launch": spec_to_json(spec)},
+        )
+        events.emit(self.paths, "started", name)
+        view = self.view(self.store.instance_by_id(row.id))
+        if wait:
+            m = self.images.manifest(row.digest)
+            self.wait_ready(view, m, timeout=timeout or DEFAULT_WAIT)
+            view = self.view(self.store.instance_by_id(row.id))
+        return view
+
+    def _with_free_ports(self, row: InstanceRow, spec: InstanceSpec) -> InstanceSpec:
+        """``spec`` with each published port that another program took meanwhile replaced
+        by a free one (claimed in the store, as ``run`` claims them)."""
+        import dataclasses
+
+        nics = list(spec.nics)
+        for i, nic in enumerate(nics):
+            if nic.kind != "user" or all(port_free(h) for h, _ in nic.forwards):
+                continue
+            wanted = [(h if port_free(h) else 0, g) for h, g in nic.forwards]
+            forwards = self.store.claim_ports(row.id, wanted, free_port, port_free)
+            log.info("%s: published ports now %s", row.name, forwards)
+            nics[i] = dataclasses.replace(nic, forwards=tuple(forwards))
+        return dataclasses.replace(spec, nics=tuple(nics))
+
+    def restart(self, name: str, *, timeout: float = STOP_TIMEOUT) -> InstanceView:
+        """``stop`` (a running or paused instance), then ``start``."""
+        from uniklab.state.store import PAUSED, RUNNING
+
+        if self.get(name).state in (RUNNING, PAUSED):
+            self.stop(name, timeout=timeout)
+        view = self.start(name)
+        events.emit(self.paths, "restarted", name)
+        return view
+
+    def pause(self, name: str) -> InstanceView:
+        """Freeze the guest (its vCPUs stop; memory, NICs and ports stay)."""
+        from uniklab.state.store import PAUSED, RUNNING
+
+        row = self._in_state(name, "pause", (RUNNING,))
+        self.backend_of(row).pause(self.handle(row))
+        self.store.update(row.id, state=PAUSED)
+        events.emit(self.paths, "paused", name)
+        return self.view(self.store.instance_by_id(row.id))
+
+    def resume(self, name: str) -> InstanceView:
+        from uniklab.state.store import PAUSED, RUNNING
+
+        row = self._in_state(name, "resume", (PAUSED,))
+        self.backend_of(row).resume(self.handle(row))
+        self.store.update(row.id, state=RUNNING)
+        events.emit(self.paths, "resumed", name)
+        return self.view(self.store.instance_by_id(row.id))
+
     def destroy(self, name: str) -> InstanceRow:
         self.reconcile()
         row = self.store.instance(name)
@@ -658,6 +800,7 @@ class Lab:
                 self._teardown(row)
             finally:
                 self.store.delete_instance(row.id)
+                events.emit(self.paths, "destroyed", row.name)
         return row
 
 

@@ -34,6 +34,11 @@ class Paths:
     def db(self) -> Path:
         return self.home / "state.db"
 
+    @property
+    def events(self) -> Path:
+        """The home's event stream (see ``uniklab.events``)."""
+        return self.home / "events.jsonl"
+
     def ensure(self) -> Paths:
         try:
             for d in (self.home, self.images, self.cache, self.run):

@@ -14,6 +14,7 @@ Addresses found are kept in the instance's attachment, so they are looked up onc
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import time
 
 from uniklab.errors import NotFoundError
@@ -71,7 +72,7 @@ class Reach:
         else:
             found = self._on_host(row, a, timeout)
         if found:
-            cached = a.model_copy(update={"found": found.ip, "found_by": found.source})
+            cached = dataclasses.replace(a, found=found.ip, found_by=found.source)
             self.store.update(row.id, attachments=[cached, *row.attachments[1:]])
         return found
 

@@ -4,11 +4,15 @@ runs against its own engine: subclass ``BackendContract`` and give a ``target`` 
 What it pins is what the rest of uniklab relies on through the backend protocol: a guest
 made, ready, inspected, its console read and destroyed leaves nothing the backend can
 still list; a hypervisor process or domain killed behind uniklab's back is seen as crashed;
-``gc`` finds what a lost row leaves, and the backend removes it.
+``gc`` finds what a lost row leaves, and the backend removes it; a paused guest shows
+paused; a graceful stop tells the app (its exit status comes back) and leaves what starts
+the same guest again.
 """
 
 from __future__ import annotations
 
+import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
@@ -57,6 +61,29 @@ class BackendContract:
         lab.destroy("contract-b")
         assert backend.key(lab.handle(view.row)) not in _keys(backend, lab)
 
+    def test_pause_resume_stop_and_start_again(self, target: Target) -> None:
+        lab = target.lab
+        view = lab.run(target.image, replace(target.options, name="contract-d", wait=True))
+        backend = lab.backend_of(view.row)
+        handle = lab.handle(view.row)
+        backend.pause(handle)
+        assert backend.inspect(handle).state == "paused"
+        backend.resume(handle)
+        assert backend.inspect(handle).state == "running"
+        assert lab.check("contract-d").ok
+        # Redis ends with status 0 on SIGTERM: the app was told, not killed.
+        assert backend.stop(handle, timeout=20) == 0
+        assert not backend.inspect(handle).alive
+        assert "uniklab-init: app exited status 0" in backend.console(handle)
+        assert lab.get("contract-d").state == "exited"
+        # What stop leaves is enough to start the same guest again.
+        started = lab.start("contract-d")
+        assert started.state == "running"
+        assert started.row.attachments == view.row.attachments
+        assert lab.check("contract-d").ok
+        lab.destroy("contract-d")
+        assert backend.key(lab.handle(started.row)) not in _keys(backend, lab)
+
     def test_gc_finds_and_removes_an_orphan(self, target: Target) -> None:
         lab = target.lab
         view = lab.run(target.image, replace(target.options, name="contract-c", wait=True))
@@ -71,3 +98,41 @@ class BackendContract:
         assert len(mine) == 1, mine
         assert gc.remove(lab, mine) == {}
         assert key not in _keys(backend, lab)
+
+    def test_inspect_counts_bridged_network_bytes(self, target: Target) -> None:
+        """``inspect(net=True)``: a guest on a bridge has byte counters (its DHCP and the
+        probe went through them); user-mode networking has none to read."""
+        lab = target.lab
+        view = lab.run(target.image, replace(target.options, name="contract-n", wait=True))
+        insp = lab.backend_of(view.row).inspect(lab.handle(view.row), net=True)
+        if any(a.kind != "user" for a in view.row.attachments):
+            assert insp.net_rx_bytes and insp.net_tx_bytes, insp
+        else:
+            assert insp.net_rx_bytes is None and insp.net_tx_bytes is None, insp
+        lab.destroy("contract-n")
+
+    def test_follow_reads_the_console_and_ends_with_the_guest(self, target: Target) -> None:
+        """``follow``: the console so far, then as it comes; destroyed, the guest's
+        stream ends by itself.  ``attach`` says how a terminal joins it."""
+        lab = target.lab
+        view = lab.run(target.image, replace(target.options, name="contract-f", wait=True))
+        backend = lab.backend_of(view.row)
+        handle = lab.handle(view.row)
+        access = backend.attach(handle)
+        assert access.socket is not None or access.argv
+        chunks = backend.follow(handle, lines=None)
+        done = threading.Event()
+        seen: list[str] = []
+
+        def read() -> None:
+            seen.extend(chunks)  # until the stream ends
+            done.set()
+
+        reader = threading.Thread(target=read, daemon=True)
+        reader.start()
+        deadline = time.monotonic() + 60
+        while "uniklab-init: exec" not in "".join(seen):
+            assert time.monotonic() < deadline, "".join(seen)[-500:]
+            time.sleep(0.05)
+        lab.destroy("contract-f")
+        assert done.wait(60), "the stream outlived its guest"

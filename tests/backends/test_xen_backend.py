@@ -11,6 +11,8 @@ import contextlib
 import json
 import os
 import shutil
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,6 +23,7 @@ import redis
 from tests.backends.contract import BackendContract, Target
 from tests.support.homes import copy_home
 from tests.support.leaks import qemu_processes
+from tests.support.terminal import Terminal
 from uniklab.backends import xen
 from uniklab.cli.main import main
 from uniklab.executor import Executor
@@ -301,6 +304,37 @@ def test_linux_at_the_runbooks_64M_on_xen(
     assert lab.check("small").ok
     assert main(["destroy", "small"]) == 0
     assert _left_on(dom0) == (["Domain-0"], [], [])
+
+
+def test_console_and_logs_follow_on_xen(xen_lab: str, lab: Lab) -> None:
+    """`uniklab console` is `xl console` on the dom0 through `ssh -t`: keys typed on this
+    terminal reach the guest's hvc0 (its tty echoes them), Ctrl-] (xl's escape) detaches
+    with exit 0, and the terminal is as it was.  `logs -f` (a `tail -F` on the dom0)
+    prints that echo too and ends, exit 0, once the domain is destroyed."""
+    _run(xen_lab, "con", "--wait")
+    uniklab = [sys.executable, "-m", "uniklab"]
+    follower = subprocess.Popen(
+        [*uniklab, "logs", "-f", "con"], stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    try:
+        with Terminal([*uniklab, "console", "con"]) as term:
+            # xl console, once attached, first gives what the guest said meanwhile (keys
+            # typed before that would be the remote terminal's, not the guest's).
+            term.expect(b"Ready to accept connections")
+            term.type(b"typed-on-xen\r")
+            term.expect(b"typed-on-xen\r\n")  # the guest's echo
+            term.type(b"\x1d")
+            assert term.wait() == 0
+            assert term.restored()
+        lab.destroy("con")
+        out, err = follower.communicate(timeout=60)
+        assert follower.returncode == 0, err
+        assert b"typed-on-xen\n" in out
+        assert err.decode().strip().splitlines()[-1] == "con: console ended (destroyed)"
+    finally:
+        if follower.poll() is None:
+            follower.kill()
+            follower.communicate()
 
 
 def test_xen_bad_input(home: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -19,7 +19,7 @@ from uniklab.backends import xen
 from uniklab.backends.base import Handle, InstanceSpec
 from uniklab.backends.xen import XenBackend
 from uniklab.digest import sha256_file
-from uniklab.errors import CommandError, LaunchError
+from uniklab.errors import CommandError, LaunchError, NotFoundError
 from uniklab.executor import DEFAULT_TIMEOUT, Result
 from uniklab.guest.rumprun import RumprunConfig, RumprunNet
 from uniklab.net.attachment import Attachment
@@ -43,6 +43,16 @@ class RecordedXenHost:
         self.hashes: dict[str, str] = {}
         self.xenstore: dict[str, str] = {}
         self.vanish_on_destroy = False  # the domain dies by itself just before `xl destroy`
+        # `xl shutdown`: the guest's init ends the app and the domain goes (True), or the
+        # guest ignores it (False).
+        self.obeys_shutdown = True
+        self.console = "uniklab-init: exec /bin/redis-server\n"
+
+    def _set_flags(self, domid: str, flags: str) -> None:
+        i = self._domid_line(domid)
+        if i is not None:
+            cols = self.domains[i].split()
+            self.domains[i] = self.domains[i].replace(f" {cols[4]} ", f" {flags} ")
 
     def _domid_line(self, domid: str) -> int | None:
         for i, line in enumerate(self.domains[1:], 1):
@@ -82,8 +92,17 @@ class RecordedXenHost:
             pass
         elif args[0] == "sha256sum":
             out = "".join(f"{self.hashes[p]}  {p}\n" for p in args[1:] if p in self.hashes)
-        elif args[:2] in (["mkdir", "-p"], ["xl", "create"], ["xl", "unpause"]):
+        elif args[:2] in (["mkdir", "-p"], ["xl", "create"]):
             pass
+        elif args[:2] in (["xl", "pause"], ["xl", "unpause"]):
+            self._set_flags(args[2], "--p---" if args[1] == "pause" else "-b----")
+        elif args[:2] == ["xl", "shutdown"]:
+            line = self._domid_line(args[2])
+            if line is not None and self.obeys_shutdown:
+                del self.domains[line]
+                self.console += "uniklab-init: app exited status 0\n"
+        elif args[0] == "cat" and args[1].startswith(str(xen.CONSOLE_DIR)):
+            out = self.console
         elif args[0] == "xenstore-write":
             self.xenstore[args[1]] = args[2]
         else:
@@ -261,3 +280,40 @@ def test_a_rumprun_guest_is_created_as_rumpruns_launcher_does(tmp_path: Path) ->
     assert cfg["cmdline"] == "redis-server /data/conf/redis.conf"
     text = host.files[str(xen.cfg_path("keep"))]
     assert "ramdisk" not in text and "extra" not in text and "vdev=xvda,access=rw" in text
+
+
+def test_pause_and_resume_show_in_inspect() -> None:
+    host = RecordedXenHost()
+    be = XenBackend(host)
+    be.pause(_handle("keep", 1))
+    assert ["xl", "pause", "1"] in host.calls
+    assert be.inspect(_handle("keep", 1)).state == "paused"
+    be.resume(_handle("keep", 1))
+    assert be.inspect(_handle("keep", 1)).state == "running"
+
+
+def test_pause_of_a_domain_that_is_not_there_is_not_found() -> None:
+    with pytest.raises(NotFoundError, match="domain redis is not on xenhost"):
+        XenBackend(RecordedXenHost()).pause(_handle("redis", 9))
+
+
+def test_stop_shuts_down_and_reads_the_apps_status() -> None:
+    host = RecordedXenHost()
+    assert XenBackend(host).stop(_handle("orphan", 2), timeout=10) == 0
+    assert ["xl", "shutdown", "2"] in host.calls
+    # The domain went by itself: no destroy, and its config and log stay for a start.
+    assert not any(c[:2] == ["xl", "destroy"] or c[:3] == RM for c in host.calls)
+
+
+def test_stop_of_a_guest_that_ignores_shutdown_destroys_it_after_the_timeout() -> None:
+    host = RecordedXenHost()
+    host.obeys_shutdown = False
+    assert XenBackend(host).stop(_handle("orphan", 2), timeout=0) is None
+    assert ["xl", "destroy", "2"] in host.calls
+    assert [ln.split()[0] for ln in host.domains] == ["Name", "Domain-0", "keep"]
+
+
+def test_stop_leaves_a_domain_that_took_the_name_alone() -> None:
+    host = RecordedXenHost()
+    assert XenBackend(host).stop(_handle("keep", 5), timeout=0) is None
+    assert not any(c[:2] in (["xl", "shutdown"], ["xl", "destroy"]) for c in host.calls)

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.progress import Said
 from uniklab.bake import source
 from uniklab.bake.recipe import BuildSpec
 from uniklab.errors import BakeError
@@ -62,14 +63,14 @@ def _spec(*command: str) -> BuildSpec:
 
 
 def test_builds_once_and_reuses_the_result(cache: Path) -> None:
-    said: list[str] = []
-    out = source.build(_spec(), progress=said.append, root=cache)
+    said = Said()
+    out = source.build(_spec(), progress=said, root=cache)
     run = subprocess.run([str(out)], capture_output=True, text=True, check=True)
     assert run.stdout == "hello from source\n"
     assert any("unpacking hello-uk_1.0.dsc" in s for s in said)
     mtime = out.stat().st_mtime_ns
     said.clear()
-    assert source.build(_spec(), progress=said.append, root=cache) == out
+    assert source.build(_spec(), progress=said, root=cache) == out
     assert out.stat().st_mtime_ns == mtime and not any("building" in s for s in said)
     assert not list(cache.glob(".tmp-*"))
 

@@ -484,11 +484,12 @@ LOOKUP_NAMES = ["ghost", "a;b", "../etc", "", "é", "a\0b", HUGE, "[/red]"]
 OTHERS: list[Case] = [
     *(
         cli(f"{verb} {_short(n)}", verb, n)
-        for verb in ("destroy", "logs", "ip", "check")
+        for verb in ("destroy", "logs", "ip", "check", "console")
         for n in LOOKUP_NAMES
     ),
     cli("destroy nothing", "destroy"),
     cli("logs -n x", "logs", "ghost", "-n", "x"),
+    cli("logs -f -n -1", "logs", "ghost", "-f", "-n", "-1"),
     cli("check --timeout x", "check", "ghost", "--timeout=x"),
     *(
         cli(f"rmi {_short(r)}", "rmi", r)

@@ -56,7 +56,7 @@ def test_verbs(store: Store) -> None:
     assert "--verbose" in values([], "--v")
 
 
-@pytest.mark.parametrize("verb", ["destroy", "logs", "check", "ip"])
+@pytest.mark.parametrize("verb", ["destroy", "logs", "check", "ip", "console"])
 def test_instance_names(verb: str, store: Store) -> None:
     assert values([verb], "") == ["redis-a1", "redis-b2", "web"]
     assert values([verb], "redis-") == ["redis-a1", "redis-b2"]
@@ -88,7 +88,8 @@ def test_networks_and_hosts(store: Store) -> None:
 def test_ps_filters(store: Store) -> None:
     assert values(["ps", "--filter"], "state=c") == ["state=crashed", "state=creating"]
     assert values(["ps", "-f"], "") == [
-        "state=running", "state=exited", "state=crashed", "state=creating", "label=", "name=",
+        "state=running", "state=paused", "state=stopped", "state=exited", "state=crashed",
+        "state=creating", "label=", "name=",
     ]  # fmt: skip
 
 

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.procs import wait_for_exec
 from uniklab.cli.main import main
 from uniklab.net.attachment import Attachment
 from uniklab.paths import Paths
@@ -42,6 +43,7 @@ def instances(home: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Store]:
             proc = subprocess.Popen(["sh", "-c", "sleep 600; :", str(rundir)])
             procs.append(proc)
             pid = proc.pid
+            wait_for_exec(pid, str(rundir))
         row = store.reserve(
             name=name, image="redis:latest", digest="sha256:" + "1" * 64, backend="qemu",
             host="local", memory_mb=64, vcpus=1, owner_pid=None, spec={}, labels=labels,
@@ -117,7 +119,10 @@ def test_filters(
     [
         (["--filter", "status=running"], "invalid filter 'status=running': use state=STATE"),
         (["--filter", "state"], "invalid filter 'state'"),
-        (["--filter", "state=sleeping"], "a state is one of running, exited, crashed, creating"),
+        (
+            ["--filter", "state=sleeping"],
+            "a state is one of running, paused, stopped, exited, crashed, creating",
+        ),
         (["--filter", "label=bad key"], "invalid label key"),
         (["-q", "--json"], "-q and --json: choose one"),
     ],

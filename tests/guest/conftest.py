@@ -141,6 +141,15 @@ class Guest:
             t1 = time.time()
         return t0, int(data.strip() or b"0"), t1
 
+    def tell(self, data: bytes, until: str, timeout: float = 60.0) -> None:
+        """Write ``data`` to the console (a guest booted with ``console_socket``), holding
+        the connection until the console matches ``until`` (QEMU drops what the UART has
+        not taken when the client leaves)."""
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+            s.connect(str(self.console.with_name("console.sock")))
+            s.sendall(data)
+            self.wait_for(until, timeout)
+
     def kill(self) -> None:
         if self.proc.poll() is None:
             self.proc.kill()
@@ -177,6 +186,7 @@ class GuestFactory:
         extra_files: dict[str, Path | bytes] | None = None,
         extra_append: str = "",
         netdev: str | None = None,
+        console_socket: bool = False,
     ) -> Guest:
         self.n += 1
         d = self.tmp / f"g{self.n}"
@@ -207,9 +217,17 @@ class GuestFactory:
         argv = [
             "qemu-system-x86_64", "-M", "microvm", "-accel", "tcg", "-cpu", "max",
             "-m", "256", "-smp", "1", "-no-reboot", "-nographic", "-nodefaults",
-            "-serial", f"file:{d / 'console.log'}",
             "-kernel", str(KERNEL), "-initrd", str(initrd), "-append", append,
         ]  # fmt: skip
+        if console_socket:  # two-way, as uniklab's QEMU backend makes it
+            argv += [
+                "-chardev",
+                f"socket,id=con0,path={d / 'console.sock'},server=on,wait=off,"
+                f"logfile={d / 'console.log'}",
+                "-serial", "chardev:con0",
+            ]  # fmt: skip
+        else:
+            argv += ["-serial", f"file:{d / 'console.log'}"]
         if net:
             # `netdev` replaces user-mode networking (e.g. a FakeLan's dgram netdev).
             argv += [

@@ -1,6 +1,7 @@
 /* Test payload for the guest init's boot tests: reports what it was given, then (after
  * PAYLOAD_SLEEP seconds, if set) either exits with a chosen status, serves its wall-clock
- * time over TCP, or (term-init) sends SIGTERM to PID 1 and waits for it to come back. */
+ * time over TCP, or (term-init) sends SIGTERM to PID 1 and waits for it to come back, or
+ * (poweroff) runs /sbin/poweroff and waits likewise, or (ignore-term) outlives SIGTERM. */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
 #include <netinet/in.h>
@@ -45,6 +46,20 @@ int main(int argc, char **argv)
     const char *mode = getenv("PAYLOAD_MODE");
     if (mode && strcmp(mode, "term-init") == 0) {
         kill(1, SIGTERM); /* PID 1 forwards it to the app: to us */
+        for (;;) pause();
+    }
+    if (mode && strcmp(mode, "poweroff") == 0) {
+        /* What a Xen guest's kernel runs on `xl shutdown`: the init, as /sbin/poweroff. */
+        if (fork() == 0) {
+            execl("/sbin/poweroff", "/sbin/poweroff", (char *)NULL);
+            _exit(127);
+        }
+        for (;;) pause();
+    }
+    if (mode && strcmp(mode, "ignore-term") == 0) {
+        signal(SIGTERM, SIG_IGN);
+        printf("payload: ignoring SIGTERM\n");
+        fflush(stdout);
         for (;;) pause();
     }
     if (!mode || strcmp(mode, "serve") != 0)

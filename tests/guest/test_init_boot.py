@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 import pytest
 
 from uniklab.guest.config import GuestConfig, Nic
+from uniklab.guest.console import control_line
 
 if TYPE_CHECKING:
     from tests.guest.conftest import GuestFactory
@@ -53,6 +54,33 @@ def test_pid1_forwards_term_to_the_app_while_keeping_a_lease(guests: GuestFactor
     g.wait_for(r"^uniklab-init: app killed by signal 15$", 150)
     assert g.wait_exit(60) == 0
     assert f"uniklab-init: net eth0 {MAC} 10.0.2.15/24 via dhcp" in g.text()
+
+
+def test_a_stop_line_on_the_console_terms_then_kills_the_app(guests: GuestFactory) -> None:
+    """The host's graceful stop (guest/ctl.h): SIGTERM, and SIGKILL at the deadline for an
+    app that ignores it; a line that is not the protocol's is ignored."""
+    g = guests.boot(
+        None, net=False, console_socket=True, image={"env": {"PAYLOAD_MODE": "ignore-term"}}
+    )
+    g.wait_for(r"^payload: ignoring SIGTERM", 150)
+    g.tell(b"hello\n" + control_line("stop", "1"), until=r"app killed by signal 9")
+    assert g.wait_exit(60) == 0
+    out = g.text()
+    assert "uniklab-init: stop requested: SIGTERM to the app, SIGKILL in 1 s" in out
+    assert "uniklab-init: stop: the app did not end in time: SIGKILL" in out
+    assert "unknown control line" not in out
+
+
+def test_run_as_poweroff_the_init_has_pid1_end_the_app(guests: GuestFactory) -> None:
+    """Xen's `xl shutdown` makes the guest kernel run /sbin/poweroff: the init again."""
+    g = guests.boot(
+        None,
+        net=False,
+        image={"env": {"PAYLOAD_MODE": "poweroff"}},
+        extra_files={"sbin/poweroff": guests.init},
+    )
+    g.wait_for(r"^uniklab-init: app killed by signal 15$", 150)
+    assert g.wait_exit(60) == 0
 
 
 def test_static_address_serves_and_clock_is_set(guests: GuestFactory) -> None:

@@ -29,7 +29,7 @@ def _host(s: SshServer, **kw: object) -> Host:
         known_hosts=str(s.known_hosts),
     )
     fields.update(kw)
-    return Host.model_validate(fields)
+    return Host.parse(fields)
 
 
 NASTY = [

@@ -79,7 +79,7 @@ def boot(
 ) -> Dom0:
     """A lab whose QEMU runs (or not), whose console shows ``console``, and whose dom0
     answers ``answers``."""
-    dom = Dom0(Host.model_validate(host.inventory_fields()), answers)
+    dom = Dom0(Host.parse(host.inventory_fields()), answers)
     monkeypatch.setattr(virtual_xen, "executor", lambda host, **kw: dom)
     monkeypatch.setattr(virtual_xen.qemu_process, "running", lambda pid, run: running)
     monkeypatch.setattr(virtual_xen, "_console_tail", lambda files, lines=30: console)

@@ -4,6 +4,7 @@ build directory of a dead process is swept, a missing source is a clear error.""
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -44,12 +45,12 @@ def test_cached_entry_is_returned_without_building(
 def test_build_renames_into_place_and_cleans_its_work_dir(
     tmp_path: Path, fake_plan: None, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    def fake_build(work: Path, *_a: object) -> Path:
+    def fake_build(work: Path, *_a: object) -> tuple[Path, int]:
         out = work / "out"
         out.mkdir()
         (out / kbuild.BZIMAGE).write_bytes(b"new")
         (out / kbuild.RELEASE).write_text("r\n")
-        return out
+        return out, 0
 
     monkeypatch.setattr(kbuild, "_build_in", fake_build)
     entry = kbuild.build("xen", root=tmp_path)
@@ -83,3 +84,23 @@ def test_sweep_removes_dead_builders_dirs_only(tmp_path: Path) -> None:
 def test_missing_source_names_the_packages(tmp_path: Path) -> None:
     with pytest.raises(BakeError, match=r"apt-get install linux-source-6\.1"):
         kbuild.source_version(tarball=tmp_path / "nope.tar.xz")
+
+
+def test_a_build_keeps_its_object_count_for_the_next_ones_estimate(
+    tmp_path: Path, fake_plan: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    expected: list[int | None] = []
+
+    def fake_build(work: Path, *args: object) -> tuple[Path, int]:
+        expected.append(args[-1])  # type: ignore[arg-type]
+        out = work / "out"
+        out.mkdir()
+        (out / kbuild.BZIMAGE).write_bytes(b"new")
+        return out, 1234
+
+    monkeypatch.setattr(kbuild, "_build_in", fake_build)
+    first = kbuild.build("microvm", root=tmp_path)
+    shutil.rmtree(first.dir)  # as a change of fragments or compiler would: a new key
+    kbuild.build("microvm", root=tmp_path)
+    kbuild.build("xen", root=tmp_path)  # another profile: its own count
+    assert expected == [None, 1234, None]

@@ -76,6 +76,18 @@ def test_the_apps_exit_ends_the_guest_and_says_why(lab: Lab) -> None:
     assert row.exit_reason == "app exited status 1"
 
 
+def test_stop_powers_the_guest_off_and_start_runs_it_again(lab: Lab, home: Path) -> None:
+    """No init of uniklab's to tell: stop powers the guest off, the exit status unknown."""
+    lab.run(IMAGE, RunOptions(name="rs"))
+    view = lab.stop("rs", timeout=2)
+    assert view.state == "stopped" and view.row.runtime["exit_status"] is None
+    assert lab.start("rs").state == "running"
+    info = lab.ip("rs")
+    assert redis.Redis("127.0.0.1", info.ports[0][0], socket_timeout=10, protocol=2).ping()
+    lab.destroy("rs")
+    assert_nothing_left(home)
+
+
 def test_python_api_at_32M(home: Path) -> None:
     with api.run(IMAGE, memory="32M", home=home) as inst:
         r = inst.redis()

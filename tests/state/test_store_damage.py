@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.procs import wait_for_exec
 from uniklab.bake.image import MANIFEST, KernelInfo, Manifest
 from uniklab.bake.recipe import ProbeSpec
 from uniklab.cli.main import main
@@ -130,6 +131,7 @@ def fake_qemu(home: Path) -> Iterator[Callable[[str], subprocess.Popen[bytes]]]:
                 "-pidfile", f"{rundir}/qemu.pid"]  # fmt: skip
         proc = subprocess.Popen(argv)
         procs.append(proc)
+        wait_for_exec(proc.pid, f"{rundir}/qemu.pid")
         (rundir / "qemu.pid").write_text(f"{proc.pid}\n")
         (rundir / "console.log").write_text("uniklab-init: exec /usr/bin/redis-server\n")
         return proc

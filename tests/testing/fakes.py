@@ -54,7 +54,7 @@ class FakeBackend:
         self.procs[proc.pid] = proc
         return Handle(proc.pid, {"rundir": str(spec.rundir), "fake_started": time.time()})
 
-    def inspect(self, handle: Handle) -> Inspection:
+    def inspect(self, handle: Handle, *, net: bool = False) -> Inspection:
         if not _alive(handle.pid):
             return Inspection(False, "gone")
         started = float(str(handle.runtime.get("fake_started", time.time())))

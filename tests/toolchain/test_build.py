@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.progress import Said
 from tests.toolchain.conftest import fake_tree, preimage
 from uniklab.errors import BakeError, UsageError
 from uniklab.toolchain import rumprun as rr
@@ -117,7 +118,7 @@ def fake_build(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> list[Path]:
     monkeypatch.setattr(rr, "compiler_version", lambda *_a: "gcc 12; ld 2.40")
     calls: list[Path] = []
 
-    def run(entry: rr.Toolchain, tree: Path, objdir: Path, *_a: object) -> None:
+    def run(entry: rr.Toolchain, tree: Path, objdir: Path, *_a: object) -> int:
         assert (tree / ".git").is_dir()  # build-rr.sh's git rev-parse works
         assert "subq" in (tree / "src-netbsd/lib/libc/arch/x86_64/gen/__setjmp14.S").read_text()
         calls.append(tree)
@@ -127,6 +128,7 @@ def fake_build(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> list[Path]:
             tool.write_text("#!/bin/sh\n")
         log_path = entry.dir.parent / "logs" / f"{entry.name}.log"
         log_path.write_text("built\n")
+        return 0  # objects compiled
 
     monkeypatch.setattr(rr, "_run_build_rr", run)
     return calls
@@ -134,8 +136,8 @@ def fake_build(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> list[Path]:
 
 def test_build_then_cached(tmp_path: Path, fake_build: list[Path]) -> None:
     root = tmp_path / "cache"
-    said: list[str] = []
-    first = rr.build("hw", root=root, progress=said.append)
+    said = Said()
+    first = rr.build("hw", root=root, progress=said)
     assert first.built_now and first.complete and len(fake_build) == 1
     assert first.dir == root / f"rumprun-hw-{first.key}"
     assert first.cc == first.dir / "rumprun/bin/x86_64-rumprun-netbsd-gcc"
@@ -197,9 +199,9 @@ def test_second_builder_says_it_waits(tmp_path: Path, fake_build: list[Path]) ->
     t = threading.Thread(target=other_builder)
     t.start()
     held.wait(5)
-    said: list[str] = []
+    said = Said()
     try:
-        built = rr.build("hw", root=root, progress=said.append)
+        built = rr.build("hw", root=root, progress=said)
     finally:
         t.join()
     assert "waiting for another build of the rumprun hw toolchain" in said
@@ -220,10 +222,10 @@ def test_build_rr_failure_names_the_log(tmp_path: Path, monkeypatch: pytest.Monk
     monkeypatch.setattr(rr, "build_argv", lambda *_a, **_k: ["sh", "-c", script])
     entry = rr.Toolchain("hw", "k", tmp_path / "rumprun-hw-k")
     log_path = tmp_path / "build.log"
-    said: list[str] = []
+    said = Said()
     with pytest.raises(BakeError) as exc:
         rr._run_build_rr(
-            entry, tmp_path, tmp_path / "obj", 1, time.monotonic() + 60, log_path, said.append
+            entry, tmp_path, tmp_path / "obj", 1, time.monotonic() + 60, log_path, said
         )
     first, *rest = str(exc.value).splitlines()
     assert "exit 3" in first and f"(log: {log_path})" in first and "boom" in rest

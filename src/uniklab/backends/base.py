@@ -5,13 +5,16 @@ Backends know their hypervisor's command line and file formats; nothing else doe
 
 from __future__ import annotations
 
+from collections.abc import Generator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
-from uniklab.guest.rumprun import RumprunConfig
 from uniklab.net import attachment
 from uniklab.net.attachment import Attachment
+
+if TYPE_CHECKING:
+    from uniklab.guest.rumprun import RumprunConfig
 
 
 @dataclass(frozen=True)
@@ -77,6 +80,8 @@ def spec_to_json(spec: InstanceSpec) -> dict[str, object]:
 
 
 def spec_from_json(d: dict[str, Any]) -> InstanceSpec:
+    from uniklab.guest.rumprun import RumprunConfig  # pydantic: not on `ps`'s path
+
     return InstanceSpec(
         name=d["name"],
         kernel=Path(d["kernel"]),
@@ -113,6 +118,10 @@ class Inspection:
     cpu_seconds: float | None = None
     rss_bytes: int | None = None
     detail: str = ""
+    # Bytes the guest received and sent on its NICs (as the guest sees it), when the
+    # backend was asked (``inspect(net=True)``) and can tell: None for user-mode networking.
+    net_rx_bytes: int | None = None
+    net_tx_bytes: int | None = None
 
 
 @dataclass(frozen=True)
@@ -138,6 +147,16 @@ class HostFacts:
 
 
 @dataclass(frozen=True)
+class ConsoleAccess:
+    """How a terminal joins a guest's serial console: a unix socket carrying its bytes
+    both ways (QEMU's chardev), or a command that attaches the caller's terminal itself
+    (``xl console`` over ssh).  Either way ^] detaches."""
+
+    socket: Path | None = None
+    argv: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
 class Check:
     """One prerequisite of running guests on a host, with the commands that fix it."""
 
@@ -155,11 +174,37 @@ class Backend(Protocol):
 
     def create(self, spec: InstanceSpec) -> Handle: ...
 
-    def inspect(self, handle: Handle) -> Inspection: ...
+    def inspect(self, handle: Handle, *, net: bool = False) -> Inspection:
+        """The guest now; ``net``: also its NICs' byte counters (may cost a command on a
+        remote host, so ``ps`` does not ask)."""
+        ...
 
     def console(self, handle: Handle) -> str: ...
 
+    def follow(self, handle: Handle, *, lines: int | None = None) -> Generator[str, None, None]:
+        """The console's last ``lines`` lines so far (all with None), then what the guest
+        writes, in chunks as they come; ends once the guest is gone (or when closed)."""
+        ...
+
+    def attach(self, handle: Handle) -> ConsoleAccess:
+        """How to join the running guest's console; ConflictError if another client holds
+        it and the console takes one at a time."""
+        ...
+
     def destroy(self, handle: Handle, *, timeout: float = 10.0) -> None: ...
+
+    def pause(self, handle: Handle) -> None:
+        """Freeze the guest's vCPUs (``inspect`` then says "paused")."""
+        ...
+
+    def resume(self, handle: Handle) -> None: ...
+
+    def stop(self, handle: Handle, *, timeout: float) -> int | None:
+        """Graceful stop: ask the guest to end its app, give it ``timeout`` seconds, then
+        power the guest off hard.  The guest's console stays readable (``console``) until
+        ``destroy``; ``create`` of the same spec starts it again.  Returns the app's exit
+        status when the guest said it, else None."""
+        ...
 
     def key(self, handle: Handle) -> str:
         """How ``owned`` names this instance's things."""

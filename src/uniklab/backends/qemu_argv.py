@@ -56,20 +56,28 @@ class RunFiles:
     def stderr_log(self) -> Path:
         return self.rundir / "qemu.log"
 
+    @property
+    def paused(self) -> Path:
+        """Present while uniklab holds the guest paused (QMP ``stop``)."""
+        return self.rundir / "paused"
+
 
 def _opt(path: Path | str) -> str:
     """Escape a value for QEMU's comma-separated option syntax."""
     return str(path).replace(",", ",,")
 
 
+CONSOLE_CHARDEV = "con0"  # the serial console's chardev: its QMP label
+
+
 def _runtime_args(files: RunFiles) -> list[str]:
     """The runtime directory's part of a command line: console (socket + log), QMP, pid."""
     return [
         "-chardev",
-        f"socket,id=con0,path={_opt(files.console_sock)},server=on,wait=off,"
+        f"socket,id={CONSOLE_CHARDEV},path={_opt(files.console_sock)},server=on,wait=off,"
         f"logfile={_opt(files.console_log)},logappend=on",
         "-serial",
-        "chardev:con0",
+        f"chardev:{CONSOLE_CHARDEV}",
         "-qmp",
         f"unix:{_opt(files.qmp)},server=on,wait=off",
         "-pidfile",

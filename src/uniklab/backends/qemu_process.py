@@ -9,12 +9,14 @@ from __future__ import annotations
 import json
 import logging
 import shutil
-from collections.abc import Sequence
+import socket
+import time
+from collections.abc import Callable, Sequence
 
 from uniklab import daemons
 from uniklab.backends import qmp
 from uniklab.backends.hostinfo import QEMU
-from uniklab.backends.qemu_argv import RunFiles
+from uniklab.backends.qemu_argv import CONSOLE_CHARDEV, RunFiles
 from uniklab.errors import CommandError, LaunchError, QmpUnavailable
 from uniklab.executor import Executor, local
 
@@ -71,18 +73,82 @@ def console(files: RunFiles) -> str:
         return ""
 
 
+def console_in_use(files: RunFiles, *, timeout: float = 3.0) -> bool:
+    """Whether a client holds the console socket.  QEMU serves one at a time, and a second
+    one's connect still succeeds (into the listen backlog) to hear nothing: QMP tells."""
+    try:
+        chardevs = qmp.call(files.qmp, "query-chardev", timeout=timeout)
+    except QmpUnavailable as exc:
+        log.debug("query-chardev failed (taken as free): %s", exc)
+        return False
+    for dev in chardevs:
+        if dev.get("label") == CONSOLE_CHARDEV:
+            # "disconnected:unix:PATH,server=on" while nobody is attached
+            return not str(dev.get("filename", "")).startswith("disconnected:")
+    return False
+
+
 def shutdown(files: RunFiles, pid: int | None, *, ask_wait: float, grace: float) -> bool:
     """Ask QEMU ``pid`` to quit over QMP and wait ``ask_wait`` seconds, then SIGTERM and
     wait ``grace``, then SIGKILL; the runtime directory is removed in any case.  True
     once it is gone (also when it was not running)."""
-
-    def quit_() -> None:
-        try:
-            qmp.call(files.qmp, "quit", timeout=2.0)
-        except QmpUnavailable as exc:
-            log.debug("qmp quit failed: %s", exc)
-
     try:
-        return daemons.stop(pid, marker(files), grace=grace, ask=quit_, ask_wait=ask_wait)
+        return end(files, pid, ask=lambda: ask_qmp(files, "quit"), ask_wait=ask_wait, grace=grace)
     finally:
         shutil.rmtree(files.rundir, ignore_errors=True)
+
+
+def ask_qmp(files: RunFiles, command: str) -> None:
+    """A QMP command whose failure only means the next step of an escalation comes."""
+    try:
+        qmp.call(files.qmp, command, timeout=2.0)
+    except QmpUnavailable as exc:
+        log.debug("qmp %s failed: %s", command, exc)
+
+
+def end(
+    files: RunFiles, pid: int | None, *, ask: Callable[[], None], ask_wait: float, grace: float
+) -> bool:
+    """``ask`` QEMU ``pid`` to end and wait ``ask_wait`` seconds, then SIGTERM and wait
+    ``grace``, then SIGKILL; the runtime directory (console log) stays."""
+    return daemons.stop(pid, marker(files), grace=grace, ask=ask, ask_wait=ask_wait)
+
+
+def tell_console(
+    files: RunFiles,
+    line: Callable[[float], bytes],
+    *,
+    heard: bytes,
+    until: Callable[[], bool],
+    timeout: float,
+    every: float = 1.0,
+) -> bool:
+    """Write ``line(seconds since the first write)`` to the guest's serial console (its
+    socket) until the guest says ``heard``, again ``every`` second (a guest still booting
+    loses what reaches its UART before its driver is up); hold the connection until
+    ``until()`` or ``timeout`` seconds, reading what the guest prints (the log keeps it):
+    QEMU drops what the UART has not taken when the client leaves.  True once the guest
+    said ``heard``.  While another client holds the console (one at a time), QEMU takes
+    nothing from this one."""
+    start = time.monotonic()
+    said = b""
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+            sock.settimeout(min(timeout, 2.0) or 0.1)
+            sock.connect(str(files.console_sock))
+            sock.settimeout(0.1)
+            sent_at = -every
+            while not until() and (now := time.monotonic() - start) < timeout:
+                if heard not in said and now - sent_at >= every:
+                    sock.sendall(line(now))
+                    sent_at = now
+                try:
+                    got = sock.recv(65536)
+                except TimeoutError:
+                    continue
+                if not got:
+                    break  # QEMU closed it: it is ending
+                said = (said + got)[-(len(heard) + 65536) :]
+    except OSError as exc:
+        log.debug("console %s: %s", files.console_sock, exc)
+    return heard in said

@@ -1,15 +1,15 @@
-"""Synchronous, bounded QMP calls over a unix socket, through the ``qemu.qmp`` library."""
+"""Synchronous, bounded QMP calls over a unix socket, through the ``qemu.qmp`` library.
+
+asyncio and ``qemu.qmp`` are imported by the first call (tens of milliseconds): of the
+commands that load the QEMU backend, `uniklab ps` and `logs` never talk QMP.
+"""
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 from pathlib import Path
 from typing import Any
-
-from qemu.qmp import QMPClient
-from qemu.qmp.error import QMPError
 
 from uniklab.errors import QmpUnavailable
 
@@ -19,6 +19,11 @@ __all__ = ["QmpUnavailable", "call"]
 
 
 async def _call(path: Path, command: str, args: dict[str, Any] | None, timeout: float) -> Any:
+    import asyncio
+
+    from qemu.qmp import QMPClient
+    from qemu.qmp.error import QMPError
+
     client = QMPClient("uniklab")
     try:
         await asyncio.wait_for(client.connect(str(path)), timeout)
@@ -30,6 +35,10 @@ async def _call(path: Path, command: str, args: dict[str, Any] | None, timeout: 
 
 def call(path: Path, command: str, args: dict[str, Any] | None = None, timeout: float = 3.0) -> Any:
     """Run one QMP command; raise QmpUnavailable if QEMU does not answer in time."""
+    import asyncio
+
+    from qemu.qmp.error import QMPError
+
     log.debug("qmp %s: %s %s", path, command, args or "")
     try:
         return asyncio.run(_call(path, command, args, timeout))

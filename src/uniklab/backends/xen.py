@@ -14,16 +14,29 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import re
 import socket
+import time
+from collections.abc import Generator
 from pathlib import Path, PurePosixPath
 
-from uniklab.backends import xen_doctor, xl_errors, xl_parse
-from uniklab.backends.base import Check, Handle, HostFacts, Inspection, InstanceSpec, Owned
+from uniklab import consoles, executor
+from uniklab.backends import netdev, xen_doctor, xl_errors, xl_parse
+from uniklab.backends.base import (
+    Check,
+    ConsoleAccess,
+    Handle,
+    HostFacts,
+    Inspection,
+    InstanceSpec,
+    Owned,
+)
 from uniklab.backends.registry import BackendContext, BackendType
 from uniklab.backends.xen_config import XenDisk, XenDomain, XenVif, build_config
 from uniklab.digest import sha256_file
-from uniklab.errors import CommandError, LaunchError, UniklabError
+from uniklab.errors import CommandError, LaunchError, NotFoundError, UniklabError
 from uniklab.executor import Executor
+from uniklab.guest.console import app_exit_status
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +44,7 @@ REMOTE_ROOT = PurePosixPath("/var/lib/uniklab")
 DOMAINS = REMOTE_ROOT / "domains"
 CONSOLE_DIR = PurePosixPath("/var/log/xen/console")
 OWNER_PREFIX = "# uniklab-owner: "
+STOP_POLL = 1.0  # seconds between `xl list`s while a domain shuts down
 # xl's status of a domain, in the words of Inspection.state ("blocked" is an idle guest).
 _STATES = {
     "running": "running",
@@ -62,6 +76,11 @@ def _machine_id() -> str:
 def owner_tag(run_root: Path) -> str:
     """Names a uniklab home (by its runtime root, on this machine) on a Xen host."""
     return hashlib.sha256(f"{_machine_id()}:{run_root}".encode()).hexdigest()[:16]
+
+
+def is_vif_of(domid: int, ifname: str) -> bool:
+    """Is ``ifname`` dom0's end of one of domain ``domid``'s vifs (``vifDOMID.N``)?"""
+    return re.fullmatch(rf"vif{domid}\.\d+", ifname) is not None
 
 
 def cfg_path(name: str) -> PurePosixPath:
@@ -209,7 +228,7 @@ class XenBackend:
                 return d.domid
         return None
 
-    def inspect(self, handle: Handle) -> Inspection:
+    def inspect(self, handle: Handle, *, net: bool = False) -> Inspection:
         name = self.key(handle)
         want = handle.runtime.get("domid")
         for d in self._domains():
@@ -218,25 +237,62 @@ class XenBackend:
             if want is not None and d.domid != want:
                 break  # the name now belongs to another domain: ours is gone
             alive = _STATES[d.status] != "stopped"
+            rx_tx = self._net_bytes(d.domid) if net and alive else None
             return Inspection(
                 alive=alive,
                 state=_STATES[d.status],
                 cpu_seconds=d.cpu_seconds,
                 rss_bytes=d.mem_mb * 2**20,
                 detail="" if alive else f"domain {name} is {d.status} on {self.ex.name}",
+                net_rx_bytes=rx_tx[0] if rx_tx else None,
+                net_tx_bytes=rx_tx[1] if rx_tx else None,
             )
         return Inspection(
             alive=False, state="gone", detail=f"domain {name} is gone from {self.ex.name}"
         )
+
+    def _net_bytes(self, domid: int) -> tuple[int, int] | None:
+        """The domain's bytes through its vifs, from the dom0 ends (``vifDOMID.N``)."""
+        r = self.ex.run(["cat", "/proc/net/dev"], timeout=30, check=False)
+        return netdev.guest_bytes(netdev.parse(r.stdout), lambda name: is_vif_of(domid, name))
 
     def console(self, handle: Handle) -> str:
         path = console_path(self.key(handle))
         r = self.ex.run(["cat", str(path)], timeout=30, check=False)
         return r.stdout
 
+    def _domain_arg(self, handle: Handle) -> str:
+        """How xl names the handle's domain: its id (a later domain may take the name)."""
+        domid = handle.runtime.get("domid")
+        return str(domid) if domid is not None else self.key(handle)
+
+    def follow(self, handle: Handle, *, lines: int | None = None) -> Generator[str, None, None]:
+        """xenconsoled's log of the domain, tailed on the host by one long-running command
+        (``_FOLLOW``) whose output is read as it comes."""
+        path = console_path(self.key(handle))
+        n = "+1" if lines is None else str(lines)
+        remote = ["sh", "-c", _FOLLOW, "sh", str(path), self._domain_arg(handle), n]
+        return consoles.decoded(executor.stream(self.ex.command(remote)))
+
+    def attach(self, handle: Handle) -> ConsoleAccess:
+        """`xl console` on the host, on a terminal there (``ssh -t``); its escape is ^]
+        too.  xenconsoled lets several attach at once."""
+        argv = ["xl", "console", self._domain_arg(handle)]
+        return ConsoleAccess(argv=tuple(self.ex.command(argv, tty=True)))
+
     def destroy(self, handle: Handle, *, timeout: float = 10.0) -> None:
         """`xl destroy` the domain if it still runs (and is still the one created: another
         domain that took its name is left alone), then remove its config and console log."""
+        name = self.key(handle)
+        domid = self._own_domid(handle)
+        if domid is not None:
+            self._xl_destroy(domid, timeout=max(timeout, 30))
+        cfg = handle.runtime.get("cfg")
+        self._remove_files(name, str(cfg) if cfg else None)
+
+    def _own_domid(self, handle: Handle) -> int | None:
+        """The id of the handle's domain while it exists (and is still the one created:
+        another domain that took its name is not ours)."""
         name = self.key(handle)
         want = handle.runtime.get("domid")
         domid = self._domid(name)
@@ -244,11 +300,39 @@ class XenBackend:
             log.info(
                 "%s: domain %s is now id %s, not %s: left alone", self.ex.name, name, domid, want
             )
-            domid = None
-        if domid is not None:
-            self._xl_destroy(domid, timeout=max(timeout, 30))
-        cfg = handle.runtime.get("cfg")
-        self._remove_files(name, str(cfg) if cfg else None)
+            return None
+        return domid
+
+    def _xl_on(self, handle: Handle, verb: str) -> None:
+        domid = self._own_domid(handle)
+        if domid is None:
+            raise NotFoundError(f"domain {self.key(handle)} is not on {self.ex.name}")
+        self.ex.run(["xl", verb, str(domid)], timeout=60)
+
+    def pause(self, handle: Handle) -> None:
+        self._xl_on(handle, "pause")
+
+    def resume(self, handle: Handle) -> None:
+        self._xl_on(handle, "unpause")
+
+    def stop(self, handle: Handle, *, timeout: float) -> int | None:
+        """`xl shutdown`: the guest kernel runs /sbin/poweroff, which is uniklab's init in
+        a Linux image (it has PID 1 SIGTERM the app and power off when the app ends); a
+        rumprun guest halts.  After ``timeout`` seconds, `xl destroy`.  The config and
+        the console log stay for ``create`` and ``console``."""
+        domid = self._own_domid(handle)
+        if domid is None:
+            return None
+        seen = len(self.console(handle))
+        self.ex.run(["xl", "unpause", str(domid)], timeout=60, check=False)
+        self.ex.run(["xl", "shutdown", str(domid)], timeout=60, check=False)
+        deadline = time.monotonic() + timeout
+        while any(d.domid == domid for d in self._domains()):
+            if time.monotonic() >= deadline:
+                self._xl_destroy(domid, timeout=max(timeout, 30))
+                break
+            time.sleep(STOP_POLL)
+        return app_exit_status(self.console(handle)[seen:])
 
     # -- what gc, placement and doctors ask --------------------------------------------
     def key(self, handle: Handle) -> str:
@@ -307,6 +391,23 @@ class XenBackend:
         return self._domains()
 
 
+# $1 a console log, $2 its domain, $3 tail's -n: the log as it grows while the domain lives
+# (xl list DOMAIN: a second after it is gone, for its last words) and while the reader
+# listens: when the reader goes, its end of our stdin closes (ssh without a tty signals
+# nothing), and the `cat` holding it ends tail.  A job's stdin is /dev/null unless given;
+# its stdout must not hold the reader's pipe open after the script ends.
+_FOLLOW = """\
+tail -n "$3" -F "$1" 2>/dev/null &
+t=$!
+trap 'kill "$t" 2>/dev/null' EXIT
+exec 3<&0
+{ cat; kill "$t"; } <&3 >/dev/null 2>&1 &
+exec 3<&-
+while kill -0 "$t" 2>/dev/null && xl list "$2" >/dev/null 2>&1; do
+  sleep 1
+done
+sleep 1
+"""
 # Removes "$@" and the domain's disk copies, "$0".xvd? ($0: DOMAINS/NAME).
 _RM_FILES = 'rm -f -- "$@" "$0".xvd?'
 _KERNFS = {"source": "dev", "path": "virtual", "fstype": "kernfs", "mountpoint": "/kern"}

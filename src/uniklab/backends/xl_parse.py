@@ -27,8 +27,11 @@ class Domain:
 
     @property
     def status(self) -> str:
-        """running | blocked | paused | shutdown | crashed | dying (first flag set)."""
+        """running | blocked | paused | shutdown | crashed | dying (first flag set; but
+        a paused domain is paused even while a vCPU shows blocked, "-bp---")."""
         names = ["running", "blocked", "paused", "shutdown", "crashed", "dying"]
+        if self.state[2:3] == "p":
+            return "paused"
         for flag, name in zip(self.state, names, strict=False):
             if flag != "-":
                 return name

@@ -15,7 +15,6 @@ import json
 import logging
 import shutil
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
@@ -24,6 +23,7 @@ from uniklab.bake import cpio, elf, erofs, kmod, rumprun, source
 from uniklab.bake.image import ImageStore, KernelInfo, Manifest
 from uniklab.bake.kernel_choice import HOST, KernelChoice, choose_kernel
 from uniklab.bake.recipe import Recipe, builtin_dir
+from uniklab.buildcache import Progress
 from uniklab.digest import sha256_known
 from uniklab.errors import BakeError, UsageError
 from uniklab.guest.build import build_init
@@ -50,8 +50,6 @@ BASE_CMDLINE = "reboot=t panic=-1 quiet"
 # event MPM) dies at its first idle-thread exit.  Every glibc image gets it.
 GLIBC_DLOPENS = ("libgcc_s.so.1",)
 NSSWITCH = b"passwd: files\ngroup: files\nshadow: files\nhosts: files dns\n"
-
-Progress = Callable[[str], None]
 
 
 @dataclass(frozen=True)
@@ -195,11 +193,14 @@ def _cmdline(kernel: KernelChoice, root: str) -> str:
 def _archive(inp: _Inputs) -> tuple[cpio.CpioArchive, int]:
     """The image's tree (as a cpio archive) and its number of files."""
     arc = cpio.CpioArchive()
-    for d in ("/dev", "/proc", "/sys", "/tmp", "/run", "/etc", "/bin", "/uniklab"):
+    for d in ("/dev", "/proc", "/sys", "/tmp", "/run", "/etc", "/bin", "/sbin", "/uniklab"):
         arc.add_dir(d)
     arc.add_device("/dev/console", "c", 5, 1)
     arc.add_device("/dev/null", "c", 1, 3, mode=0o666)
     arc.add_file_from("/init", inp.init, mode=0o755)
+    # What a guest kernel runs for an orderly poweroff (Xen's `xl shutdown`): the init,
+    # which asks PID 1 to end the app first.
+    arc.add_symlink("/sbin/poweroff", "/init")
     arc.add_file_from(inp.recipe.image_binary_path, inp.binary, mode=0o755)
     for dest, src in sorted(inp.libs.items()):
         arc.add_file_from(str(dest), src)
@@ -275,7 +276,7 @@ def bake(
     ``uniklab.bake.kernel_choice.choose_kernel``); ``root`` is ``initramfs`` or ``erofs`` (by
     default erofs when the kernel can mount it, see ``_choose_root``).
     """
-    say = progress or (lambda _msg: None)
+    say = progress or buildcache.quiet
     start = time.monotonic()
     if recipe.kind == "rumprun":
         if kernel != HOST or root is not None:

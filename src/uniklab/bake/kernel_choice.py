@@ -5,11 +5,14 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from uniklab.errors import BakeError, UsageError
+
+if TYPE_CHECKING:
+    from uniklab.buildcache import Progress
 
 BOOT = Path("/boot")
 MODULES = Path("/lib/modules")
@@ -97,7 +100,7 @@ class KernelChoice:
 def choose_kernel(
     spec: str = HOST,
     *,
-    progress: Callable[[str], None] | None = None,
+    progress: Progress | None = None,
     boot: Path = BOOT,
 ) -> KernelChoice:
     """Resolve ``host``, ``specialised[:PROFILE]`` (built now if this machine lacks it) or a
@@ -115,9 +118,11 @@ def choose_kernel(
 
         profile = spec.partition(":")[2] or kconfig.DEFAULT_PROFILE
 
-        def say(msg: str) -> None:
+        def say(
+            step: str, /, *, done: int | None = None, total: int | None = None, detail: str = ""
+        ) -> None:
             if progress:
-                progress(f"kernel {profile}: {msg}")
+                progress(f"kernel {profile}: {step}", done=done, total=total, detail=detail)
 
         entry = kbuild.build(profile, progress=say)
         return KernelChoice(

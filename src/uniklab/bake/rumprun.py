@@ -54,7 +54,7 @@ def bake(
     """Bake a ``kind = "rumprun"`` recipe into the store; (manifest, whether it was cached).
 
     ``source`` is where the pinned sources are (as for ``uniklab toolchain build``)."""
-    say = progress or (lambda _msg: None)
+    say = progress or buildcache.quiet
     spec = recipe.rumprun
     assert spec is not None
     start = time.monotonic()
@@ -282,16 +282,24 @@ def _build_debian(
 
 
 def _make(tc: rr.Toolchain, argv: list[str], what: str, cwd: Path, say: Progress) -> None:
-    """A package's build with the toolchain first on PATH, niced, its log kept."""
+    """A package's build with the toolchain first on PATH, niced, its log kept; its lines
+    of output are the units (the last build's count of the package is the estimate)."""
     log_path = _log_path(what, tc.platform)
-    say(f"building {what} for rumprun {tc.platform} (log: {log_path})")
+    step = f"building {what} for rumprun {tc.platform} (log: {log_path})"
+    root = buildcache.root("builds", "UNIKLAB_BUILD_CACHE")
+    units = f"rumprun-{tc.platform}-{what}"
+    progress = buildcache.Counter(
+        say, step, buildcache.any_line, buildcache.expected_units(root, units)
+    )
     buildcache.run_logged(
         ["nice", "-n", "19", "env", f"PATH={tc.env()['PATH']}", *argv],
-        what=f"building {what} for rumprun {tc.platform} (log: {log_path})",
+        what=step,
         log_path=log_path,
         deadline=time.monotonic() + BUILD_TIMEOUT,
         cwd=cwd,
+        on_output=progress,
     )
+    buildcache.record_units(root, units, progress.done)
 
 
 def _log_path(package: str, platform: str) -> Path:

@@ -98,7 +98,7 @@ def build_key(dsc: Path, spec: BuildSpec, compiler: str) -> str:
 
 def build(spec: BuildSpec, *, progress: Progress | None = None, root: Path | None = None) -> Path:
     """The built binary of ``spec``: from the cache, or fetched and built now."""
-    say = progress or (lambda _msg: None)
+    say = progress or buildcache.quiet
     root = root or cache_root()
     dsc = fetch(spec.debian_source, root, say)
     key = build_key(dsc, spec, _compiler_version(spec.compiler))
@@ -117,7 +117,7 @@ def build(spec: BuildSpec, *, progress: Progress | None = None, root: Path | Non
                 local.run(["dpkg-source", "-x", dsc, src], timeout=FETCH_TIMEOUT, cwd=work)
             except CommandError as exc:
                 raise BakeError(f"dpkg-source -x {dsc.name} failed: {exc}") from exc
-            _make(spec, src, work / "build.log", say)
+            lines = _make(spec, src, work / "build.log", say, root)
             built = src / spec.output
             if not built.is_file():
                 raise BakeError(f"the build of {spec.debian_source} made no {spec.output}")
@@ -128,21 +128,23 @@ def build(spec: BuildSpec, *, progress: Progress | None = None, root: Path | Non
             os.rename(out, entry)
         finally:
             shutil.rmtree(work, ignore_errors=True)
+        buildcache.record_units(root, _units(spec), lines)
     log.info("built %s from %s: %s", spec.output, dsc.name, output)
     return output
 
 
-def _make(spec: BuildSpec, src: Path, log_path: Path, say: Progress) -> None:
+def _units(spec: BuildSpec) -> str:
+    return f"source-{spec.debian_source}"
+
+
+def _make(spec: BuildSpec, src: Path, log_path: Path, say: Progress, root: Path) -> int:
+    """The build command; returns its lines of output, the units of its progress (the
+    last completed build's count of the same package is this one's estimate)."""
     jobs = str(os.cpu_count() or 1)
     argv = [arg.replace("{jobs}", jobs) for arg in spec.command]
-    say(f"building {spec.debian_source}: {argv[0]}")
-    lines = 0
-
-    def progress(text: str) -> None:
-        nonlocal lines
-        lines += text.count("\n")
-        say(f"building {spec.debian_source}: {lines} lines of output")
-
+    step = f"building {spec.debian_source} ({argv[0]})"
+    total = buildcache.expected_units(root, _units(spec))
+    progress = buildcache.Counter(say, step, buildcache.any_line, total)
     buildcache.run_logged(
         argv,
         what=f"the build of {spec.debian_source}",
@@ -152,3 +154,4 @@ def _make(spec: BuildSpec, src: Path, log_path: Path, say: Progress) -> None:
         on_output=progress,
         tail=10,
     )
+    return progress.done

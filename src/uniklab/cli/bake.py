@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from uniklab.cli import common
+from uniklab.cli import common, progress
 from uniklab.errors import UsageError
 
 
@@ -35,6 +35,7 @@ from uniklab.errors import UsageError
 @click.option(
     "--root",
     type=click.Choice(["initramfs", "erofs"]),
+    show_default=True,  # a configured default (uniklab config show)
     help="The root filesystem: an initramfs (any kernel, QEMU and Xen), or a read-only "
     "erofs disk (QEMU; a kernel with erofs built in). Default: erofs when the kernel has it.",
 )
@@ -63,8 +64,6 @@ def bake(
       uniklab bake redis-static --kernel specialised --root erofs -t small
       uniklab bake ./myapp.toml
     """
-    from rich.markup import escape
-
     from uniklab import validate
     from uniklab.bake import recipe as recipe_mod
 
@@ -77,19 +76,15 @@ def bake(
         raise UsageError("give a RECIPE or --binary, not both")
     lab = common.lab(ctx)
     what = recipe or binary or ""
-    shown = escape(validate.short(what, 200).strip("'"))  # user input: no markup, bounded
-    with common.err.status(f"baking {shown}") as status:
-
-        def progress(msg: str) -> None:
-            status.update(f"{shown}: {escape(msg)}")
-
+    shown = validate.short(what, 200).strip("'")  # user input, bounded (shown as text)
+    with progress.shown(f"baking {shown}") as say:
         if binary is None:
-            result = lab.bake(what, tag=tag, kernel=kernel, root=root, progress=progress)
+            result = lab.bake(what, tag=tag, kernel=kernel, root=root, progress=say)
         else:
             rec = recipe_mod.from_binary(
                 binary, port=port, name=image_name, args=list(args), memory=memory
             )
-            result = lab.bake_recipe(rec, tag=tag, kernel=kernel, root=root, progress=progress)
+            result = lab.bake_recipe(rec, tag=tag, kernel=kernel, root=root, progress=say)
     m = result.manifest
     if as_json:
         common.print_json(

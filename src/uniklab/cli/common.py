@@ -7,6 +7,7 @@ the Lab are loaded when first used.
 from __future__ import annotations
 
 import json
+import os
 import sys
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
@@ -42,8 +43,14 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
+def _stream(name: str) -> Console:
+    """``out`` or ``err``, made if not yet (inside this module, where the module-level
+    ``__getattr__`` does not apply)."""
+    return globals()[name] if name in globals() else __getattr__(name)  # type: ignore[no-any-return]
+
+
 def _stdout() -> Console:
-    return globals()["out"] if "out" in globals() else __getattr__("out")  # type: ignore[no-any-return]
+    return _stream("out")
 
 
 def lab(ctx: click.Context) -> Lab:
@@ -68,6 +75,10 @@ class FilledLater(click.Option):
         super().__init__(*args, **kwargs)
         self._fill = fill
 
+    def shown_default(self) -> object:
+        """The default the help shows (what the verb makes of ``None``)."""
+        return self._fill().get("default", self.default)
+
     def get_help_record(self, ctx: click.Context) -> tuple[str, str] | None:
         filled = self._fill()
         saved = {attr: getattr(self, attr) for attr in filled}
@@ -87,15 +98,47 @@ def print_json(data: Any) -> None:
     sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
 
 
+PIPE_WIDTH = 400  # a pipe's line width (_console's): past it rich shrinks the columns
+# Set, these make rich style a pipe as a terminal (its Console's is_terminal).
+_STYLE_ENV = ("FORCE_COLOR", "TTY_COMPATIBLE", "TTY_INTERACTIVE")
+
+
 def table(columns: Sequence[str], rows: Sequence[Sequence[object]]) -> None:
+    """Columns left-aligned, two spaces apart, a bold header on a terminal (like `xl list`);
+    cells are text, never markup.
+
+    Into a pipe the lines are written as rich's Table would write them (its rendering costs
+    tens of milliseconds per hundred rows, and its import as much again: `uniklab ps | grep`
+    pays neither).  rich renders the rest: terminals (it decides the styling and the width)
+    and cells whose width is not their length (non-ASCII, control characters)."""
+    cells = [list(columns), *(["" if v is None else str(v) for v in r] for r in rows)]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(columns))]
+    plain = (
+        "out" not in globals()  # a console already made (a test's) decides for itself
+        and not _isatty(sys.stdout)
+        and not any(k in os.environ for k in _STYLE_ENV)
+        and sum(widths) + 2 * (len(widths) - 1) <= PIPE_WIDTH
+        and all(c.isascii() and c.isprintable() for r in cells for c in r)
+    )
+    if plain:
+        sys.stdout.write("".join("  ".join(map(str.ljust, r, widths)) + "\n" for r in cells))
+        return
     from rich.table import Table
+    from rich.text import Text
 
     t = Table(box=None, pad_edge=False, show_edge=False, header_style="bold")
     for c in columns:
         t.add_column(c, no_wrap=True)
-    for r in rows:
-        t.add_row(*("" if v is None else str(v) for v in r))
+    for r in cells[1:]:
+        t.add_row(*map(Text, r))
     _stdout().print(t)
+
+
+def _isatty(stream: Any) -> bool:
+    try:
+        return bool(stream.isatty())
+    except (AttributeError, ValueError):  # no such method; a closed file
+        return False
 
 
 def image_parts(m: Manifest) -> str:
@@ -110,3 +153,28 @@ def human_size(n: int) -> str:
             return f"{size:.0f}{unit}" if unit == "B" else f"{size:.1f}{unit}"
         size /= 1024
     return f"{n}B"
+
+
+def each(
+    names: Sequence[str],
+    verb: str,
+    do: Callable[[str], object],
+    done: Callable[[str], str] = lambda name: name,
+) -> None:
+    """Do ``verb`` to each instance, printing ``done(name)`` as each is done (as docker
+    does).  With several names a failure is printed and the others go on; the exit is
+    non-zero."""
+    from uniklab.errors import UniklabError
+
+    failed = 0
+    for name in names:
+        try:
+            do(name)
+            _stream("out").print(done(name), markup=False, highlight=False)
+        except UniklabError as exc:
+            if len(names) == 1:
+                raise
+            failed += 1
+            _stream("err").print(f"error: {exc}", markup=False)
+    if failed:
+        raise UniklabError(f"{failed} of {len(names)} could not {verb}")

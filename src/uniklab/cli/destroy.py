@@ -5,7 +5,6 @@ from __future__ import annotations
 import click
 
 from uniklab.cli import common, complete
-from uniklab.errors import UniklabError
 
 
 @click.command()
@@ -26,15 +25,4 @@ def destroy(ctx: click.Context, names: tuple[str, ...], everything: bool) -> Non
         names = tuple(v.name for v in lab.ps())
     elif not names:
         raise click.UsageError("name an instance, or use --all")
-    failed = 0
-    for name in names:
-        try:
-            lab.destroy(name)
-            common.out.print(f"destroyed {name}")
-        except UniklabError as exc:
-            if len(names) == 1:
-                raise
-            failed += 1
-            common.err.print(f"error: {exc}", markup=False)
-    if failed:
-        raise UniklabError(f"{failed} of {len(names)} could not be destroyed")
+    common.each(names, "be destroyed", lab.destroy, lambda name: f"destroyed {name}")

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import click
 
 from uniklab.backends import registry
 from uniklab.cli import common, complete
-from uniklab.errors import UniklabError
+from uniklab.errors import UniklabError, UsageError
 
 
 @click.group()
@@ -73,7 +75,7 @@ def ls(ctx: click.Context, as_json: bool) -> None:
     """List hosts."""
     hosts = common.lab(ctx).hosts.ls()
     if as_json:
-        common.print_json([h.model_dump() for h in hosts])
+        common.print_json([h.as_dict() for h in hosts])
         return
     common.table(
         ["NAME", "HYPERVISOR", "SSH", "DATA", "BMC", "LABELS"],
@@ -96,7 +98,7 @@ def ls(ctx: click.Context, as_json: bool) -> None:
 @click.pass_context
 def show(ctx: click.Context, name: str) -> None:
     """Show one host's entry as JSON."""
-    common.print_json(common.lab(ctx).hosts.get(name).model_dump())
+    common.print_json(common.lab(ctx).hosts.get(name).as_dict())
 
 
 @host.command("rm")
@@ -108,6 +110,53 @@ def rm(ctx: click.Context, name: str) -> None:
     users = [r.name for r in lab.store.instances() if r.host == name]
     lab.hosts.rm(name, users)
     common.out.print(f"removed host {name}")
+
+
+@host.command("export")
+@click.argument("names", nargs=-1, shell_complete=complete.hosts)
+@click.option("-o", "--output", type=click.Path(dir_okay=False), help="Write to FILE, not stdout.")
+@click.pass_context
+def export(ctx: click.Context, names: tuple[str, ...], output: str | None) -> None:
+    """Write the inventory (or hosts NAME...) as TOML, for 'uniklab host import'.
+
+    \b
+    Examples:
+      uniklab host export -o lab-hosts.toml
+      uniklab host export xd3 xd4 > rack2.toml
+    """
+    text = common.lab(ctx).hosts.export(names)
+    if output is None:
+        click.echo(text, nl=False)
+        return
+    try:
+        Path(output).write_text(text)
+    except OSError as exc:
+        raise UsageError(f"cannot write {output}: {exc.strerror}") from exc
+    common.err.print(f"wrote {output}", markup=False)
+
+
+@host.command("import")
+@click.argument("file", type=click.Path(dir_okay=False))
+@click.option("--replace", is_flag=True, help="Replace entries of the same names.")
+@click.pass_context
+def import_(ctx: click.Context, file: str, replace: bool) -> None:
+    """Add the hosts of FILE (TOML, as 'uniklab host export' writes it).
+
+    Every entry is checked first: on any problem (or a name already in the inventory,
+    without --replace) nothing is added.
+
+    \b
+    Examples:
+      uniklab host import lab-hosts.toml
+      uniklab host import --replace rack2.toml
+    """
+    try:
+        text = Path(file).read_text()
+    except OSError as exc:
+        raise UsageError(f"cannot read {file}: {exc.strerror}") from exc
+    hosts = common.lab(ctx).hosts.import_(text, file, replace=replace)
+    names = ", ".join(h.name for h in hosts)
+    common.out.print(f"imported {len(hosts)} host(s): {names}", markup=False)
 
 
 @host.command("doctor")

@@ -7,7 +7,7 @@ from typing import TypedDict
 
 import click
 
-from uniklab.cli import common
+from uniklab.cli import common, progress
 from uniklab.kernel import build as kbuild
 from uniklab.kernel import config as kconfig
 
@@ -30,12 +30,8 @@ def kernel() -> None:
 def build(profile: str, jobs: int | None, as_json: bool) -> None:
     """Build the kernel of PROFILE from Debian's linux-source-6.1 (minutes, once per machine)."""
     start = time.monotonic()
-    with common.err.status(f"kernel {profile}") as status:
-
-        def progress(msg: str) -> None:
-            status.update(f"kernel {profile}: {msg}")
-
-        entry = kbuild.build(profile, jobs=jobs, progress=progress)
+    with progress.shown(f"kernel {profile}") as say:
+        entry = kbuild.build(profile, jobs=jobs, progress=say)
     seconds = time.monotonic() - start
     doc = _describe(entry)
     if as_json:

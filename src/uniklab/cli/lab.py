@@ -7,7 +7,7 @@ import time
 
 import click
 
-from uniklab.cli import common
+from uniklab.cli import common, progress
 from uniklab.hosts import virtual_xen
 from uniklab.paths import default_paths
 
@@ -37,7 +37,8 @@ def up(ctx: click.Context, name: str, timeout: float, as_json: bool) -> None:
     register it as host NAME in the inventory.  A lab that already runs is left as it is."""
     start = time.monotonic()
     uk = common.lab(ctx)
-    host = virtual_xen.up(uk.paths, name, timeout=timeout)
+    with progress.shown(f"lab {name}") as say:
+        host = virtual_xen.up(uk.paths, name, timeout=timeout, progress=say)
     uk.hosts.add(**host.inventory_fields(), labels={"lab": "virtual"}, replace=True)
     if as_json:
         common.print_json(dataclasses.asdict(host))

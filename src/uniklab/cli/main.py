@@ -37,6 +37,14 @@ VERBS: dict[str, Verb] = {
         "uniklab.cli.check:check",
         "Probe instances (Redis: PING and a SET/GET round trip); non-zero if any fails.",
     ),
+    "config": Verb(
+        "uniklab.cli.config:config",
+        "Show the configured defaults of options, and where each one comes from.",
+    ),
+    "console": Verb(
+        "uniklab.cli.console:console",
+        "Attach this terminal to the serial console of instance NAME; Ctrl-] detaches.",
+    ),
     "demo": Verb(
         "uniklab.cli.demo:demo",
         "Run the runbook for Redis: bake, run, probe with redis-cli, list, destroy.",
@@ -48,6 +56,10 @@ VERBS: dict[str, Verb] = {
     "doctor": Verb(
         "uniklab.cli.doctor:doctor",
         "Check this machine's prerequisites for each feature; print how to fix each.",
+    ),
+    "events": Verb(
+        "uniklab.cli.events:events",
+        "Print what happens to instances: created, ready, exited, crashed, destroyed.",
     ),
     "gc": Verb(
         "uniklab.cli.gc:gc",
@@ -67,6 +79,10 @@ VERBS: dict[str, Verb] = {
     "lab": Verb("uniklab.cli.lab:lab", "Boot, inspect and stop a virtual Xen host (lab in a box)."),
     "logs": Verb("uniklab.cli.logs:logs", "Print the console log of instance NAME."),
     "net": Verb("uniklab.cli.net:net", "Create, list and remove bridged networks."),
+    "pause": Verb(
+        "uniklab.cli.lifecycle:pause",
+        "Pause instances: freeze their vCPUs, keeping memory, NICs and ports (like `xl pause`).",
+    ),
     "ps": Verb(
         "uniklab.cli.ps:ps",
         "List instances: Name ID Mem VCPUs State Time(s) Address Ports Image Backend.",
@@ -75,6 +91,11 @@ VERBS: dict[str, Verb] = {
         "uniklab.cli.recipes:recipes",
         "List the built-in recipes: the Debian package each needs, its ports and probe.",
     ),
+    "restart": Verb(
+        "uniklab.cli.lifecycle:restart",
+        "Restart instances: a graceful stop (if running), then start.",
+    ),
+    "resume": Verb("uniklab.cli.lifecycle:resume", "Resume paused instances."),
     "rmi": Verb("uniklab.cli.rmi:rmi", "Remove one or more images."),
     "rumprun": Verb(
         "uniklab.cli.rumprun:rumprun",
@@ -82,6 +103,18 @@ VERBS: dict[str, Verb] = {
     ),
     "run": Verb(
         "uniklab.cli.run:run", "Run IMAGE; ARGS after '--' are appended to the app's command line."
+    ),
+    "start": Verb(
+        "uniklab.cli.lifecycle:start",
+        "Start stopped instances again, with the same name, MAC address and ports.",
+    ),
+    "stats": Verb(
+        "uniklab.cli.stats:stats",
+        "Show live CPU%, memory, uptime and network bytes of running instances.",
+    ),
+    "stop": Verb(
+        "uniklab.cli.lifecycle:stop",
+        "Stop instances gracefully: the app gets SIGTERM, then SIGKILL after a timeout.",
     ),
     "store": Verb("uniklab.cli.store:store", "The state store (state.db) of this UNIKLAB_HOME."),
     "test": Verb(
@@ -186,6 +219,11 @@ def cli(ctx: click.Context, verbose: int) -> None:
         handlers=[_RichOnFirstRecord()],
         force=True,
     )
+    from uniklab import config  # not for --help or a completion: they run no callback
+
+    if ctx.invoked_subcommand in config.VERBS:
+        # The configured defaults of the verb's options (its own options beat them).
+        ctx.default_map = config.load().default_map()
 
 
 MAX_ERROR_LINE = 500

@@ -18,7 +18,8 @@ if TYPE_CHECKING:
 
 COLUMNS = ["Name", "ID", "Mem", "VCPUs", "State", "Time(s)", "Address", "Ports", "Image", "Backend"]
 FILTER_KEYS = ("state", "label", "name")
-STATES = ("running", "exited", "crashed", "creating")  # the store's; here for completion
+# The store's states (state/store.py), here so that completion need not import it.
+STATES = ("running", "paused", "stopped", "exited", "crashed", "creating")
 
 
 @dataclass(frozen=True)
@@ -32,7 +33,7 @@ class Filters:
     @classmethod
     def parse(cls, items: Sequence[str]) -> Filters:
         from uniklab import validate
-        from uniklab.state.store import CRASHED, CREATING, EXITED, RUNNING
+        from uniklab.state.store import CRASHED, CREATING, EXITED, PAUSED, RUNNING, STOPPED
 
         states: list[str] = []
         labels: list[tuple[str, str | None]] = []
@@ -45,7 +46,7 @@ class Filters:
                     "label=KEY[=VALUE] or name=SUBSTRING"
                 )
             if key == "state":
-                known = (RUNNING, EXITED, CRASHED, CREATING)
+                known = (RUNNING, PAUSED, STOPPED, EXITED, CRASHED, CREATING)
                 if value not in known:
                     raise UsageError(
                         f"invalid filter {validate.short(item)}: a state is one of "

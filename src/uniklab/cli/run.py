@@ -25,7 +25,12 @@ def _default_wait() -> dict[str, object]:
 @click.argument("image", shell_complete=complete.runnable)
 @click.argument("args", nargs=-1)
 @click.option("--name", help="Instance name (default: IMAGE-<random>).")
-@click.option("-m", "--memory", help="Guest memory, e.g. 64M, 128M, 1G (default: the image's).")
+@click.option(
+    "-m",
+    "--memory",
+    show_default=True,  # a configured default (uniklab config show)
+    help="Guest memory, e.g. 64M, 128M, 1G (unset: the image's).",
+)
 @click.option("--vcpus", type=int, default=1, show_default=True, help="Virtual CPUs.")
 @click.option(
     "-p",

@@ -9,16 +9,11 @@ from pathlib import Path
 from typing import TypedDict
 
 import click
-from rich.markup import escape
 
-from uniklab.cli import common
+from uniklab.cli import common, progress
 from uniklab.errors import NotFoundError
 from uniklab.toolchain import rumprun as rr
 from uniklab.toolchain import sources
-
-# Without a terminal (CI logs, pipes), progress is a plain line: at each new phase, and
-# otherwise at most this often.
-PLAIN_EVERY = 30.0
 
 _platform_option = click.option(
     "--platform",
@@ -64,17 +59,8 @@ def build(
     once per machine: later builds are instant)."""
     start = time.monotonic()
     label = f"{name} {platform}"
-    if common.err.is_terminal:
-        with common.err.status(f"toolchain {label}") as status:
-
-            def update(msg: str) -> None:
-                status.update(f"toolchain {label}: {escape(msg)}")
-
-            entry = rr.build(platform, source=source, fetch=fetch, jobs=jobs, progress=update)
-    else:
-        entry = rr.build(
-            platform, source=source, fetch=fetch, jobs=jobs, progress=_PlainProgress(label)
-        )
+    with progress.shown(f"toolchain {label}") as say:
+        entry = rr.build(platform, source=source, fetch=fetch, jobs=jobs, progress=say)
     seconds = time.monotonic() - start
     row = _describe(entry)
     if as_json:
@@ -134,22 +120,6 @@ def rm(name: str, platform: str | None, key: str | None) -> None:
     for t in chosen:
         rr.remove(t)
         common.out.print(f"removed {t.name}", markup=False)
-
-
-class _PlainProgress:
-    """Progress as plain lines: each new phase at once, the rest every PLAIN_EVERY s."""
-
-    def __init__(self, label: str) -> None:
-        self.label = label
-        self.phase = ""
-        self.last = 0.0
-
-    def __call__(self, msg: str) -> None:
-        phase = msg.split(" (", 1)[0]
-        now = time.monotonic()
-        if phase != self.phase or now - self.last >= PLAIN_EVERY:
-            self.phase, self.last = phase, now
-            common.err.print(f"toolchain {self.label}: {msg}", markup=False, highlight=False)
 
 
 class _Row(TypedDict):

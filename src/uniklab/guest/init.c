@@ -3,9 +3,13 @@
  * It mounts the pseudo filesystems, reads the guest config from the kernel command line
  * (uniklab.config=<base64url JSON>, see config.py) and the image description from
  * /uniklab/image.json, loads kernel modules, sets the clock and the network up, then runs
- * the one app and reaps; when the app exits the VM ends (reboot with -no-reboot). */
+ * the one app and reaps; when the app exits the VM ends (reboot with -no-reboot).  While
+ * the app runs it reads control lines from the console (ctl.h: the host's graceful stop).
+ * Run as /sbin/poweroff (what Xen's `xl shutdown` makes the guest kernel run), it asks
+ * PID 1 to end the app the same way. */
 #define _GNU_SOURCE
 #include "b64.h"
+#include "ctl.h"
 #include "json.h"
 #include "net.h"
 #include "util.h"
@@ -802,6 +806,20 @@ static void log_uptime(void)
     say("ready-to-exec uptime=%ld.%03ld", (long)ts.tv_sec, ts.tv_nsec / 1000000L);
 }
 
+/* A control line from the host: "stop" sends the app SIGTERM and arms the SIGKILL. */
+static void control(const struct ctl_cmd *cmd, pid_t app, long long *kill_at)
+{
+    if (cmd->kind == CTL_STOP) {
+        say("stop requested: SIGTERM to the app, SIGKILL in %d s", cmd->seconds);
+        kill(app, SIGTERM);
+        long long at = mono_ms() + 1000LL * cmd->seconds;
+        if (*kill_at == 0 || at < *kill_at)
+            *kill_at = at;
+    } else if (cmd->kind == CTL_UNKNOWN) {
+        say("warning: unknown control line ignored");
+    }
+}
+
 static int run_app(const struct image *img, const struct config *cfg)
 {
     char **argv = build_argv(img, cfg);
@@ -830,24 +848,47 @@ static int run_app(const struct image *img, const struct config *cfg)
     }
 
     /* PID 1: signals (all blocked) arrive on a signalfd; reap everyone, forward TERM/INT/
-     * HUP/QUIT to the app, and wake for the DHCP clients' replies and timers. */
+     * HUP/QUIT to the app, and wake for the DHCP clients' replies and timers and for
+     * control lines on the console (an open of its own, non-blocking: the app's stdin
+     * stays as it was). */
     int sfd = signalfd(-1, &all, SFD_CLOEXEC | SFD_NONBLOCK);
     if (sfd < 0)
         fatal("signalfd: %s", strerror(errno));
+    int cfd = open("/dev/console", O_RDONLY | O_NOCTTY | O_NONBLOCK | O_CLOEXEC);
+    struct ctl_reader ctl = { .len = 0 };
+    long long kill_at = 0; /* when a stop's SIGKILL is due; 0: no stop asked */
     for (;;) {
-        struct pollfd pfd[1 + MAX_NETS];
-        long long next = LLONG_MAX;
+        struct pollfd pfd[2 + MAX_NETS];
+        long long next = kill_at ? kill_at : LLONG_MAX;
         pfd[0] = (struct pollfd){ sfd, POLLIN, 0 };
+        pfd[1] = (struct pollfd){ cfd, POLLIN, 0 }; /* -1 (no console): ignored */
         for (int i = 0; i < ndhcp; i++) {
-            pfd[1 + i] = (struct pollfd){ dhcp[i].fd, POLLIN, 0 }; /* -1: ignored */
+            pfd[2 + i] = (struct pollfd){ dhcp[i].fd, POLLIN, 0 }; /* -1: ignored */
             if (dhcp[i].next < next)
                 next = dhcp[i].next;
         }
         long long wait = next == LLONG_MAX ? -1 : next - mono_ms();
         if (wait > INT_MAX)
             wait = INT_MAX;
-        poll(pfd, 1 + (nfds_t)ndhcp, next == LLONG_MAX ? -1 : wait < 0 ? 0 : (int)wait);
+        poll(pfd, 2 + (nfds_t)ndhcp, next == LLONG_MAX ? -1 : wait < 0 ? 0 : (int)wait);
         keep_leases();
+        if (cfd >= 0 && (pfd[1].revents & (POLLIN | POLLHUP | POLLERR))) {
+            char buf[CTL_LINE_MAX];
+            ssize_t n = read(cfd, buf, sizeof buf);
+            struct ctl_cmd cmd;
+            if (n > 0) {
+                if (ctl_feed(&ctl, buf, (size_t)n, &cmd) != CTL_NONE)
+                    control(&cmd, pid, &kill_at);
+            } else if (n == 0 || (errno != EAGAIN && errno != EINTR)) {
+                close(cfd); /* a hung-up console: stop watching it rather than spin */
+                cfd = -1;
+            }
+        }
+        if (kill_at && mono_ms() >= kill_at) {
+            say("stop: the app did not end in time: SIGKILL");
+            kill(pid, SIGKILL);
+            kill_at = 0;
+        }
         struct signalfd_siginfo si;
         while (read(sfd, &si, sizeof si) == (ssize_t)sizeof si) {
             int sig = (int)si.ssi_signo;
@@ -869,6 +910,8 @@ static int run_app(const struct image *img, const struct config *cfg)
                 else if (WIFSIGNALED(status))
                     say("app killed by signal %d", WTERMSIG(status));
                 close(sfd);
+                if (cfd >= 0)
+                    close(cfd);
                 return status;
             }
         }
@@ -877,8 +920,13 @@ static int run_app(const struct image *img, const struct config *cfg)
 
 int main(int argc, char **argv)
 {
-    (void)argc;
-    (void)argv;
+    const char *self = argc > 0 ? strrchr(argv[0], '/') : NULL;
+    self = self ? self + 1 : argc > 0 ? argv[0] : "";
+    if (getpid() != 1 && strcmp(self, "poweroff") == 0) {
+        /* The guest kernel's orderly poweroff (Xen's `xl shutdown`): PID 1 forwards
+         * SIGTERM to the app and powers off when the app has ended. */
+        return kill(1, SIGTERM) == 0 ? 0 : 1;
+    }
     if (getpid() != 1)
         say("warning: not running as PID 1");
     early_mounts();

@@ -2,18 +2,24 @@
 
 As in the runbook's "Labs Hardware": each integration host has a data address and an iLO
 address.  Everything here is validated, since it ends up on ssh command lines.
+
+A plain dataclass that checks itself (not a pydantic model): every command that drives a
+backend makes a ``Host``, `uniklab ps` included, and should not pay pydantic's import.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
+import json
 import re
+from collections.abc import Callable, Mapping
 from pathlib import Path
-
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from typing import Any
 
 from uniklab import validate
 from uniklab.backends import registry
+from uniklab.errors import UsageError
 
 HOSTNAME_RE = re.compile(
     r"^(?=.{1,253}$)[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
@@ -33,8 +39,91 @@ def address(value: str, what: str) -> str:
     return value
 
 
-class Host(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
+class HostFieldError(ValueError):
+    """A field of a host entry is wrong: ``field`` names it; the message says how."""
+
+    def __init__(self, field: str, problem: str) -> None:
+        super().__init__(f"{field}: {problem}")
+        self.field = field
+        self.problem = problem
+
+
+def _text(v: object) -> str:
+    if not isinstance(v, str):
+        raise ValueError("a string")
+    return v
+
+
+def _name(v: object) -> str:
+    try:
+        return validate.name(_text(v), "host name")
+    except UsageError as exc:
+        raise ValueError(str(exc)) from None
+
+
+def _ssh(v: object) -> str:
+    user, sep, host = _text(v).rpartition("@")
+    if not sep or not USER_RE.match(user):
+        raise ValueError(f"invalid SSH target {v!r}: use USER@ADDRESS, e.g. root@10.0.0.5")
+    return f"{user}@{address(host, 'SSH address')}"
+
+
+def _port(v: object) -> int:
+    if isinstance(v, bool) or not isinstance(v, int):
+        raise ValueError("an integer")
+    if not 1 <= v <= 65535:
+        raise ValueError(f"invalid SSH port {v}")
+    return v
+
+
+def _file(v: object) -> str:
+    path = Path(_text(v)).expanduser()
+    if not path.is_file():
+        raise ValueError(f"no such file: {v}")
+    return str(path.resolve())
+
+
+def _address(v: object) -> str:
+    return address(_text(v), "address")
+
+
+def _hypervisor(v: object) -> str:
+    if v not in registry.names():
+        raise ValueError(f"unknown hypervisor {v!r}: one of {', '.join(registry.names())}")
+    return str(v)
+
+
+def _labels(v: object) -> dict[str, str]:
+    if not isinstance(v, dict) or not all(
+        isinstance(k, str) and isinstance(x, str) for k, x in v.items()
+    ):
+        raise ValueError("a table of text values")
+    return v
+
+
+def _optional(fn: Callable[[object], object]) -> Callable[[object], object]:
+    return lambda v: None if v is None else fn(v)
+
+
+# Each field's check, in the fields' order (the first wrong one is reported).
+_CHECKS: dict[str, Callable[[object], object]] = {
+    "name": _name,
+    "ssh": _optional(_ssh),
+    "port": _port,
+    "identity": _optional(_file),
+    "known_hosts": _optional(_file),
+    "data": _optional(_address),
+    "bmc": _optional(_address),
+    "hypervisor": _hypervisor,
+    "labels": _labels,
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Host:
+    """One inventory entry, checked when made: ``HostFieldError`` (a ``ValueError``) names
+    the first wrong field.  Text fields are normalised (an SSH target's address, a key
+    file's absolute path)."""
 
     name: str
     ssh: str | None = None  # user@address; None for the local machine
@@ -44,51 +133,43 @@ class Host(BaseModel):
     data: str | None = None  # data-plane address
     bmc: str | None = None  # BMC / iLO address (inventory data: never contacted)
     hypervisor: str = "xen"  # a backend's name (uniklab.backends.registry)
-    labels: dict[str, str] = Field(default_factory=dict)
+    labels: dict[str, str] = dataclasses.field(default_factory=dict)
 
-    @field_validator("name")
-    @classmethod
-    def _name(cls, v: str) -> str:
-        return validate.in_model(validate.name, v, "host name")
+    def __post_init__(self) -> None:
+        for field, check in _CHECKS.items():
+            value = getattr(self, field)
+            try:
+                fixed = check(value)
+            except ValueError as exc:
+                raise HostFieldError(field, str(exc)) from None
+            if fixed != value:
+                object.__setattr__(self, field, fixed)
 
-    @field_validator("ssh")
     @classmethod
-    def _ssh(cls, v: str | None) -> str | None:
-        if v is None:
-            return v
-        user, sep, host = v.rpartition("@")
-        if not sep or not USER_RE.match(user):
-            raise ValueError(f"invalid SSH target {v!r}: use USER@ADDRESS, e.g. root@10.0.0.5")
-        return f"{user}@{address(host, 'SSH address')}"
+    def parse(cls, fields: Mapping[str, object]) -> Host:
+        """A host from an entry's fields (user input, a stored document): unknown and
+        missing fields are ``HostFieldError``s too."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        for key in fields:
+            if key not in known:
+                raise HostFieldError(str(key), "unknown key")
+        if "name" not in fields:
+            raise HostFieldError("name", "required")
+        return cls(**fields)  # type: ignore[arg-type]
 
-    @field_validator("hypervisor")
     @classmethod
-    def _hypervisor(cls, v: str) -> str:
-        if v not in registry.names():
-            raise ValueError(f"unknown hypervisor {v!r}: one of {', '.join(registry.names())}")
-        return v
+    def from_json(cls, doc: str) -> Host:
+        """A host from the store's document of it (``to_json``)."""
+        data = json.loads(doc)
+        if not isinstance(data, dict):
+            raise HostFieldError("host", "not a host entry")
+        return cls.parse(data)
 
-    @field_validator("data", "bmc")
-    @classmethod
-    def _addr(cls, v: str | None) -> str | None:
-        return None if v is None else address(v, "address")
+    def as_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
 
-    @field_validator("port")
-    @classmethod
-    def _port(cls, v: int) -> int:
-        if not 1 <= v <= 65535:
-            raise ValueError(f"invalid SSH port {v}")
-        return v
-
-    @field_validator("identity", "known_hosts")
-    @classmethod
-    def _file(cls, v: str | None) -> str | None:
-        if v is None:
-            return v
-        path = Path(v).expanduser()
-        if not path.is_file():
-            raise ValueError(f"no such file: {v}")
-        return str(path.resolve())
+    def to_json(self) -> str:
+        return json.dumps(self.as_dict(), separators=(",", ":"))
 
     @property
     def is_local(self) -> bool:

@@ -2,18 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
-from pydantic import ValidationError
-
-from uniklab import validate
 from uniklab.errors import ConflictError, UsageError
 from uniklab.executor import Executor, local
-from uniklab.hosts.inventory import Host
-from uniklab.hosts.ssh import SshExecutor
+from uniklab.hosts.inventory import Host, HostFieldError
 from uniklab.state.store import Store
 
 LOCAL = "local"
+EXPORT_HEADER = "# A uniklab host inventory (uniklab host export): uniklab host import FILE\n\n"
 
 
 def local_is_dom0(capabilities: Path = Path("/proc/xen/capabilities")) -> bool:
@@ -30,12 +28,12 @@ class HostService:
 
     def add(self, *, replace: bool = False, **fields: object) -> Host:
         try:
-            host = Host.model_validate(fields)
-        except ValidationError as exc:
-            raise UsageError(f"host {validate.first_problem(exc, '')}") from None
+            host = Host.parse(fields)
+        except HostFieldError as exc:
+            raise UsageError(f"host {exc}") from None
         if host.name == LOCAL:
             raise ConflictError("'local' is this machine and always exists")
-        self.store.put_host(host.name, host.model_dump_json(), replace=replace)
+        self.store.put_host(host.name, host.to_json(), replace=replace)
         return host
 
     @staticmethod
@@ -46,10 +44,65 @@ class HostService:
     def get(self, name: str) -> Host:
         if name == LOCAL:
             return self.local()
-        return Host.model_validate_json(self.store.host_doc(name))
+        return Host.from_json(self.store.host_doc(name))
 
     def ls(self) -> list[Host]:
-        return [Host.model_validate_json(doc) for _, doc in self.store.hosts()]
+        return [Host.from_json(doc) for _, doc in self.store.hosts()]
+
+    def export(self, names: Sequence[str] = ()) -> str:
+        """The inventory (or its hosts ``names``) as TOML, one ``[hosts.NAME]`` table each:
+        what ``import_`` reads."""
+        import tomli_w
+
+        for name in names:
+            if name == LOCAL:
+                raise UsageError("'local' is this machine: it is in no inventory")
+        hosts = [self.get(n) for n in names] if names else self.ls()
+        tables: dict[str, dict[str, object]] = {}
+        for h in hosts:
+            unset = {"name"} if h.labels else {"name", "labels"}  # TOML has no None, no []
+            tables[h.name] = {
+                k: v for k, v in h.as_dict().items() if k not in unset and v is not None
+            }
+        return EXPORT_HEADER + tomli_w.dumps({"hosts": tables})
+
+    def import_(self, text: str, origin: str, *, replace: bool = False) -> list[Host]:
+        """Add the hosts of an exported inventory (``origin`` names it in errors): each
+        entry is checked first, and none is added if one is wrong or, unless ``replace``,
+        already in the inventory."""
+        import tomllib
+
+        try:
+            doc = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as exc:
+            raise UsageError(f"{origin}: not valid TOML: {exc}") from exc
+        extra = sorted(doc.keys() - {"hosts"})
+        if extra:
+            raise UsageError(f"{origin}: {extra[0]}: unknown key (an inventory has [hosts.NAME])")
+        tables = doc.get("hosts", {})
+        if not isinstance(tables, dict):
+            raise UsageError(f"{origin}: hosts: a table of [hosts.NAME] tables")
+        hosts = []
+        for name, fields in tables.items():
+            where = f"{origin}: hosts.{name}"
+            if not isinstance(fields, dict):
+                raise UsageError(f"{where}: a table of the host's fields")
+            if "name" in fields:
+                raise UsageError(f"{where}.name: unknown key (the table's name is the host's)")
+            try:
+                host = Host.parse({**fields, "name": name})
+            except HostFieldError as exc:
+                raise UsageError(f"{where}.{exc}") from exc
+            if host.name == LOCAL:
+                raise ConflictError(f"{where}: 'local' is this machine and always exists")
+            hosts.append(host)
+        taken = sorted({h.name for h in hosts} & {name for name, _ in self.store.hosts()})
+        if taken and not replace:
+            raise ConflictError(
+                f"{origin}: already in the inventory: {', '.join(taken)} (--replace replaces them)"
+            )
+        self.store.put_hosts({h.name: h.to_json() for h in hosts}, replace=replace)
+        return hosts
 
     def rm(self, name: str, users: list[str]) -> Host:
         host = self.get(name)
@@ -60,4 +113,8 @@ class HostService:
 
     @staticmethod
     def executor(host: Host) -> Executor:
-        return local if host.is_local else SshExecutor(host)
+        if host.is_local:
+            return local
+        from uniklab.hosts.ssh import SshExecutor  # only remote hosts need it
+
+        return SshExecutor(host)

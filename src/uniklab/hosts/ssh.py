@@ -171,17 +171,26 @@ class SshExecutor:
             opts += ["-i", self.host.identity, "-o", "IdentitiesOnly=yes"]
         return opts
 
-    def ssh_argv(self, remote: Sequence[str | Path]) -> list[str]:
+    def ssh_argv(self, remote: Sequence[str | Path], *, tty: bool = False) -> list[str]:
         assert self.host.ssh is not None
+        # A terminal there for an interactive program, and no ssh escape (~.): every byte
+        # typed is the program's (it has its own way out).
+        terminal = ["-t", "-e", "none"] if tty else []
         return [
             "ssh",
             *self._options(),
+            *terminal,
             "-p",
             str(self.host.port),
             self.host.ssh,
             "--",
             shlex.join(str(a) for a in remote),
         ]
+
+    def command(self, argv: Sequence[str | Path], *, tty: bool = False) -> list[str]:
+        """ssh running ``argv`` on the host, unbounded: the caller ends it (without a tty,
+        the host's command must end by itself when its stdin closes)."""
+        return self.ssh_argv(argv, tty=tty)
 
     def run(
         self,

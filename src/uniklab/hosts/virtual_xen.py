@@ -19,7 +19,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from uniklab import daemons, validate
+from uniklab import buildcache, daemons, validate
 from uniklab.backends import qemu_process, registry
 from uniklab.backends.base import Backend
 from uniklab.backends.qemu_argv import RunFiles, XenHostSpec, build_xenhost_argv
@@ -150,7 +150,7 @@ def _ensure_key(path: Path, comment: str) -> str:
 def executor(host: VirtualXenHost, *, connect_timeout: int = 5) -> SshExecutor:
     """The lab's dom0 as uniklab's SSH executor, checking its recorded host key."""
     return SshExecutor(
-        Host.model_validate(host.inventory_fields()), connect_timeout=connect_timeout
+        Host.parse(host.inventory_fields()), connect_timeout=connect_timeout
     )
 
 
@@ -199,10 +199,17 @@ def _console_tail(files: VirtualXenFiles, lines: int = 30) -> str:
     return "\n".join(qemu_process.console(files.run).splitlines()[-lines:])
 
 
-def up(paths: Paths, name: str = DEFAULT_NAME, *, timeout: float = UP_TIMEOUT) -> VirtualXenHost:
+def up(
+    paths: Paths,
+    name: str = DEFAULT_NAME,
+    *,
+    timeout: float = UP_TIMEOUT,
+    progress: buildcache.Progress = buildcache.quiet,
+) -> VirtualXenHost:
     """Boot the virtual Xen host and wait until its Xen toolstack answers over ssh (the Xen
     backend reads the host's facts); one that already runs is returned as it is once it
-    answers.  If a boot fails, its QEMU is stopped and its runtime directory removed."""
+    answers.  If a boot fails, its QEMU is stopped and its runtime directory removed.
+    ``progress`` hears each step."""
     validate.name(name, "lab name")
     paths.ensure()
     files = VirtualXenFiles(paths, name)
@@ -213,12 +220,14 @@ def up(paths: Paths, name: str = DEFAULT_NAME, *, timeout: float = UP_TIMEOUT) -
             log.info("lab %s already runs (pid %s)", name, running)
             host = _host(files, int(str(rec["ssh_port"])))
             # It may still be booting (a `lab up` killed while it waited): wait the same.
-            _wait_ready(files, host, running, time.monotonic() + timeout)
+            progress(f"already running (pid {running})")
+            _wait_ready(files, host, running, time.monotonic() + timeout, progress)
             return host
         _cleanup(files, rec)  # debris of a lab that died or a killed `lab up`
 
         client_pub = _ensure_key(files.identity, f"uniklab@{name}")
         host_pub = _ensure_key(files.host_key, f"root@{name}")
+        progress("making the dom0 image (Xen's packages, an initramfs)")
         image = dom0.bake(
             paths,
             hostname=name,
@@ -246,6 +255,7 @@ def up(paths: Paths, name: str = DEFAULT_NAME, *, timeout: float = UP_TIMEOUT) -
         started = time.monotonic()
         pid: int | None = None
         try:
+            progress("starting Xen and dom0 under QEMU")
             pid = qemu_process.launch(argv, files.run, timeout=60, what=" the lab")
             files.record.write_text(
                 json.dumps(
@@ -262,7 +272,7 @@ def up(paths: Paths, name: str = DEFAULT_NAME, *, timeout: float = UP_TIMEOUT) -
                 )
             )
             host = _host(files, port)
-            _wait_ready(files, host, pid, started + timeout)
+            _wait_ready(files, host, pid, started + timeout, progress)
         except BaseException:
             _cleanup(files, {"pid": pid} if pid else None)
             raise
@@ -277,7 +287,13 @@ def _backend(files: VirtualXenFiles, host: VirtualXenHost) -> Backend:
     return registry.create(registry.for_host(ex.host).name, ctx)
 
 
-def _wait_ready(files: VirtualXenFiles, host: VirtualXenHost, pid: int, deadline: float) -> None:
+def _wait_ready(
+    files: VirtualXenFiles,
+    host: VirtualXenHost,
+    pid: int,
+    deadline: float,
+    progress: buildcache.Progress = buildcache.quiet,
+) -> None:
     """Return once the lab's Xen toolstack answers its backend over ssh (its facts name the
     host's memory); raise if the QEMU exits first or the deadline passes."""
     engine = _backend(files, host)
@@ -288,7 +304,9 @@ def _wait_ready(files: VirtualXenFiles, host: VirtualXenHost, pid: int, deadline
                 "the lab's QEMU exited while booting", output=_console_tail(files, 60)
             )
         # Ask sshd only once the init says it started it: no futile handshakes under TCG.
-        if dom0.READY_MARK in _console_tail(files, 400):
+        booted = dom0.READY_MARK in _console_tail(files, 400)
+        progress("waiting for the Xen toolstack over ssh" if booted else "booting dom0")
+        if booted:
             try:
                 facts = engine.facts(timeout=_SSH_PROBE_TIMEOUT)
                 if facts.total_memory_mb:

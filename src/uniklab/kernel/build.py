@@ -126,7 +126,7 @@ def build(
     executor: Executor = local,
 ) -> BuiltKernel:
     """The kernel of ``profile``, built now unless this machine already has it."""
-    say = progress or (lambda _msg: None)
+    say = progress or buildcache.quiet
     root = root or cache_root()
     key, fragments = plan(profile, executor)
     entry = BuiltKernel(profile, key, root / key)
@@ -136,11 +136,15 @@ def build(
         if entry.bzimage.is_file():  # another process built it while we waited
             return entry
         work = buildcache.staging(root)
+        what = f"kernel-{profile}"  # its objects: the next build's estimate
         try:
-            out = _build_in(work, fragments, jobs or os.cpu_count() or 1, timeout, say, executor)
+            expected = buildcache.expected_units(root, what)
+            jobs = jobs or os.cpu_count() or 1
+            out, compiled = _build_in(work, fragments, jobs, timeout, say, executor, expected)
             os.rename(out, entry.dir)
         finally:
             shutil.rmtree(work, ignore_errors=True)
+        buildcache.record_units(root, what, compiled)
     log.info("kernel %s (%s) built: %s", profile, key, entry.bzimage)
     return entry
 
@@ -152,7 +156,9 @@ def _build_in(
     timeout: float,
     say: Progress,
     executor: Executor,
-) -> Path:
+    expected: int | None = None,
+) -> tuple[Path, int]:
+    """The kernel built in ``work`` (its out directory) and how many objects it compiled."""
     deadline = time.monotonic() + timeout
     say(f"unpacking {SOURCE_TARBALL.name}")
     executor.run(["tar", "-xf", SOURCE_TARBALL, "-C", work], timeout=600)
@@ -173,27 +179,28 @@ def _build_in(
             "kernel config: fragment options dropped by Kconfig (unmet dependencies?): "
             + ", ".join(lost)
         )
-    _make_bzimage(src, jobs, deadline, work / "build.log", say)
+    compiled = _make_bzimage(src, jobs, deadline, work / "build.log", say, expected)
     out = work / "out"
     out.mkdir()
     shutil.copy2(src / "arch" / "x86" / "boot" / BZIMAGE, out / BZIMAGE)
     (out / CONFIG).write_text(final)
     (out / RELEASE).write_text((src / "include" / "config" / "kernel.release").read_text())
     shutil.copy2(work / "build.log", out / "build.log")
-    return out
+    return out, compiled
 
 
-def _make_bzimage(src: Path, jobs: int, deadline: float, log_path: Path, say: Progress) -> None:
+def compiled_object(line: str) -> str | None:
+    """The object a line of kbuild's output compiles (``  CC      kernel/fork.o``), if any."""
+    words = line.split()
+    return words[-1] if len(words) >= 2 and words[0] == "CC" else None
+
+
+def _make_bzimage(
+    src: Path, jobs: int, deadline: float, log_path: Path, say: Progress, expected: int | None
+) -> int:
+    """make bzImage; how many objects it compiled (``expected``: the last build's count)."""
     argv = ["env", *KBUILD_ENV, "make", "-C", str(src), f"ARCH={ARCH}", f"-j{jobs}", BZIMAGE]
-    compiled = 0
-
-    def progress(text: str) -> None:
-        nonlocal compiled
-        cc = [ln.split()[-1] for ln in text.splitlines() if ln.lstrip().startswith("CC ")]
-        if cc:
-            compiled += len(cc)
-            say(f"compiling with make -j{jobs}: {compiled} objects ({cc[-1]})")
-
+    progress = buildcache.Counter(say, f"compiling (make -j{jobs})", compiled_object, expected)
     buildcache.run_logged(
         argv,
         what="kernel build",
@@ -202,3 +209,4 @@ def _make_bzimage(src: Path, jobs: int, deadline: float, log_path: Path, say: Pr
         on_output=progress,
         tail=15,
     )
+    return progress.done

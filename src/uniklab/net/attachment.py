@@ -10,21 +10,24 @@ Kinds:
   network namespace), addresses from its dnsmasq or static.
 - ``host-bridge``: a bridge of the guest's host (a Xen dom0's ``xenbr0``), which uniklab
   did not make; addresses from that LAN's DHCP or static, found by MAC on that host.
+
+A plain dataclass, not a pydantic model: every row of the state store holds some, and
+reading rows (``uniklab ps``) should not cost pydantic's import.  Only uniklab makes them,
+from values it has checked; ``from_json`` refuses what it did not write.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
-from typing import Literal
-
-from pydantic import BaseModel, ConfigDict
+from typing import Any, Literal, get_args
 
 Kind = Literal["user", "bridge", "host-bridge"]
+KINDS: tuple[str, ...] = get_args(Kind)
 
 
-class Attachment(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
+@dataclasses.dataclass(frozen=True)
+class Attachment:
     kind: Kind
     mac: str
     forwards: tuple[tuple[int, int], ...] = ()  # user: (port on 127.0.0.1, guest port)
@@ -43,11 +46,24 @@ class Attachment(BaseModel):
         return self.addr.split("/")[0] if self.addr else None
 
 
+_FIELDS = frozenset(f.name for f in dataclasses.fields(Attachment))
+
+
 def to_json(attachments: Sequence[Attachment]) -> list[dict[str, object]]:
-    return [a.model_dump(mode="json") for a in attachments]
+    return [
+        {**dataclasses.asdict(a), "forwards": [list(pair) for pair in a.forwards]}
+        for a in attachments
+    ]
 
 
 def from_json(data: object) -> list[Attachment]:
     if not isinstance(data, list):
         return []
-    return [Attachment.model_validate(d) for d in data]
+    return [_from_dict(d) for d in data]
+
+
+def _from_dict(d: Any) -> Attachment:
+    if not isinstance(d, dict) or not _FIELDS.issuperset(d) or d.get("kind") not in KINDS:
+        raise ValueError(f"not a NIC attachment uniklab wrote: {str(d)[:200]}")
+    forwards = tuple((int(h), int(g)) for h, g in d.get("forwards", ()))
+    return Attachment(**{**d, "forwards": forwards})

@@ -1,15 +1,19 @@
-"""Bridges and taps through netlink (pyroute2), optionally inside a namespace."""
+"""Bridges and taps through netlink (pyroute2), optionally inside a namespace.
+
+pyroute2 costs tens of milliseconds to import, so the functions that talk netlink import
+it: `uniklab ps` and the other verbs that touch no link do not pay for it."""
 
 from __future__ import annotations
 
 import contextlib
 import ipaddress
 import logging
-
-from pyroute2 import IPRoute
-from pyroute2.netlink.exceptions import NetlinkError
+from typing import TYPE_CHECKING
 
 from uniklab.errors import NotFoundError, UniklabError
+
+if TYPE_CHECKING:
+    from pyroute2 import IPRoute
 
 log = logging.getLogger(__name__)
 
@@ -17,6 +21,8 @@ IFNAMSIZ = 15
 
 
 def _ipr(netns: str | None) -> IPRoute:
+    from pyroute2 import IPRoute
+
     return IPRoute(netns=netns) if netns else IPRoute()
 
 
@@ -42,6 +48,8 @@ def is_bridge(ifname: str, netns: str | None = None) -> bool:
 
 def create_bridge(ifname: str, gateway: ipaddress.IPv4Interface | None, netns: str | None) -> None:
     """Create a bridge (with the host-side address), bring it and lo up."""
+    from pyroute2.netlink.exceptions import NetlinkError
+
     try:
         with _ipr(netns) as ipr:
             ipr.link("add", ifname=ifname, kind="bridge")
@@ -61,6 +69,8 @@ def create_bridge(ifname: str, gateway: ipaddress.IPv4Interface | None, netns: s
 
 def delete_link(ifname: str, netns: str | None = None) -> bool:
     """Remove a link if present; True if it existed."""
+    from pyroute2.netlink.exceptions import NetlinkError
+
     with _ipr(netns) as ipr:
         idx = _index(ipr, ifname)
         if idx is None:
@@ -75,6 +85,8 @@ def delete_link(ifname: str, netns: str | None = None) -> bool:
 
 def create_tap(ifname: str, bridge: str, netns: str | None) -> None:
     """A tap device enslaved to ``bridge``; QEMU attaches to it by name."""
+    from pyroute2.netlink.exceptions import NetlinkError
+
     if len(ifname) > IFNAMSIZ:
         raise UniklabError(f"interface name too long: {ifname}")
     with _ipr(netns) as ipr:
@@ -116,9 +128,22 @@ def neighbours(ifname: str, netns: str | None = None) -> dict[str, str]:
 
 
 def forget_neighbour(ifname: str, ip: str, netns: str | None = None) -> None:
+    from pyroute2.netlink.exceptions import NetlinkError
+
     with _ipr(netns) as ipr:
         idx = _index(ipr, ifname)
         if idx is None:
             return
         with contextlib.suppress(NetlinkError):
             ipr.neigh("del", dst=ip, ifindex=idx)
+
+
+def ipv4_networks(netns: str | None = None) -> list[ipaddress.IPv4Network]:
+    """The IPv4 networks configured on the namespace's interfaces (loopback's left out)."""
+    with _ipr(netns) as ipr:
+        out = []
+        for a in ipr.get_addr(family=2):
+            addr = a.get_attr("IFA_ADDRESS")
+            if addr and not addr.startswith("127."):
+                out.append(ipaddress.IPv4Network(f"{addr}/{a['prefixlen']}", strict=False))
+        return out

@@ -18,8 +18,6 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from pyroute2 import IPRoute
-
 from uniklab import faults, validate
 from uniklab.errors import ConflictError, UsageError
 from uniklab.net import dnsmasq, links, netns, timesvc
@@ -63,13 +61,7 @@ def _host_networks(ns: str | None) -> list[ipaddress.IPv4Network]:
     """IPv4 networks already configured on the namespace's interfaces."""
     if ns and not netns.exists(ns):
         return []
-    with IPRoute(netns=ns) if ns else IPRoute() as ipr:
-        out = []
-        for a in ipr.get_addr(family=2):
-            addr = a.get_attr("IFA_ADDRESS")
-            if addr and not addr.startswith("127."):
-                out.append(ipaddress.IPv4Network(f"{addr}/{a['prefixlen']}", strict=False))
-        return out
+    return links.ipv4_networks(ns)
 
 
 class NetworkService:

@@ -7,6 +7,7 @@ up to date by running the steps it lacks, in one transaction.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sqlite3
 from collections.abc import Callable, Sequence
@@ -101,8 +102,8 @@ def _legacy_nics(runtime: dict[str, Any], publish: object) -> list[Attachment]:
         forwards = tuple((int(h), int(g)) for h, g in pairs)
         out.append(Attachment(kind="user", mac=str(runtime["mac"]), forwards=forwards))
     if out and runtime.get("address"):
-        found = {"found": str(runtime["address"]), "found_by": runtime.get("address_source")}
-        out[0] = out[0].model_copy(update=found)
+        found, by = str(runtime["address"]), runtime.get("address_source")
+        out[0] = dataclasses.replace(out[0], found=found, found_by=by)
     return out
 
 

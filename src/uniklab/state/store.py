@@ -14,7 +14,7 @@ import os
 import sqlite3
 import time
 import weakref
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,8 +26,10 @@ from uniklab.net.attachment import Attachment
 from uniklab.state import migrations
 
 # Instance states.  "creating" rows reserve a name while a CLI builds the instance; a
-# creating row whose owner process is gone is debris from a killed CLI.
+# creating row whose owner process is gone is debris from a killed CLI.  "paused": frozen
+# by `pause`; "stopped": ended by `stop`, kept (spec, MAC, ports) for `start`.
 CREATING, RUNNING, EXITED, CRASHED = "creating", "running", "exited", "crashed"
+PAUSED, STOPPED = "paused", "stopped"
 
 
 @dataclass
@@ -396,15 +398,20 @@ class Store:
 
     # -- hosts (the inventory keeps each host as one validated JSON document) ----------
     def put_host(self, name: str, doc: str, *, replace: bool = False) -> None:
+        self.put_hosts({name: doc}, replace=replace)
+
+    def put_hosts(self, docs: Mapping[str, str], *, replace: bool = False) -> None:
+        """Write host documents by name: all of them or, on a clash, none."""
         verb = "INSERT OR REPLACE" if replace else "INSERT"
-        try:
-            with self.transaction() as db:
-                db.execute(
-                    f"{verb} INTO hosts(name, doc, created) VALUES (?, ?, ?)",
-                    (name, doc, time.time()),
-                )
-        except sqlite3.IntegrityError as exc:
-            raise ConflictError(f"a host named {name!r} already exists") from exc
+        now = time.time()
+        with self.transaction() as db:
+            for name, doc in docs.items():
+                try:
+                    db.execute(
+                        f"{verb} INTO hosts(name, doc, created) VALUES (?, ?, ?)", (name, doc, now)
+                    )
+                except sqlite3.IntegrityError as exc:
+                    raise ConflictError(f"a host named {name!r} already exists") from exc
 
     def hosts(self) -> list[tuple[str, str]]:
         rows = self._all("SELECT name, doc FROM hosts ORDER BY name")

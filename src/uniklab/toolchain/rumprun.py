@@ -242,7 +242,7 @@ def build(
     executor: Executor = local,
 ) -> Toolchain:
     """The rumprun toolchain of ``platform``, built now unless this machine has it."""
-    say = progress or (lambda _msg: None)
+    say = progress or buildcache.quiet
     root = root or cache_root()
     entry, src = plan(
         platform, source=source, fetch=fetch, root=root, progress=say, executor=executor
@@ -259,11 +259,15 @@ def build(
         log_path.unlink(missing_ok=True)
         work = buildcache.staging(root)
         start = time.monotonic()
+        units = f"toolchain-rumprun-{platform}"  # its objects: the next build's estimate
         try:
             tree = unpack(src, work, say, executor)
             ensure_git_head(tree, executor)
             apply_patches(tree, patches_for(platform), executor)
-            _run_build_rr(entry, tree, work / "obj", jobs, start + timeout, log_path, say)
+            expected = buildcache.expected_units(root, units)
+            compiled = _run_build_rr(
+                entry, tree, work / "obj", jobs, start + timeout, log_path, say, expected
+            )
             missing = [p.name for p in (entry.cc, entry.bake, entry.launcher) if not p.is_file()]
             if missing:
                 raise BakeError(
@@ -277,6 +281,7 @@ def build(
         finally:
             shutil.rmtree(work, ignore_errors=True)
         log_path.unlink(missing_ok=True)
+        buildcache.record_units(root, units, compiled)
     log.info("rumprun %s toolchain (%s) built: %s", platform, entry.key, entry.prefix)
     return Toolchain(entry.platform, entry.key, entry.dir, built_now=True)
 
@@ -284,7 +289,7 @@ def build(
 def remove(entry: Toolchain, root: Path | None = None) -> None:
     """Remove a finished entry (not one being built: its lock is held)."""
     lock = (root or entry.dir.parent) / f"{entry.name}.lock"
-    with buildcache.locked(lock, lambda _m: None, entry.name):
+    with buildcache.locked(lock, buildcache.quiet, entry.name):
         shutil.rmtree(entry.dir)
 
 
@@ -353,24 +358,16 @@ def _run_build_rr(
     deadline: float,
     log_path: Path,
     say: Progress,
-) -> None:
+    expected: int | None = None,
+) -> int:
+    """build-rr.sh; how many objects it compiled (``expected``: the last build's count)."""
     jobs = jobs or os.cpu_count() or 1
     argv = build_argv(entry.platform, jobs=jobs, prefix=entry.prefix, objdir=objdir)
     entry.dir.mkdir(parents=True)
-    phase, compiled, last, lines = "building the host tools", 0, "", 0
-
-    def progress(text: str) -> None:
-        nonlocal phase, compiled, last, lines
-        for line in text.splitlines():
-            lines += 1
-            phase = _phase(line) or phase
-            if line.startswith("#   compile"):  # NetBSD make's one line per object
-                compiled += 1
-                last = line.split()[-1]
-        objects = f"{compiled} objects compiled, last {last}; " if last else ""
-        say(f"{phase} ({objects}{lines} lines of log; make -j{jobs})")
-
     say(f"build-rr.sh {entry.platform} (log: {log_path})")
+    progress = buildcache.Counter(
+        say, "building the host tools", _compiled_object, expected, phase=_phase
+    )
     try:
         buildcache.run_logged(
             argv,
@@ -386,6 +383,12 @@ def _run_build_rr(
         if str(log_path) not in first:
             first = f"{first.rstrip(':')} (log: {log_path})" + (":" if rest else "")
         raise BakeError(f"{first}\n{rest}".rstrip()) from exc
+    return progress.done
+
+
+def _compiled_object(line: str) -> str | None:
+    """The object a line of build-rr.sh's output compiles (NetBSD make's ``#   compile``)."""
+    return line.split()[-1] if line.startswith("#   compile") else None
 
 
 # build-rr.sh's own milestones, in the order they appear in its output.

@@ -230,7 +230,7 @@ def tree_digest(root: Path) -> str:
 def clone_rumprun(cache: Path | None = None, progress: Progress | None = None) -> RumprunSource:
     """The pinned commits cloned from upstream once per machine (git clone, checkout,
     submodule update), under ``cache/sources/``."""
-    say = progress or (lambda _msg: None)
+    say = progress or buildcache.quiet
     if shutil.which("git") is None:
         raise BakeError("git is not installed to fetch them (apt-get install git)")
     root = cache or buildcache.root("toolchains", "UNIKLAB_TOOLCHAIN_CACHE")
