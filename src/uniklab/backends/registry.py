@@ -24,6 +24,7 @@ if TYPE_CHECKING:
 MODULES = {
     "qemu": "uniklab.backends.qemu",
     "xen": "uniklab.backends.xen",
+    "libvirt": "uniklab.backends.libvirt",
 }
 
 
@@ -47,10 +48,17 @@ class BackendType:
     local_only: bool  # runs guests on this machine only (no remote hosts)
     unavailable: Callable[[], str | None] = field(default=lambda: None)  # why not here
     aliases: tuple[str, ...] = ()
+    # The images it boots are those made for this backend's name (libvirt's QEMU driver:
+    # "qemu").  Empty: its own name.
+    platform: str = ""
 
     @property
     def user_networking(self) -> bool:
         return self.user_net is not None
+
+    @property
+    def image_platform(self) -> str:
+        return self.platform or self.name
 
 
 def _load(module: str) -> BackendType:

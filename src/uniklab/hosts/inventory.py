@@ -9,8 +9,9 @@ from __future__ import annotations
 import ipaddress
 import re
 from pathlib import Path
+from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from uniklab import validate
 from uniklab.backends import registry
@@ -20,6 +21,8 @@ HOSTNAME_RE = re.compile(
     r"(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$"
 )
 USER_RE = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
+LIBVIRT_SCHEME_RE = re.compile(r"^(qemu|xen|test)(\+(ssh|libssh|libssh2|tcp|tls|unix))?$")
+LIBVIRT_URI_RE = re.compile(r"^[A-Za-z0-9+]+://[A-Za-z0-9@._:\-\[\]]*/[A-Za-z0-9/._=&?-]*$")
 
 
 def address(value: str, what: str) -> str:
@@ -44,6 +47,7 @@ class Host(BaseModel):
     data: str | None = None  # data-plane address
     bmc: str | None = None  # BMC / iLO address (inventory data: never contacted)
     hypervisor: str = "xen"  # a backend's name (uniklab.backends.registry)
+    libvirt: str | None = None  # the libvirt URI (hypervisor "libvirt")
     labels: dict[str, str] = Field(default_factory=dict)
 
     @field_validator("name")
@@ -67,6 +71,33 @@ class Host(BaseModel):
         if v not in registry.names():
             raise ValueError(f"unknown hypervisor {v!r}: one of {', '.join(registry.names())}")
         return v
+
+    @field_validator("libvirt")
+    @classmethod
+    def _libvirt(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
+        parts = urlsplit(v)
+        if not LIBVIRT_SCHEME_RE.match(parts.scheme) or not LIBVIRT_URI_RE.match(v):
+            raise ValueError(
+                f"invalid libvirt URI {v!r}: e.g. qemu:///system or qemu+ssh://root@host/system"
+            )
+        if parts.hostname:
+            address(parts.hostname, "libvirt host")
+        return v
+
+    @model_validator(mode="after")
+    def _engine(self) -> Host:
+        if self.libvirt and self.hypervisor != "libvirt":
+            raise ValueError(f"a libvirt URI is for hypervisor libvirt, not {self.hypervisor}")
+        if self.hypervisor == "libvirt" and self.libvirt is None:
+            raise ValueError("a libvirt host needs its URI, e.g. --libvirt qemu:///system")
+        if self.libvirt and urlsplit(self.libvirt).hostname and self.ssh is None:
+            raise ValueError(
+                f"libvirt host {self.name} is remote: give --ssh too (its console logs are "
+                "read over SSH)"
+            )
+        return self
 
     @field_validator("data", "bmc")
     @classmethod

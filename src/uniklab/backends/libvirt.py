@@ -1,0 +1,467 @@
+"""The libvirt backend: guests as transient domains of a libvirt daemon (its QEMU driver),
+on this machine (``qemu:///system``) or a lab host (``qemu+ssh://root@h/system``), through
+libvirt's own Python bindings.
+
+Everyone in the lab sees uniklab's guests with ``virsh list``; each domain carries
+uniklab's labels in its ``<metadata>`` (the home's owner tag, the instance, the image), so
+``gc`` takes only what its home made.  Images reach the host once, as content-addressed
+volumes of a storage pool (libvirt's QEMU runs as another user and cannot read a home), are
+verified by digest after upload, and are reused by every later guest.
+
+A transient domain is gone once it ends (the init reboots when its app exits; libvirt's
+``destroy`` kills it), so ``inspect`` has no "stopped" domain to see: gone is ended.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
+
+from uniklab.backends import libvirt_xml
+from uniklab.backends.base import (
+    Check,
+    Handle,
+    HostFacts,
+    Inspection,
+    InstanceSpec,
+    Owned,
+    UserNet,
+    owner_tag,
+)
+from uniklab.backends.registry import BackendContext, BackendType
+from uniklab.digest import sha256_file
+from uniklab.errors import ConflictError, HostUnreachableError, LaunchError, UniklabError
+from uniklab.executor import Executor
+
+if TYPE_CHECKING:
+    import libvirt as libvirt_t
+
+log = logging.getLogger(__name__)
+
+POOL = "uniklab"
+POOL_DIR = "/var/lib/libvirt/images/uniklab"
+CONSOLE_DIR = "/var/log/libvirt/qemu"
+CHUNK = 1 << 20
+UPLOAD_WAIT = 60.0  # seconds to wait for another command's upload of the same volume
+# QEMU's slirp addresses, as on the QEMU backend.  No time service: libvirt runs QEMU
+# under a seccomp sandbox that forbids guestfwd's `cmd:` (QEMU would be killed), so a
+# guest here keeps its RTC's time.
+USER_NET = UserNet(guest="10.0.2.15", prefix=24, gateway="10.0.2.2", dns="10.0.2.3")
+
+_STATES = {  # virDomainState
+    1: "running",  # RUNNING
+    2: "running",  # BLOCKED
+    3: "paused",  # PAUSED
+    4: "running",  # SHUTDOWN: shutting down
+    5: "stopped",  # SHUTOFF
+    6: "stopped",  # CRASHED
+    7: "paused",  # PMSUSPENDED
+}
+
+
+def _lib() -> Any:
+    """The libvirt bindings, imported on first use (a command without libvirt hosts never
+    pays for them) with libvirt's own printing of errors to stderr turned off."""
+    import libvirt
+
+    libvirt.registerErrorHandler(lambda _ctx, _err: None, None)
+    return libvirt
+
+
+def explain(exc: Exception, where: str) -> UniklabError:
+    """One line that says what to do, for an error of the libvirt bindings."""
+    message = exc.get_error_message() if hasattr(exc, "get_error_message") else str(exc)
+    message = (message or str(exc)).strip().splitlines()[0] if message else str(exc)
+    if "virtlogd-sock" in message:
+        return HostUnreachableError(
+            f"{where}: virtlogd is not running: start it (systemctl start virtlogd, or virtlogd -d)"
+        )
+    if "Failed to connect socket" in message or "libvirt-sock" in message:
+        return HostUnreachableError(
+            f"{where}: libvirtd is not running: start it (systemctl start libvirtd, or libvirtd -d)"
+        )
+    if "already exists" in message and "domain" in message:
+        return ConflictError(
+            f"{where}: {message} (a guest of another home or user: choose another --name)"
+        )
+    if "Permission denied" in message:
+        return LaunchError(f"{where}: {message} (libvirt's QEMU cannot read that file)")
+    return UniklabError(f"{where}: {message}")
+
+
+def is_remote(uri: str) -> bool:
+    return bool(urlsplit(uri).hostname)
+
+
+class LibvirtBackend:
+    name = "libvirt"
+
+    def __init__(self, uri: str, executor: Executor, *, kvm: bool) -> None:
+        self.uri = uri
+        self.ex = executor  # the host's shell: reads console logs libvirt has no API for
+        self.kvm = kvm
+        self._conn: libvirt_t.virConnect | None = None
+        self._lock = threading.Lock()
+
+    # -- the connection ----------------------------------------------------------------
+    @property
+    def where(self) -> str:
+        return f"{self.ex.name} ({self.uri})"
+
+    def conn(self) -> libvirt_t.virConnect:
+        with self._lock:
+            if self._conn is None or not self._conn.isAlive():
+                try:
+                    self._conn = _lib().open(self.uri)
+                except Exception as exc:
+                    raise explain(exc, self.where) from None
+            return self._conn
+
+    def _domain(self, handle: Handle) -> libvirt_t.virDomain | None:
+        """The very domain created for ``handle`` (by UUID: a name may be taken again)."""
+        uuid = handle.runtime.get("uuid")
+        lib = _lib()
+        try:
+            if uuid:
+                return self.conn().lookupByUUIDString(str(uuid))
+            return self.conn().lookupByName(self.key(handle))
+        except lib.libvirtError as exc:
+            if exc.get_error_code() == lib.VIR_ERR_NO_DOMAIN:
+                return None
+            raise explain(exc, self.where) from None
+
+    # -- images on the host ------------------------------------------------------------
+    def _pool(self) -> libvirt_t.virStoragePool:
+        lib = _lib()
+        conn = self.conn()
+        try:
+            pool = conn.storagePoolLookupByName(POOL)
+        except lib.libvirtError as exc:
+            if exc.get_error_code() != lib.VIR_ERR_NO_STORAGE_POOL:
+                raise explain(exc, self.where) from None
+            xml = (
+                f"<pool type='dir'><name>{POOL}</name>"
+                f"<target><path>{POOL_DIR}</path></target></pool>"
+            )
+            try:
+                pool = conn.storagePoolDefineXML(xml, 0)
+                pool.build(0)
+                pool.setAutostart(1)
+            except lib.libvirtError as exc2:
+                # Another command defined it meanwhile.
+                try:
+                    pool = conn.storagePoolLookupByName(POOL)
+                except lib.libvirtError:
+                    raise explain(exc2, self.where) from None
+        if not pool.isActive():
+            try:
+                pool.create(0)
+            except lib.libvirtError as exc:
+                if not pool.isActive():
+                    raise explain(exc, self.where) from None
+        return pool
+
+    def _lookup(self, pool: libvirt_t.virStoragePool, name: str) -> Any:
+        lib = _lib()
+        try:
+            return pool.storageVolLookupByName(name)
+        except lib.libvirtError as exc:
+            if exc.get_error_code() == lib.VIR_ERR_NO_STORAGE_VOL:
+                return None
+            raise explain(exc, self.where) from None
+
+    def _download_digest(self, vol: Any, size: int) -> str:
+        stream = self.conn().newStream(0)
+        vol.download(stream, 0, size, 0)
+        h = hashlib.sha256()
+        while True:
+            chunk = stream.recv(CHUNK)
+            if not chunk:
+                break
+            if isinstance(chunk, int):  # -2: would block; not on a blocking stream
+                continue
+            h.update(chunk)
+        stream.finish()
+        return h.hexdigest()
+
+    def _upload(self, pool: libvirt_t.virStoragePool, name: str, path: Path) -> Any:
+        size = path.stat().st_size
+        xml = (
+            f"<volume><name>{name}</name><capacity unit='bytes'>{size}</capacity>"
+            "<target><format type='raw'/><permissions><mode>0644</mode></permissions>"
+            "</target></volume>"
+        )
+        vol = pool.createXML(xml, 0)
+        stream = self.conn().newStream(0)
+        vol.upload(stream, 0, size, 0)
+        with path.open("rb") as f:
+            stream.sendAll(lambda _s, n, fh: fh.read(n), f)
+        stream.finish()
+        return vol
+
+    def ensure_image(self, *files: Path) -> tuple[libvirt_xml.Volume, ...]:
+        """Each file as a volume of the pool named by its sha256, uploaded once and
+        verified there; ``NAME.ok`` marks a verified volume (libvirt cannot rename one)."""
+        lib = _lib()
+        pool = self._pool()
+        out = []
+        for path in files:
+            digest = sha256_file(path)
+            name = f"sha256-{digest}"
+            vol = self._lookup(pool, name)
+            if vol is None or self._lookup(pool, f"{name}.ok") is None:
+                try:
+                    if vol is None:
+                        vol = self._upload(pool, name, path)
+                    got = self._download_digest(vol, path.stat().st_size)
+                    if got != digest:
+                        vol.delete(0)
+                        raise UniklabError(
+                            f"{self.where}: the copy of {path.name} failed verification"
+                        )
+                    marker = f"<volume><name>{name}.ok</name><capacity>0</capacity></volume>"
+                    pool.createXML(marker, 0)
+                except lib.libvirtError as exc:
+                    if exc.get_error_code() != lib.VIR_ERR_STORAGE_VOL_EXIST:
+                        raise explain(exc, self.where) from None
+                    self._await_upload(pool, name)  # another command's upload
+                    vol = self._lookup(pool, name)
+            out.append(libvirt_xml.Volume(path=vol.path()))
+        return tuple(out)
+
+    def _await_upload(self, pool: libvirt_t.virStoragePool, name: str) -> None:
+        deadline = time.monotonic() + UPLOAD_WAIT
+        while self._lookup(pool, f"{name}.ok") is None:
+            if time.monotonic() > deadline:
+                raise UniklabError(
+                    f"{self.where}: volume {name} is still being uploaded by another command"
+                )
+            time.sleep(0.2)
+            pool.refresh(0)
+
+    # -- the Backend protocol ----------------------------------------------------------
+    def create(self, spec: InstanceSpec) -> Handle:
+        if spec.rumprun is not None:
+            raise LaunchError(
+                f"{spec.name}: rumprun images run on the qemu and xen backends, not libvirt"
+            )
+        if spec.initrd is None or not spec.acpi:
+            raise LaunchError(
+                f"{spec.name}: libvirt boots pc machines (virtio-pci): this image's kernel is "
+                "specialised for QEMU's microvm; bake one with the host kernel "
+                "(uniklab bake RECIPE --kernel host --root initramfs)"
+            )
+        if spec.netns:
+            raise LaunchError(f"{spec.name}: libvirt's QEMU cannot join network namespace")
+        if is_remote(self.uri) and any(n.kind == "user" for n in spec.nics):
+            raise LaunchError(
+                f"{spec.name}: a guest on {self.ex.name} publishes no ports here: "
+                "give --net BRIDGE (a bridge there)"
+            )
+        kernel, initrd = self.ensure_image(spec.kernel, spec.initrd)
+        console_log = f"{CONSOLE_DIR}/{spec.name}.console.log"
+        labels = libvirt_xml.Labels(owner=owner_tag(spec.rundir.parent), key=spec.name)
+        xml = libvirt_xml.render(
+            libvirt_xml.DomainSpec(
+                name=spec.name,
+                memory_mb=spec.memory_mb,
+                vcpus=spec.vcpus,
+                kernel=kernel,
+                initrd=initrd,
+                cmdline=f"console=ttyS0 {spec.cmdline}",
+                console_log=console_log,
+                labels=labels,
+                kvm=self.kvm,
+                nics=spec.nics,
+            )
+        )
+        try:
+            dom = self.conn().createXML(xml, 0)
+        except _lib().libvirtError as exc:
+            raise explain(exc, f"{spec.name} on {self.where}") from None
+        return Handle(
+            pid=None,
+            runtime={
+                "domain": spec.name,
+                "uuid": dom.UUIDString(),
+                "console": console_log,
+                "started": time.time(),
+            },
+            name=spec.name,
+        )
+
+    def inspect(self, handle: Handle) -> Inspection:
+        dom = self._domain(handle)
+        gone = f"domain {self.key(handle)} is gone from {self.where}"
+        if dom is None:
+            return Inspection(alive=False, state="gone", detail=gone)
+        lib = _lib()
+        try:
+            state_code, _reason = dom.state()
+            info = dom.info()
+            stats = dom.memoryStats() if dom.isActive() else {}
+        except lib.libvirtError as exc:
+            if exc.get_error_code() == lib.VIR_ERR_NO_DOMAIN:
+                return Inspection(alive=False, state="gone", detail=gone)
+            raise explain(exc, self.where) from None
+        state = _STATES.get(state_code, "running")
+        started = handle.runtime.get("started")
+        return Inspection(
+            alive=state != "stopped",
+            state=state,
+            uptime=time.time() - float(str(started)) if started else None,
+            cpu_seconds=info[4] / 1e9,
+            rss_bytes=int(stats["rss"]) * 1024 if "rss" in stats else None,
+            detail="" if state != "stopped" else f"domain {self.key(handle)} is shut off",
+        )
+
+    def console(self, handle: Handle) -> str:
+        path = handle.runtime.get("console") or f"{CONSOLE_DIR}/{self.key(handle)}.console.log"
+        return self.ex.run(["cat", str(path)], timeout=30, check=False).stdout
+
+    def destroy(self, handle: Handle, *, timeout: float = 10.0) -> None:
+        dom = self._domain(handle)
+        if dom is not None:
+            self._destroy(dom)
+        path = handle.runtime.get("console") or f"{CONSOLE_DIR}/{self.key(handle)}.console.log"
+        self.ex.run(["rm", "-f", "--", str(path)], timeout=30, check=False)
+
+    def _destroy(self, dom: libvirt_t.virDomain) -> None:
+        lib = _lib()
+        try:
+            dom.destroy()
+        except lib.libvirtError as exc:
+            # One that ended meanwhile is what was asked for.
+            if exc.get_error_code() not in (lib.VIR_ERR_NO_DOMAIN, lib.VIR_ERR_OPERATION_INVALID):
+                raise explain(exc, self.where) from None
+
+    # -- what gc, placement and doctors ask --------------------------------------------
+    def key(self, handle: Handle) -> str:
+        return str(handle.runtime.get("domain") or handle.name)
+
+    def _labelled(self) -> Iterator[tuple[libvirt_t.virDomain, libvirt_xml.Labels]]:
+        lib = _lib()
+        try:
+            domains = self.conn().listAllDomains(0)
+        except lib.libvirtError as exc:
+            raise explain(exc, self.where) from None
+        for dom in domains:
+            try:
+                meta = dom.metadata(lib.VIR_DOMAIN_METADATA_ELEMENT, libvirt_xml.NS, 0)
+            except lib.libvirtError:
+                continue  # no uniklab metadata: not ours
+            labels = libvirt_xml.labels_of(meta)
+            if labels is not None:
+                yield dom, labels
+
+    def owned(self, run_root: Path, *, timeout: float = 30.0) -> list[Owned]:
+        """The domains labelled with this home's owner tag, live (transient domains do
+        not outlive their guest)."""
+        owner = owner_tag(run_root)
+        return [
+            Owned("domain", dom.name(), labels.key, f"domain {dom.ID()} on {self.where}", dom.ID())
+            for dom, labels in self._labelled()
+            if labels.owner == owner
+        ]
+
+    def remove(self, item: Owned, *, timeout: float = 30.0) -> None:
+        """That very domain (by id, and still labelled as found), and its console log."""
+        for dom, labels in self._labelled():
+            if dom.ID() == item.ident and labels.key == item.key:
+                self._destroy(dom)
+        self.ex.run(
+            ["rm", "-f", "--", f"{CONSOLE_DIR}/{item.key}.console.log"], timeout=30, check=False
+        )
+
+    def facts(self, *, timeout: float = 30.0) -> HostFacts:
+        lib = _lib()
+        try:
+            conn = self.conn()
+            free = conn.getFreeMemory() // 2**20
+            info = conn.getInfo()
+            version = conn.getLibVersion()
+            driver = conn.getType()
+        except lib.libvirtError as exc:
+            raise explain(exc, self.where) from None
+        v = f"{version // 1_000_000}.{version // 1000 % 1000}.{version % 1000}"
+        accel = "KVM" if self.kvm else "TCG"
+        return HostFacts(
+            free_memory_mb=int(free),
+            total_memory_mb=int(info[1]) or None,
+            detail=f"libvirt {v}, {driver} driver ({accel})",
+        )
+
+    def doctor(self, *, bridge: str | None = None) -> list[Check]:
+        checks = []
+        try:
+            _lib()
+            checks.append(Check("libvirt-python installed", True, "importable"))
+        except ImportError:
+            fix = "apt-get install -y libvirt-dev pkg-config && pip install 'uniklab[libvirt]'"
+            return [Check("libvirt-python installed", False, "not importable", fix)]
+        try:
+            facts = self.facts()
+            checks.append(Check(f"libvirt at {self.uri}", True, facts.detail))
+        except UniklabError as exc:
+            fix = "apt-get install -y libvirt-daemon-system; systemctl start libvirtd virtlogd"
+            return [*checks, Check(f"libvirt at {self.uri}", False, str(exc), fix)]
+        try:
+            self._pool()
+            checks.append(Check(f"storage pool {POOL}", True, POOL_DIR))
+        except UniklabError as exc:
+            checks.append(Check(f"storage pool {POOL}", False, str(exc), f"mkdir -p {POOL_DIR}"))
+        if bridge:
+            r = self.ex.run(["test", "-d", f"/sys/class/net/{bridge}/bridge"], check=False)
+            checks.append(
+                Check(
+                    f"bridge {bridge}",
+                    r.returncode == 0,
+                    "present" if r.returncode == 0 else "missing",
+                    f"ip link add {bridge} type bridge && ip link set {bridge} up",
+                )
+            )
+        return checks
+
+
+def _unavailable() -> str | None:
+    try:
+        _lib()
+    except ImportError:
+        return "libvirt-python is not installed (pip install 'uniklab[libvirt]')"
+    return None
+
+
+def _create(ctx: BackendContext) -> LibvirtBackend:
+    uri = ctx.host.libvirt or "qemu:///system"
+    if is_remote(uri):
+        kvm = False
+        try:
+            caps = (
+                LibvirtBackend(uri, ctx.executor, kvm=False)
+                .conn()
+                .getDomainCapabilities(None, "x86_64", None, "kvm", 0)
+            )
+            kvm = "<domain>kvm</domain>" in caps
+        except Exception:  # no KVM there (or no answer: asked again at create)
+            kvm = False
+    else:
+        from uniklab.backends import hostinfo
+
+        kvm = hostinfo.choose_accel(ctx.kernel)[0] == "kvm"
+    return LibvirtBackend(uri, ctx.executor, kvm=kvm)
+
+
+BACKEND = BackendType(
+    name="libvirt",
+    factory=_create,
+    user_net=USER_NET,
+    local_only=False,
+    unavailable=_unavailable,
+    platform="qemu",
+)
