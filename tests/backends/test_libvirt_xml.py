@@ -94,3 +94,48 @@ def test_the_schema_check_can_fail(tmp_path: Path) -> None:
     bad = lx.render(_spec()).replace("<vcpu>1</vcpu>", "<vcpu>one</vcpu>")
     with pytest.raises(AssertionError):
         _valid(bad, tmp_path)
+
+
+def _xen_spec(*nics: Attachment) -> lx.DomainSpec:
+    return lx.DomainSpec(
+        name="redis-1",
+        memory_mb=128,
+        vcpus=1,
+        kernel=lx.Volume("/var/lib/libvirt/images/uniklab/sha256-aa"),
+        initrd=lx.Volume("/var/lib/libvirt/images/uniklab/sha256-bb"),
+        cmdline="console=hvc0 reboot=t panic=-1 quiet uniklab.config=e30",
+        console_log="/var/log/xen/console/guest-redis-1.log",
+        labels=lx.Labels(owner="0123456789abcdef", key="redis-1"),
+        nics=nics,
+        xen=True,
+    )
+
+
+@pytest.mark.parametrize("nics", [(BRIDGED,), (BRIDGED, BRIDGED), ()])
+def test_a_xen_pv_domain_is_valid_for_libvirt(nics: tuple[Attachment, ...], tmp_path: Path) -> None:
+    _valid(lx.render(_xen_spec(*nics)), tmp_path)
+
+
+def test_a_xen_domain_boots_pv_on_the_dom0s_bridge() -> None:
+    root = ET.fromstring(lx.render(_xen_spec(BRIDGED)))
+    assert root.get("type") == "xen"
+    os_type = root.find("os/type")
+    assert os_type is not None and (os_type.text, os_type.get("machine")) == ("linux", "xenpv")
+    assert root.findtext("os/cmdline", "").startswith("console=hvc0 ")
+    [iface] = root.findall("devices/interface")
+    assert iface.get("type") == "bridge" and iface.find("model") is None  # netfront
+    assert iface.find("source").get("bridge") == "xenbr0"  # type: ignore[union-attr]
+    assert iface.find("mac").get("address") == BRIDGED.mac  # type: ignore[union-attr]
+    assert root.find("devices/console/target").get("type") == "xen"  # type: ignore[union-attr]
+    # Nothing of QEMU's: no machine type, CPU model, serial port or QEMU arguments.
+    assert root.find("cpu") is None and root.find("devices/serial") is None
+    assert root.find(f"{{{lx.QEMU_NS}}}commandline") is None
+    assert lx.labels_of(ET.tostring(root.find("metadata")[0]).decode()) == lx.Labels(  # type: ignore[index]
+        owner="0123456789abcdef", key="redis-1"
+    )
+
+
+@pytest.mark.parametrize("nic", [USER, TAP])
+def test_a_xen_domain_has_no_user_or_tap_nics(nic: Attachment) -> None:
+    with pytest.raises(ValueError, match="bridge of its dom0"):
+        lx.render(_xen_spec(nic))

@@ -1,6 +1,8 @@
-"""The libvirt backend: guests as transient domains of a libvirt daemon (its QEMU driver),
-on this machine (``qemu:///system``) or a lab host (``qemu+ssh://root@h/system``), through
-libvirt's own Python bindings.
+"""The libvirt backend: guests as transient domains of a libvirt daemon, on this machine
+(``qemu:///system``) or a lab host (``qemu+ssh://root@h/system``), through libvirt's own
+Python bindings.  Its QEMU driver boots the images made for QEMU (on ``pc``); its Xen
+(libxl) driver, on a dom0 (``xen+ssh://root@h/system``), boots those made for Xen as PV
+domains on a bridge of the dom0, as the ``xen`` backend does with ``xl``.
 
 Everyone in the lab sees uniklab's guests with ``virsh list``; each domain carries
 uniklab's labels in its ``<metadata>`` (the home's owner tag, the instance, the image), so
@@ -14,7 +16,6 @@ A transient domain is gone once it ends (the init reboots when its app exits; li
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import threading
 import time
@@ -42,11 +43,14 @@ from uniklab.executor import Executor
 if TYPE_CHECKING:
     import libvirt as libvirt_t
 
+    from uniklab.hosts.inventory import Host
+
 log = logging.getLogger(__name__)
 
 POOL = "uniklab"
 POOL_DIR = "/var/lib/libvirt/images/uniklab"
 CONSOLE_DIR = "/var/log/libvirt/qemu"
+XEN_CONSOLE_DIR = "/var/log/xen/console"  # xenconsoled --log=guest: guest-NAME.log
 CHUNK = 1 << 20
 UPLOAD_WAIT = 60.0  # seconds to wait for another command's upload of the same volume
 # QEMU's slirp addresses, as on the QEMU backend.  No time service: libvirt runs QEMU
@@ -99,6 +103,11 @@ def is_remote(uri: str) -> bool:
     return bool(urlsplit(uri).hostname)
 
 
+def driver_of(uri: str) -> str:
+    """The hypervisor driver a URI names: ``qemu``, ``xen``, ``test``."""
+    return urlsplit(uri).scheme.partition("+")[0]
+
+
 class LibvirtBackend:
     name = "libvirt"
 
@@ -106,6 +115,7 @@ class LibvirtBackend:
         self.uri = uri
         self.ex = executor  # the host's shell: reads console logs libvirt has no API for
         self.kvm = kvm
+        self.xen = driver_of(uri) == "xen"
         self._conn: libvirt_t.virConnect | None = None
         self._lock = threading.Lock()
 
@@ -176,19 +186,13 @@ class LibvirtBackend:
                 return None
             raise explain(exc, self.where) from None
 
-    def _download_digest(self, vol: Any, size: int) -> str:
-        stream = self.conn().newStream(0)
-        vol.download(stream, 0, size, 0)
-        h = hashlib.sha256()
-        while True:
-            chunk = stream.recv(CHUNK)
-            if not chunk:
-                break
-            if isinstance(chunk, int):  # -2: would block; not on a blocking stream
-                continue
-            h.update(chunk)
-        stream.finish()
-        return h.hexdigest()
+    def _digest_there(self, vol: Any) -> str:
+        """The sha256 of a volume, computed on its host (through the host's shell).  Not a
+        download through the connection: a stream read of a remote volume can block for
+        ever in C, where no timeout or signal reaches it (seen on the libssh transport to
+        the virtual Xen host), and it moves the whole file back."""
+        r = self.ex.run(["sha256sum", "--", vol.path()], timeout=120, check=False)
+        return r.stdout.split()[0] if r.returncode == 0 and r.stdout else ""
 
     def _upload(self, pool: libvirt_t.virStoragePool, name: str, path: Path) -> Any:
         size = path.stat().st_size
@@ -219,7 +223,7 @@ class LibvirtBackend:
                 try:
                     if vol is None:
                         vol = self._upload(pool, name, path)
-                    got = self._download_digest(vol, path.stat().st_size)
+                    got = self._digest_there(vol)
                     if got != digest:
                         vol.delete(0)
                         raise UniklabError(
@@ -246,11 +250,18 @@ class LibvirtBackend:
             pool.refresh(0)
 
     # -- the Backend protocol ----------------------------------------------------------
+    def _console_log(self, name: str) -> str:
+        if self.xen:
+            return f"{XEN_CONSOLE_DIR}/guest-{name}.log"
+        return f"{CONSOLE_DIR}/{name}.console.log"
+
     def create(self, spec: InstanceSpec) -> Handle:
         if spec.rumprun is not None:
             raise LaunchError(
                 f"{spec.name}: rumprun images run on the qemu and xen backends, not libvirt"
             )
+        if self.xen:
+            return self._start(spec, self._xen_domain(spec))
         if spec.initrd is None or not spec.acpi:
             raise LaunchError(
                 f"{spec.name}: libvirt boots pc machines (virtio-pci): this image's kernel is "
@@ -265,9 +276,8 @@ class LibvirtBackend:
                 "give --net BRIDGE (a bridge there)"
             )
         kernel, initrd = self.ensure_image(spec.kernel, spec.initrd)
-        console_log = f"{CONSOLE_DIR}/{spec.name}.console.log"
-        labels = libvirt_xml.Labels(owner=owner_tag(spec.rundir.parent), key=spec.name)
-        xml = libvirt_xml.render(
+        return self._start(
+            spec,
             libvirt_xml.DomainSpec(
                 name=spec.name,
                 memory_mb=spec.memory_mb,
@@ -275,12 +285,43 @@ class LibvirtBackend:
                 kernel=kernel,
                 initrd=initrd,
                 cmdline=f"console=ttyS0 {spec.cmdline}",
-                console_log=console_log,
-                labels=labels,
+                console_log=self._console_log(spec.name),
+                labels=self._labels(spec),
                 kvm=self.kvm,
                 nics=spec.nics,
-            )
+            ),
         )
+
+    def _labels(self, spec: InstanceSpec) -> libvirt_xml.Labels:
+        return libvirt_xml.Labels(owner=owner_tag(spec.rundir.parent), key=spec.name)
+
+    def _xen_domain(self, spec: InstanceSpec) -> libvirt_xml.DomainSpec:
+        """A PV domain of the libxl driver, as the xen backend's xl config of the image."""
+        if spec.initrd is None:
+            raise LaunchError("a Xen guest boots from an initrd: a --root image runs on QEMU only")
+        if spec.volumes or spec.disks:
+            raise LaunchError(f"{spec.name}: disks go with QEMU guests (and xl's) for now")
+        if not spec.nics or any(n.kind != "host-bridge" or not n.bridge for n in spec.nics):
+            raise LaunchError(
+                f"{spec.name}: a Xen guest's NIC joins a bridge of its dom0 (--net BRIDGE)"
+            )
+        kernel, initrd = self.ensure_image(spec.kernel, spec.initrd)
+        return libvirt_xml.DomainSpec(
+            name=spec.name,
+            memory_mb=spec.memory_mb,
+            vcpus=spec.vcpus,
+            kernel=kernel,
+            initrd=initrd,
+            cmdline=f"console=hvc0 {spec.cmdline}",
+            console_log=self._console_log(spec.name),
+            labels=self._labels(spec),
+            nics=spec.nics,
+            xen=True,
+        )
+
+    def _start(self, spec: InstanceSpec, domain: libvirt_xml.DomainSpec) -> Handle:
+        xml = libvirt_xml.render(domain)
+        console_log = domain.console_log
         try:
             dom = self.conn().createXML(xml, 0)
         except _lib().libvirtError as exc:
@@ -305,7 +346,7 @@ class LibvirtBackend:
         try:
             state_code, _reason = dom.state()
             info = dom.info()
-            stats = dom.memoryStats() if dom.isActive() else {}
+            stats = self._memory_stats(dom)
         except lib.libvirtError as exc:
             if exc.get_error_code() == lib.VIR_ERR_NO_DOMAIN:
                 return Inspection(alive=False, state="gone", detail=gone)
@@ -321,15 +362,27 @@ class LibvirtBackend:
             detail="" if state != "stopped" else f"domain {self.key(handle)} is shut off",
         )
 
+    def _memory_stats(self, dom: libvirt_t.virDomain) -> dict[str, int]:
+        lib = _lib()
+        if not dom.isActive():
+            return {}
+        try:
+            stats: dict[str, int] = dom.memoryStats()
+            return stats
+        except lib.libvirtError as exc:
+            if exc.get_error_code() in (lib.VIR_ERR_NO_SUPPORT, lib.VIR_ERR_OPERATION_INVALID):
+                return {}
+            raise
+
     def console(self, handle: Handle) -> str:
-        path = handle.runtime.get("console") or f"{CONSOLE_DIR}/{self.key(handle)}.console.log"
+        path = handle.runtime.get("console") or self._console_log(self.key(handle))
         return self.ex.run(["cat", str(path)], timeout=30, check=False).stdout
 
     def destroy(self, handle: Handle, *, timeout: float = 10.0) -> None:
         dom = self._domain(handle)
         if dom is not None:
             self._destroy(dom)
-        path = handle.runtime.get("console") or f"{CONSOLE_DIR}/{self.key(handle)}.console.log"
+        path = handle.runtime.get("console") or self._console_log(self.key(handle))
         self.ex.run(["rm", "-f", "--", str(path)], timeout=30, check=False)
 
     def _destroy(self, dom: libvirt_t.virDomain) -> None:
@@ -375,9 +428,7 @@ class LibvirtBackend:
         for dom, labels in self._labelled():
             if dom.ID() == item.ident and labels.key == item.key:
                 self._destroy(dom)
-        self.ex.run(
-            ["rm", "-f", "--", f"{CONSOLE_DIR}/{item.key}.console.log"], timeout=30, check=False
-        )
+        self.ex.run(["rm", "-f", "--", self._console_log(item.key)], timeout=30, check=False)
 
     def facts(self, *, timeout: float = 30.0) -> HostFacts:
         lib = _lib()
@@ -390,7 +441,7 @@ class LibvirtBackend:
         except lib.libvirtError as exc:
             raise explain(exc, self.where) from None
         v = f"{version // 1_000_000}.{version // 1000 % 1000}.{version % 1000}"
-        accel = "KVM" if self.kvm else "TCG"
+        accel = "PV" if self.xen else "KVM" if self.kvm else "TCG"
         return HostFacts(
             free_memory_mb=int(free),
             total_memory_mb=int(info[1]) or None,
@@ -439,6 +490,8 @@ def _unavailable() -> str | None:
 
 def _create(ctx: BackendContext) -> LibvirtBackend:
     uri = ctx.host.libvirt or "qemu:///system"
+    if driver_of(uri) == "xen":
+        return LibvirtBackend(uri, ctx.executor, kvm=False)
     if is_remote(uri):
         kvm = False
         try:
@@ -457,6 +510,12 @@ def _create(ctx: BackendContext) -> LibvirtBackend:
     return LibvirtBackend(uri, ctx.executor, kvm=kvm)
 
 
+def _for_host(host: Host) -> BackendType:
+    """libvirt's Xen driver runs Xen's images, each guest on a bridge of the dom0 (there is
+    no user-mode network on Xen); its QEMU driver runs QEMU's."""
+    return BACKEND_XEN if driver_of(host.libvirt or "") == "xen" else BACKEND
+
+
 BACKEND = BackendType(
     name="libvirt",
     factory=_create,
@@ -464,4 +523,13 @@ BACKEND = BackendType(
     local_only=False,
     unavailable=_unavailable,
     platform="qemu",
+    variant=_for_host,
+)
+BACKEND_XEN = BackendType(
+    name="libvirt",
+    factory=_create,
+    user_net=None,
+    local_only=False,
+    unavailable=_unavailable,
+    platform="xen",
 )

@@ -1,6 +1,8 @@
-"""A uniklab guest as libvirt domain XML (the QEMU driver): direct kernel boot on a ``pc``
+"""A uniklab guest as libvirt domain XML.  The QEMU driver: direct kernel boot on a ``pc``
 machine with virtio-pci NICs (libvirt does not drive QEMU's microvm), the serial console
-on a pty that virtlogd also writes to a file, and uniklab's labels in ``<metadata>``.
+on a pty that virtlogd also writes to a file.  The Xen (libxl) driver: a PV domain booted
+from the same kernel and initramfs, its console on hvc0 (xenconsoled logs it), each NIC a
+vif on a bridge of the dom0.  Both carry uniklab's labels in ``<metadata>``.
 
 Pure: no connection, so every shape is checked by libvirt's own schema in the tests
 (``virt-xml-validate``).
@@ -49,6 +51,7 @@ class DomainSpec:
     labels: Labels
     kvm: bool = False
     nics: tuple[Attachment, ...] = field(default_factory=tuple)
+    xen: bool = False  # a PV domain of the libxl driver (console_log: unused, xenconsoled's)
 
 
 def _sub(parent: ET.Element, tag: str, text: str | None = None, **attrs: str) -> ET.Element:
@@ -80,10 +83,11 @@ def _interface(devices: ET.Element, nic: Attachment) -> None:
     _sub(iface, "model", type="virtio")
 
 
-def render(spec: DomainSpec) -> str:
+def _head(spec: DomainSpec, domain_type: str) -> ET.Element:
+    """The domain element with its name, uniklab's labels, memory and vCPUs."""
     ET.register_namespace(NS_PREFIX, NS)
     ET.register_namespace("qemu", QEMU_NS)
-    dom = ET.Element("domain", type="kvm" if spec.kvm else "qemu")
+    dom = ET.Element("domain", type=domain_type)
     _sub(dom, "name", spec.name)
     meta = _sub(dom, "metadata")
     inst = _sub(meta, f"{{{NS}}}instance")
@@ -91,6 +95,39 @@ def render(spec: DomainSpec) -> str:
         _sub(inst, f"{{{NS}}}{tag}", getattr(spec.labels, tag))
     _sub(dom, "memory", str(spec.memory_mb), unit="MiB")
     _sub(dom, "vcpu", str(spec.vcpus))
+    return dom
+
+
+def _render_xen(spec: DomainSpec) -> str:
+    """A PV domain, as xl's config of the same image says it (backends/xen_config.py)."""
+    dom = _head(spec, "xen")
+    os_ = _sub(dom, "os")
+    _sub(os_, "type", "linux", arch="x86_64", machine="xenpv")
+    _sub(os_, "kernel", spec.kernel.path)
+    _sub(os_, "initrd", spec.initrd.path)
+    _sub(os_, "cmdline", spec.cmdline)
+    _sub(dom, "clock", offset="utc")
+    # The init reboots when its app ends (reboot=t): the domain ends with it.
+    for event in ("on_poweroff", "on_reboot", "on_crash"):
+        _sub(dom, event, "destroy")
+    devices = _sub(dom, "devices")
+    for nic in spec.nics:
+        if nic.kind != "host-bridge":
+            raise ValueError(f"a Xen domain's NIC joins a bridge of its dom0, not a {nic.kind} one")
+        iface = _sub(devices, "interface", type="bridge")
+        _sub(iface, "source", bridge=str(nic.bridge))
+        _sub(iface, "mac", address=nic.mac)
+    console = _sub(devices, "console", type="pty")
+    _sub(console, "target", type="xen", port="0")
+    _sub(devices, "memballoon", model="xen")
+    ET.indent(dom)
+    return ET.tostring(dom, encoding="unicode")
+
+
+def render(spec: DomainSpec) -> str:
+    if spec.xen:
+        return _render_xen(spec)
+    dom = _head(spec, "kvm" if spec.kvm else "qemu")
     os_ = _sub(dom, "os")
     _sub(os_, "type", "hvm", arch="x86_64", machine="pc")
     _sub(os_, "kernel", spec.kernel.path)
