@@ -55,6 +55,10 @@ def up(ctx: click.Context, name: str, timeout: float, libvirt: bool, as_json: bo
         f"ssh -i {host.identity_file} -o UserKnownHostsFile={host.known_hosts} "
         f"-p {host.ssh_port} {host.ssh_target}"
     )
+    if host.libvirt:
+        common.out.print(
+            f"libvirt host {host.libvirt_name}: virsh -c '{host.libvirt_uri()}'", soft_wrap=True
+        )
 
 
 @lab.command("down")

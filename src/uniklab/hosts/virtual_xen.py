@@ -29,6 +29,7 @@ from uniklab.errors import (
     NotFoundError,
     ProbeTimeoutError,
     UniklabError,
+    UsageError,
 )
 from uniklab.executor import local
 from uniklab.hosts.inventory import Host
@@ -247,6 +248,11 @@ def up(
         if running is not None and rec is not None:
             log.info("lab %s already runs (pid %s)", name, running)
             host = _host(files, int(str(rec["ssh_port"])), libvirt=rec.get("libvirt") is True)
+            if libvirt and not host.libvirt:
+                raise UsageError(
+                    f"lab {name} runs without libvirtd: `uniklab lab down --name {name}`, "
+                    "then `lab up --libvirt`"
+                )
             # It may still be booting (a `lab up` killed while it waited): wait the same.
             _wait_ready(files, host, running, time.monotonic() + timeout)
             return host
