@@ -51,7 +51,6 @@ POOL = "uniklab"
 POOL_DIR = "/var/lib/libvirt/images/uniklab"
 CONSOLE_DIR = "/var/log/libvirt/qemu"
 XEN_CONSOLE_DIR = "/var/log/xen/console"  # xenconsoled --log=guest: guest-NAME.log
-CHUNK = 1 << 20
 UPLOAD_WAIT = 60.0  # seconds to wait for another command's upload of the same volume
 # QEMU's slirp addresses, as on the QEMU backend.  No time service: libvirt runs QEMU
 # under a seccomp sandbox that forbids guestfwd's `cmd:` (QEMU would be killed), so a
