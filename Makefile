@@ -10,7 +10,8 @@ APT_PACKAGES = qemu-system-x86 linux-image-amd64 redis-server redis-tools musl-t
                openssh-server openssh-client \
                linux-source-6.1 bc bison flex libelf-dev build-essential xz-utils \
                erofs-utils dpkg-dev socat zstd \
-               git libxen-dev genisoimage
+               git libxen-dev genisoimage \
+               libvirt-daemon-system libvirt-clients libvirt-dev pkg-config libxml2-utils
 
 .PHONY: deps venv demo test lint unit e2e bench clean
 

@@ -45,7 +45,7 @@ def instance_spec(
     guest_nics, dns = run_plan.guest_nics(req.nics, engine)
     spec = InstanceSpec(
         name=req.name,
-        kernel=images.kernel_path(m, engine.name),
+        kernel=images.kernel_path(m, engine.image_platform),
         initrd=None,
         cmdline="",
         memory_mb=req.memory_mb,

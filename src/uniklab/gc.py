@@ -4,7 +4,7 @@ Ownership is recognisable without the store: QEMU and dnsmasq processes name a p
 this UNIKLAB_HOME on their command line; taps and bridges carry this home's tag in their
 names (``ukt<tag>…``, ``ukb<tag>…``); staging and image directories live in its store; on
 each Xen host of the inventory, a domain's config file names the home that created it
-(``xen.owner_tag``).  A host that does not answer costs a bounded wait and one line of
+(``base.owner_tag``).  A host that does not answer costs a bounded wait and one line of
 the report; the rest is swept all the same.  With a damaged state store the rows are
 lost: every guest, runtime directory, tap and bridge of this home is then a leftover
 (nothing can manage them any more), and the images are kept for ``store rebuild``.

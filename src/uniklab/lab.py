@@ -441,7 +441,7 @@ class Lab:
             # Like xl, whose vif without bridge= joins xenbr0.
             nets = nets or (attach.NicRequest(HOST_BRIDGE),)
         m = self.image(image_ref, bake_missing=True)
-        if backend_name not in m.platforms:
+        if engine.image_platform not in m.platforms:
             raise UsageError(
                 f"image {m.ref} runs on {', '.join(m.platforms)}, not {backend_name} "
                 f"(its kernel: {m.kernel.choice}, root: {m.root_kind})"

@@ -17,7 +17,7 @@ from uniklab.hosts.inventory import Host
 
 
 def test_each_registered_backend_declares_itself_under_its_name() -> None:
-    assert registry.names() == ["qemu", "xen"]
+    assert registry.names() == ["qemu", "xen", "libvirt"]
     for name in registry.names():
         assert registry.get(name).name == name
     assert registry.get("kvm").name == "qemu"  # an alias, as kraftkit has it
@@ -29,7 +29,7 @@ def test_a_host_is_run_by_the_backend_its_inventory_entry_names() -> None:
 
 
 def test_unknown_and_local_only_backends_are_refused(tmp_path: Path) -> None:
-    with pytest.raises(NotFoundError, match=r"no backend 'vmware' \(known: qemu, xen\)"):
+    with pytest.raises(NotFoundError, match=r"no backend 'vmware' \(known: qemu, xen, libvirt\)"):
         registry.get("vmware")
     remote = Host(name="far", ssh="root@192.0.2.1", hypervisor="qemu")
     ctx = registry.BackendContext(host=remote, executor=local, cache=tmp_path)
@@ -68,3 +68,16 @@ def test_local_doctor_judges_this_machine_by_its_hypervisor(
     assert checks["qemu-system-x86_64 installed"]["ok"]
     assert checks["acceleration"]["detail"].startswith("TCG")
     assert rc == (0 if all(c["ok"] for c in checks.values()) else 1)
+
+
+def test_a_libvirt_host_is_served_in_its_drivers_flavour() -> None:
+    # libvirt's Xen driver boots Xen's images on a bridge of the dom0; its QEMU driver
+    # QEMU's, with user-mode networking.  Decided from the URI, before any connection.
+    def host(uri: str) -> Host:
+        return Host(name="h", ssh="root@192.0.2.1", hypervisor="libvirt", libvirt=uri)
+
+    xen = registry.for_host(host("xen+libssh://root@192.0.2.1/system?sshauth=privkey"))
+    qemu = registry.for_host(host("qemu+ssh://root@192.0.2.1/system"))
+    assert (xen.name, xen.image_platform, xen.user_networking) == ("libvirt", "xen", False)
+    assert (qemu.name, qemu.image_platform, qemu.user_networking) == ("libvirt", "qemu", True)
+    assert registry.for_host(Host(name="l", hypervisor="libvirt", libvirt="qemu:///system")) is qemu

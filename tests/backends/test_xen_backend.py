@@ -7,10 +7,7 @@ The lab boots once for the module (the slow part under TCG); each test leaves it
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
-import shutil
 import subprocess
 import sys
 import time
@@ -21,9 +18,8 @@ import pytest
 import redis
 
 from tests.backends.contract import BackendContract, Target
-from tests.support.homes import copy_home
-from tests.support.leaks import qemu_processes
 from tests.support.terminal import Terminal
+from tests.support.xenlab import emptied_after, virtual_xen_home
 from uniklab.backends import xen
 from uniklab.cli.main import main
 from uniklab.executor import Executor
@@ -40,9 +36,8 @@ XEN_LAB = "xenlab"
 @pytest.fixture(scope="module")
 def xen_home(image_home: Path) -> Iterator[Path]:
     """A home with the virtual Xen host up (registered as host XEN_LAB), for the module."""
-    path = copy_home(image_home, "ukl-x-")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("UNIKLAB_HOME", str(path))
+
+    def bake(path: Path) -> None:
         # Baked before the lab boots: on a fresh machine that builds the rumprun
         # toolchains and the Xen kernel profile (minutes), faster without the lab's TCG
         # dom0 on the same CPUs.
@@ -52,32 +47,17 @@ def xen_home(image_home: Path) -> Iterator[Path]:
             baker.bake("redis-static", tag="xen", kernel="specialised:xen", root="initramfs")
         finally:
             baker.close()
-        try:
-            start = time.monotonic()
-            assert main(["lab", "up", "--name", XEN_LAB]) == 0
-            print(f"lab up: {time.monotonic() - start:.1f}s")
-            yield path
-        finally:
-            main(["lab", "down", "--name", XEN_LAB])
-            left = qemu_processes(str(path))
-            for line in left:
-                os.kill(int(line.split()[0]), 9)
-            shutil.rmtree(path, ignore_errors=True)
-            assert left == [], f"the lab's QEMU outlived `lab down`: {left}"
+
+    with virtual_xen_home(image_home, XEN_LAB, before=bake) as path:
+        yield path
 
 
 @pytest.fixture
 def lab_home(xen_home: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     """The module's home for one test; what a failed test left on the lab goes after it."""
     monkeypatch.setenv("UNIKLAB_HOME", str(xen_home))
-    yield xen_home
-    cleanup = Lab(Paths(xen_home))
-    try:
-        for row in cleanup.store.instances():
-            with contextlib.suppress(Exception):
-                cleanup.destroy(row.name)
-    finally:
-        cleanup.close()
+    with emptied_after(xen_home) as path:
+        yield path
 
 
 @pytest.fixture

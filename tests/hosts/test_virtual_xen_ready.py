@@ -5,6 +5,7 @@ and the last thing that went wrong.  No QEMU and no ssh: a fake dom0 answers."""
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -91,7 +92,16 @@ def test_the_lab_asks_the_backend_its_inventory_entry_names(
     lab: tuple[VirtualXenFiles, VirtualXenHost],
 ) -> None:
     files, host = lab
-    assert isinstance(virtual_xen._backend(files, host), XenBackend)
+    [xl] = virtual_xen._backends(files, host)
+    assert isinstance(xl, XenBackend)
+    # lab up --libvirt: libvirt's backend too, on the dom0's libvirtd, its host key checked
+    # against the lab's own known_hosts (the libssh transport), not the user's.
+    xl, lv = virtual_xen._backends(files, dataclasses.replace(host, libvirt=True))
+    assert isinstance(xl, XenBackend) and lv.name == "libvirt"
+    assert lv.uri == (  # type: ignore[attr-defined]
+        f"xen+libssh://root@127.0.0.1:2222/system?keyfile={files.identity}"
+        f"&known_hosts={files.known_hosts}&sshauth=privkey&proxy=native"
+    )
 
 
 def test_ready_once_the_backend_reads_the_hosts_facts(

@@ -5,6 +5,8 @@ Backends know their hypervisor's command line and file formats; nothing else doe
 
 from __future__ import annotations
 
+import hashlib
+import socket
 from collections.abc import Generator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -99,6 +101,19 @@ def spec_from_json(d: dict[str, Any]) -> InstanceSpec:
         nics=tuple(attachment.from_json(d["nics"])),
         rumprun=RumprunConfig.model_validate(d["rumprun"]) if d.get("rumprun") else None,
     )
+
+
+def _machine_id() -> str:
+    try:
+        return Path("/etc/machine-id").read_text().strip() or socket.gethostname()
+    except OSError:
+        return socket.gethostname()
+
+
+def owner_tag(run_root: Path) -> str:
+    """Names a uniklab home (by its runtime root, on this machine) on a shared host: what
+    a backend marks its domains with there, so that each home's ``gc`` takes only its own."""
+    return hashlib.sha256(f"{_machine_id()}:{run_root}".encode()).hexdigest()[:16]
 
 
 @dataclass(frozen=True)

@@ -24,6 +24,7 @@ if TYPE_CHECKING:
 MODULES = {
     "qemu": "uniklab.backends.qemu",
     "xen": "uniklab.backends.xen",
+    "libvirt": "uniklab.backends.libvirt",
 }
 
 
@@ -47,10 +48,20 @@ class BackendType:
     local_only: bool  # runs guests on this machine only (no remote hosts)
     unavailable: Callable[[], str | None] = field(default=lambda: None)  # why not here
     aliases: tuple[str, ...] = ()
+    # The images it boots are those made for this backend's name (libvirt's QEMU driver:
+    # "qemu").  Empty: its own name.
+    platform: str = ""
+    # An engine whose guests differ with the host (libvirt: the driver its URI names) says
+    # which of its types serves that host.  None: this one, for every host.
+    variant: Callable[[Host], BackendType] | None = None
 
     @property
     def user_networking(self) -> bool:
         return self.user_net is not None
+
+    @property
+    def image_platform(self) -> str:
+        return self.platform or self.name
 
 
 def _load(module: str) -> BackendType:
@@ -74,8 +85,10 @@ def get(name: str) -> BackendType:
 
 
 def for_host(host: Host) -> BackendType:
-    """The backend that runs guests on ``host``: the one its inventory entry names."""
-    return get(host.hypervisor)
+    """The backend that runs guests on ``host``: the one its inventory entry names (in
+    that engine's flavour for the host, when it has several)."""
+    t = get(host.hypervisor)
+    return t.variant(host) if t.variant is not None else t
 
 
 def create(name: str, ctx: BackendContext) -> Backend:

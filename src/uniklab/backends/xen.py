@@ -12,10 +12,8 @@ leftovers from another home's domains on a shared dom0, with no state store to a
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import re
-import socket
 import time
 from collections.abc import Generator
 from pathlib import Path, PurePosixPath
@@ -30,6 +28,7 @@ from uniklab.backends.base import (
     Inspection,
     InstanceSpec,
     Owned,
+    owner_tag,
 )
 from uniklab.backends.registry import BackendContext, BackendType
 from uniklab.backends.xen_config import XenDisk, XenDomain, XenVif, build_config
@@ -64,18 +63,6 @@ for f in *.cfg; do
   printf '%s\\t%s\\n' "$f" "$l"
 done
 """
-
-
-def _machine_id() -> str:
-    try:
-        return Path("/etc/machine-id").read_text().strip() or socket.gethostname()
-    except OSError:
-        return socket.gethostname()
-
-
-def owner_tag(run_root: Path) -> str:
-    """Names a uniklab home (by its runtime root, on this machine) on a Xen host."""
-    return hashlib.sha256(f"{_machine_id()}:{run_root}".encode()).hexdigest()[:16]
 
 
 def is_vif_of(domid: int, ifname: str) -> bool:

@@ -14,7 +14,7 @@ import gzip
 import json
 import os
 import shutil
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
@@ -28,11 +28,13 @@ from uniklab.paths import Paths
 __all__ = [
     "CONSOLE_DIR",
     "LEASES",
+    "LIBVIRT_SOCKET",
     "READY_MARK",
     "VIF_SCRIPT",
     "Dom0Image",
     "bake",
     "build_initrd",
+    "fetch_libvirt",
     "fetch_xen",
     "pv_initrd",
     "xen_image",
@@ -59,6 +61,26 @@ XEN_PACKAGES = (
     "openssh-server",
     "openssh-sftp-server",
 )
+# libvirtd with its Xen (libxl) driver, for ``lab up --libvirt``: only the daemon, the
+# libxl and storage drivers (images arrive as volumes of a dir pool) and the helper that
+# libvirt's ssh transport runs; their other libraries are the host's, like the tools'.
+LIBVIRT_PACKAGES = ("libvirt0", "libvirt-daemon", "libvirt-daemon-driver-xen")
+_LIBVIRT_LIB = "/usr/lib/x86_64-linux-gnu/libvirt"
+# libvirt_iohelper moves storage volume data (upload, download).
+LIBVIRT_TOOLS = (
+    "/usr/sbin/libvirtd",
+    "/usr/bin/virt-ssh-helper",
+    "/usr/lib/libvirt/libvirt_iohelper",
+)
+# dlopen()ed by libvirtd from the paths built into it.
+LIBVIRT_MODULES = (
+    f"{_LIBVIRT_LIB}/connection-driver/libvirt_driver_libxl.so",
+    f"{_LIBVIRT_LIB}/connection-driver/libvirt_driver_storage.so",
+    f"{_LIBVIRT_LIB}/storage-backend/libvirt_storage_backend_fs.so",
+    f"{_LIBVIRT_LIB}/storage-file/libvirt_storage_file_fs.so",
+)
+LIBVIRT_SOCKET = "/run/libvirt/libvirt-sock"
+CPU_MAP = "/usr/share/libvirt/cpu_map"
 XEN_BIN = PurePosixPath(f"/usr/lib/xen-{XEN_SERIES}/bin")
 # Xen: its console on the emulated COM1 (the serial log), a fixed-size dom0 with one vCPU.
 XEN_ARGS = "console=com1 com1=115200,8n1 dom0_mem=1024M,max:1024M dom0_max_vcpus=1"
@@ -152,12 +174,19 @@ class Dom0Image:
 
 
 def bake(
-    paths: Paths, *, hostname: str, authorized_key: str, host_key: Path, initrd: Path
+    paths: Paths,
+    *,
+    hostname: str,
+    authorized_key: str,
+    host_key: Path,
+    initrd: Path,
+    libvirt: bool = False,
 ) -> Dom0Image:
     """Xen's packages (fetched once) and a dom0 initramfs written to ``initrd`` that
     lets ``authorized_key`` in as root and presents ``host_key``; the dom0 runs the
-    host's kernel."""
+    host's kernel.  With ``libvirt``, the dom0 runs libvirtd (its libxl driver) too."""
     root = fetch_xen(paths)
+    libvirt_root = fetch_libvirt(paths) if libvirt else None
     kernel, release = host_kernel()
     initrd.write_bytes(
         build_initrd(
@@ -166,6 +195,7 @@ def bake(
             authorized_key=authorized_key,
             host_key=host_key,
             release=release,
+            libvirt_root=libvirt_root,
         )
     )
     return Dom0Image(
@@ -176,10 +206,15 @@ def bake(
 # ---------------------------------------------------------------- Xen's packages
 
 
-def fetch_xen(paths: Paths) -> Path:
-    """Debian's Xen packages unpacked into the cache (once); returns that root folder."""
-    base = paths.cache / "xen"
-    root = base / f"root-{XEN_SERIES}"
+def _fetch(
+    base: Path,
+    root: Path,
+    packages: Sequence[str],
+    what: str,
+    finish: Callable[[Path], None] | None = None,
+) -> Path:
+    """``packages`` downloaded with apt and unpacked into ``root`` (once): a staging
+    folder renamed into place when complete."""
     if (root / ".complete").is_file():
         return root
     base.mkdir(parents=True, exist_ok=True)
@@ -191,28 +226,45 @@ def fetch_xen(paths: Paths) -> Path:
         # The cache is private (0700): apt's _apt sandbox user could not write there.
         argv += ["-o", "APT::Sandbox::User=root"]
     try:
-        local.run([*argv, *XEN_PACKAGES], cwd=debs, timeout=_APT_TIMEOUT)
+        local.run([*argv, *packages], cwd=debs, timeout=_APT_TIMEOUT)
     except CommandError as exc:
         raise BakeError(
-            f"cannot download Xen's packages ({exc}); is 'apt-get update' done?"
+            f"cannot download {what}'s packages ({exc}); is 'apt-get update' done?"
         ) from exc
-    staging = base / f".root-{os.getpid()}"
+    staging = base / f".{root.name}-{os.getpid()}"
     shutil.rmtree(staging, ignore_errors=True)
     try:
         for deb in sorted(debs.glob("*.deb")):
             local.run(["dpkg-deb", "-x", deb, staging], timeout=120)
-        packed = staging / "boot" / f"xen-{XEN_SERIES}-amd64.gz"
-        # QEMU's multiboot loader wants the ELF itself, not the gzip Debian ships.
-        (staging / "boot" / f"xen-{XEN_SERIES}-amd64").write_bytes(
-            gzip.decompress(packed.read_bytes())
-        )
+        if finish is not None:
+            finish(staging)
         (staging / ".complete").write_text(" ".join(sorted(p.name for p in debs.glob("*.deb"))))
         shutil.rmtree(root, ignore_errors=True)
         staging.rename(root)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
+    finally:
+        shutil.rmtree(debs, ignore_errors=True)
     return root
+
+
+def fetch_xen(paths: Paths) -> Path:
+    """Debian's Xen packages unpacked into the cache (once); returns that root folder."""
+    base = paths.cache / "xen"
+    return _fetch(base, base / f"root-{XEN_SERIES}", XEN_PACKAGES, "Xen", _gunzip_xen)
+
+
+def _gunzip_xen(root: Path) -> None:
+    # QEMU's multiboot loader wants the ELF itself, not the gzip Debian ships.
+    packed = root / "boot" / f"xen-{XEN_SERIES}-amd64.gz"
+    (root / "boot" / f"xen-{XEN_SERIES}-amd64").write_bytes(gzip.decompress(packed.read_bytes()))
+
+
+def fetch_libvirt(paths: Paths) -> Path:
+    """Debian's libvirt daemon and its Xen driver unpacked into the cache (once)."""
+    base = paths.cache / "xen"
+    return _fetch(base, base / "root-libvirt", LIBVIRT_PACKAGES, "libvirt")
 
 
 def xen_image(root: Path) -> Path:
@@ -227,9 +279,12 @@ def _in_root(root: Path, image: str | PurePosixPath) -> Path:
     return root.joinpath(*PurePosixPath(image).parts[1:])
 
 
-def _xen_libs(root: Path, binaries: Sequence[Path]) -> tuple[dict[PurePosixPath, Path], list[str]]:
-    """Libraries of the unpacked binaries that the unpacked packages provide, and the
-    names of the rest (the host's: libc and friends), walking DT_NEEDED breadth-first.
+def _xen_libs(
+    roots: Sequence[Path], binaries: Sequence[Path]
+) -> tuple[dict[PurePosixPath, Path], list[str]]:
+    """Libraries of the unpacked binaries that the unpacked packages (under ``roots``)
+    provide, and the names of the rest (the host's: libc and friends), walking DT_NEEDED
+    breadth-first.
 
     Debian's Xen binaries carry no RPATH/RUNPATH, so a plain search of the multiarch
     directory under ``root`` is what ld.so would do."""
@@ -243,13 +298,24 @@ def _xen_libs(root: Path, binaries: Sequence[Path]) -> tuple[dict[PurePosixPath,
         if name in seen:
             continue
         seen.add(name)
-        cand = _in_root(root, libdir / name)
-        if cand.exists():
-            found[libdir / name] = cand.resolve()
-            queue.extend(elf.elf_info(cand).needed)
+        cands = [c for c in (_in_root(r, libdir / name) for r in roots) if c.exists()]
+        if cands:
+            found[libdir / name] = cands[0].resolve()
+            queue.extend(elf.elf_info(cands[0]).needed)
         else:
             host.append(name)
     return found, host
+
+
+def _cpu_model(name: str, xml: bytes) -> bytes:
+    """A model of libvirt's CPU map as the dom0 gets it: TCG has no VME (Xen's hw_caps
+    word 0 lacks bit 1) while every x86 model of libvirt requires it, so the libxl driver
+    would fail ('Cannot find suitable CPU model for given data', then 'cannot create
+    capabilities for libxenlight').  The smallest model, 486, goes without it; the PV
+    guests never use a CPU model."""
+    if name != "x86_486.xml":
+        return xml
+    return b"".join(ln for ln in xml.splitlines(keepends=True) if b"name='vme'" not in ln)
 
 
 def _passwd() -> tuple[bytes, bytes, bytes]:
@@ -265,9 +331,16 @@ def _passwd() -> tuple[bytes, bytes, bytes]:
 
 
 def build_initrd(
-    root: Path, *, hostname: str, authorized_key: str, host_key: Path, release: str
+    root: Path,
+    *,
+    hostname: str,
+    authorized_key: str,
+    host_key: Path,
+    release: str,
+    libvirt_root: Path | None = None,
 ) -> bytes:
-    """The dom0's initramfs (lz4): bash init, toolstack, sshd, dnsmasq, modules."""
+    """The dom0's initramfs (lz4): bash init, toolstack, sshd, dnsmasq, modules; and
+    libvirtd with its libxl driver when ``libvirt_root`` has its unpacked packages."""
     arc = cpio.CpioArchive()
     for d in (
         "/dev",
@@ -315,7 +388,20 @@ def build_initrd(
     for prog in ("xl", "xenconsole"):
         arc.add_symlink(f"/usr/sbin/{prog}", f"{XEN_BIN}/{prog}")
 
-    xen_libs, host_names = _xen_libs(root, xen_bins)
+    roots = [root]
+    if libvirt_root is not None:
+        roots.append(libvirt_root)
+        for image in (*LIBVIRT_TOOLS, *LIBVIRT_MODULES):
+            src = _in_root(libvirt_root, image)
+            if not src.is_file():
+                raise BakeError(f"{image}: not in the unpacked libvirt packages ({libvirt_root})")
+            arc.add_file_from(image, src, mode=0o755)
+            xen_bins.append(src)
+        # libvirt's CPU models, which its libxl driver needs to describe the host CPU.
+        for f in sorted(_in_root(libvirt_root, CPU_MAP).glob("*.xml")):
+            arc.add_file(f"{CPU_MAP}/{f.name}", _cpu_model(f.name, f.read_bytes()), mode=0o644)
+        arc.add_file_from("/etc/libvirt/libvirtd.conf", DATA / "libvirtd.conf", mode=0o644)
+    xen_libs, host_names = _xen_libs(roots, xen_bins)
     for image_path, src in sorted(xen_libs.items()):
         arc.add_file_from(str(image_path), src)
     # The host's libraries for both sets; bash is the anchor elf_closure needs.
@@ -331,6 +417,8 @@ def build_initrd(
 
     arc.add_file_from("/init", DATA / "init", mode=0o755)
     arc.add_file_from(VIF_SCRIPT, DATA / "vif-uniklab", mode=0o755)
+    # libxl's own default, which toolstacks other than xl (libvirt's libxl driver) use.
+    arc.add_file_from("/etc/xen/scripts/vif-bridge", DATA / "vif-uniklab", mode=0o755)
     arc.add_file_from("/etc/xen/scripts/block", DATA / "block", mode=0o755)
     arc.add_file_from("/etc/xen/xl.conf", DATA / "xl.conf", mode=0o644)
     arc.add_file_from("/etc/ssh/sshd_config", DATA / "sshd_config", mode=0o644)

@@ -25,6 +25,12 @@ def host() -> None:
 @click.option("--data", help="Data-plane address (default: the SSH address).")
 @click.option("--bmc", help="BMC / iLO address (inventory only; never contacted).")
 @click.option("--hypervisor", type=click.Choice(registry.names()), default="xen", show_default=True)
+@click.option(
+    "--libvirt",
+    "libvirt_uri",
+    metavar="URI",
+    help="Run guests through libvirt at URI (qemu:///system, qemu+ssh://root@h/system).",
+)
 @click.option("-l", "--label", "labels", multiple=True, metavar="KEY=VALUE")
 @click.option("--replace", is_flag=True, help="Replace an existing entry of that name.")
 @click.pass_context
@@ -38,6 +44,7 @@ def add(
     data: str | None,
     bmc: str | None,
     hypervisor: str,
+    libvirt_uri: str | None,
     labels: tuple[str, ...],
     replace: bool,
 ) -> None:
@@ -47,6 +54,7 @@ def add(
     Examples:
       uniklab host add xd3 --ssh root@172.20.10.161 -i ~/.ssh/lab -l rack=2
       uniklab host doctor xd3
+      uniklab host add lv --libvirt qemu:///system
     """
     from uniklab import validate
 
@@ -61,11 +69,13 @@ def add(
         known_hosts=known_hosts,
         data=data,
         bmc=bmc,
-        hypervisor=hypervisor,
+        hypervisor="libvirt" if libvirt_uri else hypervisor,
+        libvirt=libvirt_uri,
         labels=kv,
         replace=replace,
     )
-    common.out.print(f"added host {h.name} ({h.hypervisor}, ssh {h.ssh}:{h.port})")
+    reach = f"libvirt {h.libvirt}" if h.libvirt else f"ssh {h.ssh}:{h.port}"
+    common.out.print(f"added host {h.name} ({h.hypervisor}, {reach})")
 
 
 @host.command("ls")

@@ -30,16 +30,24 @@ def lab() -> None:
     show_default=True,
     help="Seconds to wait for the lab's Xen toolstack to answer over ssh.",
 )
+@click.option(
+    "--libvirt",
+    is_flag=True,
+    help="Run libvirtd (its Xen driver) in the dom0 too, and register the lab also as "
+    "libvirt host NAME-libvirt.",
+)
 @common.json_option
 @click.pass_context
-def up(ctx: click.Context, name: str, timeout: float, as_json: bool) -> None:
+def up(ctx: click.Context, name: str, timeout: float, libvirt: bool, as_json: bool) -> None:
     """Boot Xen with a PV dom0 under QEMU; return once its Xen toolstack answers over ssh, and
     register it as host NAME in the inventory.  A lab that already runs is left as it is."""
     start = time.monotonic()
     uk = common.lab(ctx)
     with progress.shown(f"lab {name}") as say:
-        host = virtual_xen.up(uk.paths, name, timeout=timeout, progress=say)
+        host = virtual_xen.up(uk.paths, name, timeout=timeout, progress=say, libvirt=libvirt)
     uk.hosts.add(**host.inventory_fields(), labels={"lab": "virtual"}, replace=True)
+    if host.libvirt:
+        uk.hosts.add(**host.libvirt_fields(), labels={"lab": "virtual"}, replace=True)
     if as_json:
         common.print_json(dataclasses.asdict(host))
         return
@@ -48,6 +56,10 @@ def up(ctx: click.Context, name: str, timeout: float, as_json: bool) -> None:
         f"ssh -i {host.identity_file} -o UserKnownHostsFile={host.known_hosts} "
         f"-p {host.ssh_port} {host.ssh_target}"
     )
+    if host.libvirt:
+        common.out.print(
+            f"libvirt host {host.libvirt_name}: virsh -c '{host.libvirt_uri()}'", soft_wrap=True
+        )
 
 
 @lab.command("down")
@@ -56,12 +68,15 @@ def up(ctx: click.Context, name: str, timeout: float, as_json: bool) -> None:
 def down(ctx: click.Context, name: str) -> None:
     """Destroy uniklab's instances on the lab, stop its QEMU, forget the host."""
     uk = common.lab(ctx)
+    # The lab's host as xl's and as libvirt's (lab up --libvirt).
+    names = {name, f"{name}-libvirt"}
     for row in uk.store.instances():
-        if row.host == name:
+        if row.host in names:
             uk.destroy(row.name)
     virtual_xen.down(uk.paths, name)
-    if any(h.name == name for h in uk.hosts.ls()):
-        uk.hosts.rm(name, [])
+    for h in uk.hosts.ls():
+        if h.name in names:
+            uk.hosts.rm(h.name, [])
     common.out.print(f"lab {name} down")
 
 

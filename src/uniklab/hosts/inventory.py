@@ -16,6 +16,7 @@ import re
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from uniklab import validate
 from uniklab.backends import registry
@@ -26,6 +27,8 @@ HOSTNAME_RE = re.compile(
     r"(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$"
 )
 USER_RE = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
+LIBVIRT_SCHEME_RE = re.compile(r"^(qemu|xen|test)(\+(ssh|libssh|libssh2|tcp|tls|unix))?$")
+LIBVIRT_URI_RE = re.compile(r"^[A-Za-z0-9+]+://[A-Za-z0-9@._:\-\[\]]*/[A-Za-z0-9/._=&?-]*$")
 
 
 def address(value: str, what: str) -> str:
@@ -93,6 +96,18 @@ def _hypervisor(v: object) -> str:
     return str(v)
 
 
+def _libvirt(v: object) -> str:
+    uri = _text(v)
+    parts = urlsplit(uri)
+    if not LIBVIRT_SCHEME_RE.match(parts.scheme) or not LIBVIRT_URI_RE.match(uri):
+        raise ValueError(
+            f"invalid libvirt URI {uri!r}: e.g. qemu:///system or qemu+ssh://root@host/system"
+        )
+    if parts.hostname:
+        address(parts.hostname, "libvirt host")
+    return uri
+
+
 def _labels(v: object) -> dict[str, str]:
     if not isinstance(v, dict) or not all(
         isinstance(k, str) and isinstance(x, str) for k, x in v.items()
@@ -115,6 +130,7 @@ _CHECKS: dict[str, Callable[[object], object]] = {
     "data": _optional(_address),
     "bmc": _optional(_address),
     "hypervisor": _hypervisor,
+    "libvirt": _optional(_libvirt),
     "labels": _labels,
 }
 
@@ -133,6 +149,7 @@ class Host:
     data: str | None = None  # data-plane address
     bmc: str | None = None  # BMC / iLO address (inventory data: never contacted)
     hypervisor: str = "xen"  # a backend's name (uniklab.backends.registry)
+    libvirt: str | None = None  # the libvirt URI (hypervisor "libvirt")
     labels: dict[str, str] = dataclasses.field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -144,6 +161,17 @@ class Host:
                 raise HostFieldError(field, str(exc)) from None
             if fixed != value:
                 object.__setattr__(self, field, fixed)
+        if self.libvirt and self.hypervisor != "libvirt":
+            raise HostFieldError(
+                "libvirt", f"a libvirt URI is for hypervisor libvirt, not {self.hypervisor}"
+            )
+        if self.hypervisor == "libvirt" and self.libvirt is None:
+            raise HostFieldError("libvirt", "a libvirt host needs its URI, e.g. qemu:///system")
+        if self.libvirt and urlsplit(self.libvirt).hostname and self.ssh is None:
+            raise HostFieldError(
+                "ssh", "a remote libvirt host needs an SSH target too (its console logs and "
+                "guests' addresses are read over SSH)"
+            )
 
     @classmethod
     def parse(cls, fields: Mapping[str, object]) -> Host:

@@ -29,6 +29,7 @@ from uniklab.errors import (
     NotFoundError,
     ProbeTimeoutError,
     UniklabError,
+    UsageError,
 )
 from uniklab.executor import local
 from uniklab.hosts.inventory import Host
@@ -65,6 +66,33 @@ class VirtualXenHost:
     known_hosts: str
     bmc: str | None = None
     hypervisor: str = "xen"
+    libvirt: bool = False  # its dom0 runs libvirtd (the libxl driver)
+
+    @property
+    def libvirt_name(self) -> str:
+        """The inventory name of the same host driven through libvirt."""
+        return f"{self.name}-libvirt"
+
+    def libvirt_uri(self) -> str:
+        """libvirt's URI of the dom0's libvirtd.  The libssh transport, because it checks
+        the host key against the lab's own known_hosts (the ssh transport's OpenSSH reads
+        only the user's); proxy=native runs virt-ssh-helper there (the default probes for
+        it with `which`, which the dom0 lacks)."""
+        return (
+            f"xen+libssh://{self.ssh_target}:{self.ssh_port}/system"
+            f"?keyfile={self.identity_file}&known_hosts={self.known_hosts}"
+            "&sshauth=privkey&proxy=native"
+        )
+
+    def libvirt_fields(self) -> dict[str, str | int]:
+        """This virtual Xen host as the inventory's libvirt host: libvirt's URI, and SSH for
+        what libvirt has no API for (consoles, addresses by MAC)."""
+        return {
+            **self.inventory_fields(),
+            "name": self.libvirt_name,
+            "hypervisor": "libvirt",
+            "libvirt": self.libvirt_uri(),
+        }
 
     def inventory_fields(self) -> dict[str, str | int]:
         """This virtual Xen host as the fields of an inventory ``Host``."""
@@ -185,13 +213,14 @@ def _alive(files: VirtualXenFiles, rec: dict[str, object] | None) -> int | None:
     return None
 
 
-def _host(files: VirtualXenFiles, port: int) -> VirtualXenHost:
+def _host(files: VirtualXenFiles, port: int, *, libvirt: bool) -> VirtualXenHost:
     return VirtualXenHost(
         name=files.name,
         ssh_target="root@127.0.0.1",
         ssh_port=port,
         identity_file=str(files.identity),
         known_hosts=str(files.known_hosts),
+        libvirt=libvirt,
     )
 
 
@@ -205,11 +234,13 @@ def up(
     *,
     timeout: float = UP_TIMEOUT,
     progress: buildcache.Progress = buildcache.quiet,
+    libvirt: bool = False,
 ) -> VirtualXenHost:
     """Boot the virtual Xen host and wait until its Xen toolstack answers over ssh (the Xen
     backend reads the host's facts); one that already runs is returned as it is once it
-    answers.  If a boot fails, its QEMU is stopped and its runtime directory removed.
-    ``progress`` hears each step."""
+    answers.  With ``libvirt`` its dom0 runs libvirtd (the libxl driver) too.  If a boot
+    fails, its QEMU is stopped and its runtime directory removed.  ``progress`` hears each
+    step."""
     validate.name(name, "lab name")
     paths.ensure()
     files = VirtualXenFiles(paths, name)
@@ -218,7 +249,12 @@ def up(
         running = _alive(files, rec)
         if running is not None and rec is not None:
             log.info("lab %s already runs (pid %s)", name, running)
-            host = _host(files, int(str(rec["ssh_port"])))
+            host = _host(files, int(str(rec["ssh_port"])), libvirt=rec.get("libvirt") is True)
+            if libvirt and not host.libvirt:
+                raise UsageError(
+                    f"lab {name} runs without libvirtd: `uniklab lab down --name {name}`, "
+                    "then `lab up --libvirt`"
+                )
             # It may still be booting (a `lab up` killed while it waited): wait the same.
             progress(f"already running (pid {running})")
             _wait_ready(files, host, running, time.monotonic() + timeout, progress)
@@ -234,6 +270,7 @@ def up(
             authorized_key=client_pub + "\n",
             host_key=files.host_key,
             initrd=files.initrd,
+            libvirt=libvirt,
         )
         port = free_port()
         # The key type and key, without the comment, for the port this boot listens on.
@@ -266,12 +303,13 @@ def up(
                         "rundir": str(files.run.rundir),
                         "identity_file": str(files.identity),
                         "known_hosts": str(files.known_hosts),
+                        "libvirt": libvirt,
                         "started": time.time(),
                     },
                     indent=1,
                 )
             )
-            host = _host(files, port)
+            host = _host(files, port, libvirt=libvirt)
             _wait_ready(files, host, pid, started + timeout, progress)
         except BaseException:
             _cleanup(files, {"pid": pid} if pid else None)
@@ -280,11 +318,18 @@ def up(
         return host
 
 
-def _backend(files: VirtualXenFiles, host: VirtualXenHost) -> Backend:
-    """The backend of the lab's hypervisor (Xen), driving its dom0 over ssh."""
+def _backends(files: VirtualXenFiles, host: VirtualXenHost) -> list[Backend]:
+    """The backends of the lab's hypervisor (Xen), driving its dom0 over ssh: ``xl``'s, and
+    libvirt's when its dom0 runs libvirtd."""
     ex = executor(host)
-    ctx = registry.BackendContext(host=ex.host, executor=ex, cache=files.paths.cache)
-    return registry.create(registry.for_host(ex.host).name, ctx)
+    entries = [ex.host]
+    if host.libvirt:
+        entries.append(Host.parse(host.libvirt_fields()))
+    out = []
+    for entry in entries:
+        ctx = registry.BackendContext(host=entry, executor=ex, cache=files.paths.cache)
+        out.append(registry.create(registry.for_host(entry).name, ctx))
+    return out
 
 
 def _wait_ready(
@@ -294,9 +339,9 @@ def _wait_ready(
     deadline: float,
     progress: buildcache.Progress = buildcache.quiet,
 ) -> None:
-    """Return once the lab's Xen toolstack answers its backend over ssh (its facts name the
-    host's memory); raise if the QEMU exits first or the deadline passes."""
-    engine = _backend(files, host)
+    """Return once the lab's Xen toolstack answers its backends over ssh (their facts name
+    the host's memory); raise if the QEMU exits first or the deadline passes."""
+    engines = _backends(files, host)
     last = "no answer yet"
     while True:
         if not qemu_process.running(pid, files.run):
@@ -308,10 +353,14 @@ def _wait_ready(
         progress("waiting for the Xen toolstack over ssh" if booted else "booting dom0")
         if booted:
             try:
-                facts = engine.facts(timeout=_SSH_PROBE_TIMEOUT)
-                if facts.total_memory_mb:
+                while engines:
+                    facts = engines[0].facts(timeout=_SSH_PROBE_TIMEOUT)
+                    if not facts.total_memory_mb:
+                        last = f"{engines[0].name} answered without the host's memory"
+                        break
+                    engines.pop(0)
+                if not engines:
                     return
-                last = f"the Xen toolstack answered without the host's memory ({facts.detail})"
             except UniklabError as exc:  # ssh not up yet, the toolstack not answering
                 last = str(exc)
         if time.monotonic() >= deadline:
