@@ -112,6 +112,21 @@ def damaged(path: Path, exc: sqlite3.Error) -> StoreDamagedError:
     )
 
 
+def _to_wal(conn: sqlite3.Connection, wait: float = 30.0) -> None:
+    """Put the database in WAL mode.  Switching an older store (rollback journal) needs it
+    to itself for a moment, and SQLite answers "database is locked" at once rather than
+    through the busy timeout when another process has it open: try again, bounded."""
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            conn.execute("PRAGMA journal_mode = WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() >= deadline:
+                raise
+            time.sleep(0.05)
+
+
 class Store:
     """Thin typed access to the state database.
 
@@ -147,7 +162,7 @@ class Store:
         self._conn.row_factory = sqlite3.Row
         try:
             self._conn.execute("PRAGMA busy_timeout = 30000")
-            self._conn.execute("PRAGMA journal_mode = WAL")
+            _to_wal(self._conn)
             self._conn.execute("PRAGMA synchronous = NORMAL")
             migrations.migrate(self._conn, path)
         except sqlite3.Error as exc:
