@@ -27,20 +27,19 @@ def _answers() -> bool:
     return r.returncode == 0
 
 
-def _running(daemon: str) -> bool:
-    return subprocess.run(["pgrep", "-x", daemon], capture_output=True, check=False).returncode == 0
-
-
 @pytest.fixture(scope="session")
 def libvirtd() -> Iterator[str]:
     missing = [d for d in (*DAEMONS, "virsh") if shutil.which(d) is None]
     if os.geteuid() != 0 or missing:
         pytest.skip(f"needs root and libvirt-daemon-system (missing: {', '.join(missing)})")
     started = []
-    for daemon in DAEMONS:
-        if not _running(daemon):
-            subprocess.run([daemon, "-d"], check=True, timeout=30)
-            started.append(daemon)
+    if not _answers():
+        # Not by process name: a daemon that died unreaped still shows as one.  A daemon
+        # that already runs refuses a second copy (its pid file is locked): not started.
+        for daemon in DAEMONS:
+            r = subprocess.run([daemon, "-d"], capture_output=True, timeout=30, check=False)
+            if r.returncode == 0:
+                started.append(daemon)
     deadline = time.monotonic() + 30
     while not _answers():
         assert time.monotonic() < deadline, "libvirtd did not answer within 30 s"
