@@ -94,7 +94,8 @@ def test_lab_runs_redis_as_pv_domu(lab_home: Path, tmp_path: Path) -> None:
         res = runner.invoke(lab_cli, ["up", "--json"], catch_exceptions=False)
         assert res.exit_code == 0, res.output
         up_seconds = time.monotonic() - t0
-        host = virtual_xen.VirtualXenHost(**json.loads(res.output))
+        # stdout only: `lab up` says its steps on stderr (CliRunner's output mixes both).
+        host = virtual_xen.VirtualXenHost(**json.loads(res.stdout))
         assert (host.ssh_target, host.hypervisor) == ("root@127.0.0.1", "xen")
         assert Path(host.identity_file).stat().st_mode & 0o077 == 0
         # A second `up` is a no-op that returns the same lab.
