@@ -289,25 +289,27 @@ class LibvirtBackend:
                 f"{spec.name}: a guest on {self.ex.name} publishes no ports here: "
                 "give --net BRIDGE (a bridge there)"
             )
-        kernel, initrd = self.ensure_image(spec.kernel, spec.initrd)
-        return self._start(
-            spec,
-            libvirt_xml.DomainSpec(
-                name=spec.name,
-                memory_mb=spec.memory_mb,
-                vcpus=spec.vcpus,
-                kernel=kernel,
-                initrd=initrd,
-                cmdline=f"console=ttyS0 {spec.cmdline}",
-                console_log=self._console_log(spec.name),
-                labels=self._labels(spec),
-                kvm=self.kvm,
-                nics=spec.nics,
-            ),
-        )
+        return self._start(spec, self._domain_spec(spec, "ttyS0", kvm=self.kvm))
 
-    def _labels(self, spec: InstanceSpec) -> libvirt_xml.Labels:
-        return libvirt_xml.Labels(owner=owner_tag(spec.rundir.parent), key=spec.name)
+    def _domain_spec(
+        self, spec: InstanceSpec, console: str, *, kvm: bool = False, xen: bool = False
+    ) -> libvirt_xml.DomainSpec:
+        """The domain of ``spec``, its kernel and initrd as volumes on the host."""
+        assert spec.initrd is not None
+        kernel, initrd = self.ensure_image(spec.kernel, spec.initrd)
+        return libvirt_xml.DomainSpec(
+            name=spec.name,
+            memory_mb=spec.memory_mb,
+            vcpus=spec.vcpus,
+            kernel=kernel,
+            initrd=initrd,
+            cmdline=f"console={console} {spec.cmdline}",
+            console_log=self._console_log(spec.name),
+            labels=libvirt_xml.Labels(owner=owner_tag(spec.rundir.parent), key=spec.name),
+            kvm=kvm,
+            xen=xen,
+            nics=spec.nics,
+        )
 
     def _xen_domain(self, spec: InstanceSpec) -> libvirt_xml.DomainSpec:
         """A PV domain of the libxl driver, as the xen backend's xl config of the image."""
@@ -319,19 +321,7 @@ class LibvirtBackend:
             raise LaunchError(
                 f"{spec.name}: a Xen guest's NIC joins a bridge of its dom0 (--net BRIDGE)"
             )
-        kernel, initrd = self.ensure_image(spec.kernel, spec.initrd)
-        return libvirt_xml.DomainSpec(
-            name=spec.name,
-            memory_mb=spec.memory_mb,
-            vcpus=spec.vcpus,
-            kernel=kernel,
-            initrd=initrd,
-            cmdline=f"console=hvc0 {spec.cmdline}",
-            console_log=self._console_log(spec.name),
-            labels=self._labels(spec),
-            nics=spec.nics,
-            xen=True,
-        )
+        return self._domain_spec(spec, "hvc0", xen=True)
 
     def _start(self, spec: InstanceSpec, domain: libvirt_xml.DomainSpec) -> Handle:
         xml = libvirt_xml.render(domain)
