@@ -18,6 +18,7 @@ so the guest is destroyed instead of outliving a killed program.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 from collections.abc import Generator, Mapping, Sequence
 from dataclasses import dataclass
@@ -42,6 +43,11 @@ from uniklab.reach import Reach
 from uniklab.stats import Sampler, Stats
 
 log = logging.getLogger(__name__)
+
+
+@functools.cache
+def _say_once(line: str) -> None:
+    log.warning("%s", line)
 
 
 @dataclass(frozen=True)
@@ -327,13 +333,31 @@ class Client:
         # Lab.run removes what it made if it fails, KeyboardInterrupt included; SIGTERM and
         # SIGHUP become one while it waits.
         with signals.as_interrupts():
-            view = self.lab.run(image, opts)
+            view = self.lab.run(self._recipe_image(image, opts), opts)
         try:
             return Instance(self, view)
         except BaseException:
             with signals.deferred():
                 self.lab.destroy(view.name)
             raise
+
+    def _recipe_image(self, image: str, opts: RunOptions) -> str:
+        """``run("redis")`` with no ``redis:latest`` baked: the recipe baked as the test
+        faces bake it (on QEMU with the fast kernel when this machine has it built), under
+        a tag of its own; ``redis:latest`` stays the user's to bake."""
+        from uniklab.backends import registry
+        from uniklab.bake import kernel_choice, recipe
+
+        if ":" in image or image not in recipe.builtin_names() or opts.host == "auto":
+            return image
+        try:
+            return self.lab.image(f"{image}:latest").ref
+        except NotFoundError:
+            pass
+        fast = registry.for_host(self.lab.hosts.get(opts.host)).name == "qemu"
+        if fast and kernel_choice.fast_default() is None:
+            _say_once(kernel_choice.FAST_HINT)
+        return self.lab.bake_for_tests(image, fast=fast).ref
 
     def get(self, name: str) -> Instance:
         return Instance(self, self.lab.get(name))

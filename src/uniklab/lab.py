@@ -338,19 +338,25 @@ class Lab:
         return result
 
     def bake_for_tests(
-        self, ref: str, *, progress: Progress | None = None
+        self, ref: str, *, fast: bool = True, progress: Progress | None = None
     ) -> Manifest:
-        """Bake recipe ``ref`` (a built-in name or a recipe file; default kernel and root)
-        under a tag of its own, ``tag_for_tests(digest)``, and return the tagged manifest.
+        """Bake recipe ``ref`` (a built-in name or a recipe file) under a tag of its own,
+        ``tag_for_tests(digest)``, and return the tagged manifest.  ``fast`` (for QEMU's
+        microvm): with the specialised kernel and an erofs root when this machine has that
+        kernel built (``kernel_choice.fast_default``); else, and when not ``fast``, with the
+        host's kernel, which boots on every backend.
 
         What a test face bakes never repoints a tag someone chose (a user's ``redis:latest``
         baked with ``--kernel specialised`` stays as it is), and, the tag naming the content,
         sessions that bake different inputs under one name never run each other's image.
         """
-        from uniklab.bake import recipe
+        from uniklab.bake import kernel_choice, recipe
 
         rec, rec_dir = recipe.load(ref)
-        result = self.bake_recipe(rec, rec_dir, tag=TEST_TAG, progress=progress, index=False)
+        kernel, root = (fast and kernel_choice.fast_default()) or (kernel_choice.HOST, None)
+        result = self.bake_recipe(
+            rec, rec_dir, tag=TEST_TAG, kernel=kernel, root=root, progress=progress, index=False
+        )
         tag = tag_for_tests(result.manifest.digest)
         self.store.put_image(rec.name, tag, result.manifest.digest)
         return result.manifest.model_copy(update={"name": rec.name, "tag": tag})
@@ -714,9 +720,7 @@ class Lab:
         events.emit(self.paths, "stopped", name, exit_status=status)
         return self.view(self.store.instance_by_id(row.id))
 
-    def start(
-        self, name: str, *, wait: bool = True, timeout: float | None = None
-    ) -> InstanceView:
+    def start(self, name: str, *, wait: bool = True, timeout: float | None = None) -> InstanceView:
         """Start a stopped (or exited) instance again from its stored launch: same name,
         MAC and ports (a port taken meanwhile is replaced by a free one)."""
         from uniklab.backends.base import spec_from_json, spec_to_json

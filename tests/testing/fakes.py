@@ -89,9 +89,11 @@ def _backend(
     return FAKE
 
 
-def _bake(self: Lab, ref: str, *, progress: Callable[[str], None] | None = None) -> Manifest:
+def _bake(
+    self: Lab, ref: str, *, fast: bool = True, progress: Callable[[str], None] | None = None
+) -> Manifest:
     BAKES.append(ref)
-    return _original_bake(self, ref, progress=progress)
+    return _original_bake(self, ref, fast=fast, progress=progress)
 
 
 _depth = [0]  # nested installs (a test, and the pytester session inside it)

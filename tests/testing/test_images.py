@@ -24,6 +24,13 @@ pytest_plugins = ["pytester"]
 USERS = "sha256:" + "5e" * 32
 
 
+@pytest.fixture(autouse=True)
+def _host_kernel(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """No specialised kernel built: the test faces bake what ``redis:latest`` was baked with
+    (the host's kernel), whatever this machine's cache holds (test_fast_images covers it)."""
+    monkeypatch.setenv("UNIKLAB_KERNEL_CACHE", str(tmp_path_factory.mktemp("no-kernels")))
+
+
 def users_redis(home: Path) -> str:
     """Point redis:latest at an image of the user's own; return the default bake's digest."""
     lab = Lab(Paths(home))

@@ -36,6 +36,7 @@ def test(ctx: click.Context, spec_file: Path, junit: Path | None) -> None:
 
     from uniklab.api import Client
     from uniklab.testing import runner, spec
+    from uniklab.testing import session as owner
 
     s = spec.load(spec_file)
     suite = s.name or spec_file.stem
@@ -50,6 +51,9 @@ def test(ctx: click.Context, spec_file: Path, junit: Path | None) -> None:
         if case.outcome in ("failed", "error"):
             common.out.print(case.detail, markup=False)
 
+    hint = owner.fast_hint()
+    if hint and any(owner.is_recipe(d.image) for d in s.instances):
+        common.err.print(f"uniklab: {hint}", markup=False)
     with common.err.status(f"{escape(str(suite))}: starting") as status:
         result = runner.run_spec(
             s,

@@ -69,6 +69,7 @@ class UniklabSession:
         self.kept: list[str] = []
         self.live: list[Instance] = []
         self._images: dict[str, str] = {}
+        self.hint: str | None = None  # said once, in the summary: how to boot faster
         self._count = 0
         self._client: Client | None = None
         self._signals = contextlib.ExitStack()
@@ -104,7 +105,9 @@ class UniklabSession:
         a .toml path) is baked once per session under a tag of its own; ``NAME:TAG`` is
         that image, as it is."""
         if ref not in self._images:
-            self._images[ref] = owner.image_for_tests(self.client.lab, ref)
+            if not self._images:
+                self.hint = owner.fast_hint(self.backend)
+            self._images[ref] = owner.image_for_tests(self.client.lab, ref, self.backend)
         return self._images[ref]
 
     def new_name(self, image: str) -> str:
@@ -237,6 +240,8 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
     us = terminalreporter.config.stash.get(SESSION_KEY, None)
     if us is None:
         return
+    if us.hint:
+        terminalreporter.write_line(f"uniklab: {us.hint}")
     if us.reaped:
         terminalreporter.write_line(
             f"uniklab: reaped {len(us.reaped)} leftover instance(s) of crashed sessions: "

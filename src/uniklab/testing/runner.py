@@ -20,6 +20,7 @@ from typing import Literal
 
 from uniklab import signals
 from uniklab.api import Client, Instance
+from uniklab.backends import registry
 from uniklab.errors import CommandError, NotFoundError, UniklabError
 from uniklab.executor import local
 from uniklab.lab import tail
@@ -115,7 +116,8 @@ def run_test(test: TestDecl, env: Mapping[str, str], base: Path, suite: str) -> 
 def _image(client: Client, decl: InstanceDecl, base: Path) -> str:
     """A recipe file is relative to the spec's directory; then the test faces' one rule."""
     ref = str(base / decl.image) if decl.image.endswith(".toml") else decl.image
-    return owner.image_for_tests(client.lab, ref)
+    engine = "" if decl.host == "auto" else registry.for_host(client.lab.hosts.get(decl.host)).name
+    return owner.image_for_tests(client.lab, ref, engine)
 
 
 @contextlib.contextmanager

@@ -78,19 +78,34 @@ def reap(lab: Lab) -> list[str]:
     return reaped
 
 
-def image_for_tests(lab: Lab, ref: str) -> str:
+def image_for_tests(lab: Lab, ref: str, backend: str = "qemu") -> str:
     """The image ref a test face (the pytest plugin, ``uniklab test``) runs for ``ref``.
 
     A recipe, that is a recipe file (``*.toml``) or a built-in recipe's name without a tag,
-    is baked with the default kernel under a tag of its own (``Lab.bake_for_tests``): a
-    test never repoints a user's tag.  An image ref with a tag (``redis:latest``) is exactly
-    that image, never baked nor retagged; a bare name that is no recipe means ``NAME:latest``.
+    is baked under a tag of its own (``Lab.bake_for_tests``; for the QEMU backend with the
+    fast kernel when this machine has it): a test never repoints a user's tag.  An image
+    ref with a tag (``redis:latest``) is exactly that image, never baked nor retagged; a
+    bare name that is no recipe means ``NAME:latest``.
     """
+    if is_recipe(ref):
+        return lab.bake_for_tests(ref, fast=backend == "qemu").ref
+    return lab.image(ref).ref
+
+
+def is_recipe(ref: str) -> bool:
+    """Whether a test face bakes ``ref`` (a recipe file, a built-in recipe's bare name)."""
     from uniklab.bake import recipe
 
-    if ref.endswith(".toml") or (":" not in ref and ref in recipe.builtin_names()):
-        return lab.bake_for_tests(ref).ref
-    return lab.image(ref).ref
+    return ref.endswith(".toml") or (":" not in ref and ref in recipe.builtin_names())
+
+
+def fast_hint(backend: str = "qemu") -> str | None:
+    """The one line a test face says once when its images will boot the slow kernel."""
+    from uniklab.bake import kernel_choice
+
+    if backend != "qemu" or kernel_choice.fast_default() is not None:
+        return None
+    return kernel_choice.FAST_HINT
 
 
 def test_backends() -> list[str]:
