@@ -36,7 +36,7 @@ Guest config (``GuestConfig.channels``, the "channels" key of the JSON init.c re
 The wire: a framed stream (design (b)), one per channel transport
 -----------------------------------------------------------------
 A virtio-serial port (like a vchan) is one byte stream with no connection boundaries, so
-both ends speak frames: an 8-byte header ``>BxHI`` = type, pad, payload length (0..
+both ends speak frames: an 8-byte header ``>BBHI`` = type, pad (0), payload length (0..
 ``MAX_PAYLOAD``), connection id; then the payload.
 
 * ``OPEN`` (1): the opener (host for "in", guest for "out") starts connection ``id``.
@@ -54,7 +54,7 @@ no loss).
 
 The host side: one proxy daemon per instance
 --------------------------------------------
-``python -m uniklab.channels <rundir>/channels.json`` (pid ``<rundir>/channels.pid``, log
+``python -m uniklab.channel_proxy <rundir>/channels.json`` (pid ``<rundir>/channels.pid``, log
 ``<rundir>/channels.log``; its command line names the runtime directory, as QEMU's does,
 so ``gc`` recognises it).  It connects to each channel's transport socket (QEMU:
 ``-chardev socket,server=on`` at ``<rundir>/vser-<name>.sock``), serves the public UNIX
@@ -76,12 +76,19 @@ and re-checks the device every 200 ms instead of polling it (no spinning).
 
 from __future__ import annotations
 
+import json
 import struct
-from collections.abc import Iterator
+import sys
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from enum import IntEnum
+from pathlib import Path
+from typing import Any, Literal
 
-HEADER = struct.Struct(">BxHI")
+from uniklab import daemons, validate
+from uniklab.errors import UsageError
+
+HEADER = struct.Struct(">BBHI")  # kind, pad (0), payload length, connection id
 # A frame fits one virtio-serial buffer write (the guest driver takes up to 32 KiB a write).
 MAX_PAYLOAD = 16384
 NAME_PREFIX = "uniklab."
@@ -109,7 +116,7 @@ def encode(kind: Kind, conn: int, payload: bytes = b"") -> bytes:
     """One frame; ``payload`` longer than ``MAX_PAYLOAD`` is refused (split it first)."""
     if len(payload) > MAX_PAYLOAD:
         raise ValueError(f"frame payload of {len(payload)} bytes > {MAX_PAYLOAD}")
-    return HEADER.pack(kind, len(payload), conn) + payload
+    return HEADER.pack(kind, 0, len(payload), conn) + payload
 
 
 def encode_data(conn: int, data: bytes) -> Iterator[bytes]:
@@ -129,8 +136,8 @@ class Decoder:
         self._buf += data
         out = []
         while len(self._buf) >= HEADER.size:
-            kind, length, conn = HEADER.unpack_from(self._buf)
-            if kind not in Kind.__members__.values() or length > MAX_PAYLOAD:
+            kind, pad, length, conn = HEADER.unpack_from(self._buf)
+            if kind not in Kind.__members__.values() or pad or length > MAX_PAYLOAD:
                 raise FrameError(f"bad frame header {bytes(self._buf[: HEADER.size]).hex()}")
             if kind != Kind.DATA and length:
                 raise FrameError(f"{Kind(kind).name} frame with a payload")
@@ -140,3 +147,140 @@ class Decoder:
             out.append(Frame(Kind(kind), conn, bytes(self._buf[HEADER.size : end])))
             del self._buf[:end]
         return out
+
+
+# ---------------------------------------------------------------- the host's plan
+
+
+@dataclass(frozen=True)
+class ChannelSpec:
+    """One channel of an instance, as backends render it: ``port`` is the guest port
+    served ("in") or listened on in the guest ("out", a link whose connections go to the
+    UNIX socket ``target``: another instance's channel)."""
+
+    port: int
+    dir: Literal["in", "out"] = "in"
+    target: str | None = None
+
+    @property
+    def name(self) -> str:
+        """The transport's name of it (virtio-serial port name, vchan name)."""
+        return f"{NAME_PREFIX}{self.port}" if self.dir == "in" else f"{NAME_PREFIX}l{self.port}"
+
+    def to_json(self) -> dict[str, object]:
+        return {"port": self.port, "dir": self.dir, "target": self.target}
+
+    @classmethod
+    def from_json(cls, d: Mapping[str, Any]) -> ChannelSpec:
+        return cls(port=int(d["port"]), dir=d.get("dir", "in"), target=d.get("target"))
+
+
+def socket_path(rundir: Path, port: int) -> Path:
+    """The host's UNIX socket of an instance's channel to guest ``port``."""
+    return rundir / f"chan-{port}.sock"
+
+
+def config_path(rundir: Path) -> Path:
+    return rundir / "channels.json"
+
+
+def pid_path(rundir: Path) -> Path:
+    return rundir / "channels.pid"
+
+
+def log_path(rundir: Path) -> Path:
+    return rundir / "channels.log"
+
+
+@dataclass(frozen=True)
+class Link:
+    """``--link OTHER:PORT[:LOCAL]``: ``127.0.0.1:LOCAL`` in this guest reaches ``PORT`` of
+    instance ``other``."""
+
+    other: str
+    port: int
+    local: int
+
+
+def parse_link(value: str | Link) -> Link:
+    """``OTHER:PORT[:LOCAL]`` (or a ``Link``), checked; a bad one is a one-line UsageError."""
+    if isinstance(value, Link):
+        value = f"{value.other}:{value.port}:{value.local}"
+    if not isinstance(value, str):
+        raise UsageError(f"invalid link {validate.short(value)}: OTHER:PORT[:LOCAL]")
+    parts = value.split(":")
+    if len(parts) not in (2, 3) or not parts[0]:
+        raise UsageError(f"invalid link {validate.short(value)}: OTHER:PORT[:LOCAL]")
+    other = validate.name(parts[0], "instance name")
+    port = validate.port(parts[1], "link port")
+    local = validate.port(parts[2], "link local port") if len(parts) == 3 else port
+    return Link(other, port, local)
+
+
+def channel_ports(ports: Sequence[int | str]) -> tuple[int, ...]:
+    out = tuple(validate.port(p, "channel port") for p in ports)
+    if len(set(out)) != len(out):
+        raise UsageError("a channel port is given twice")
+    return out
+
+
+# ---------------------------------------------------------------- starting and stopping
+READY_LINE = "uniklab-channels: ready"
+PROXY_START_TIMEOUT = 15.0
+TRANSPORT_WAIT = 10.0  # for the transport's socket to accept (QEMU made it before)
+PROXY_MODULE = "uniklab.channel_proxy"
+
+
+
+
+def proxy_argv(rundir: Path) -> list[str]:
+    return [sys.executable, "-m", PROXY_MODULE, str(config_path(rundir))]
+
+
+def start_proxy(
+    rundir: Path, channels: Sequence[ChannelSpec], transport: Callable[[str], Path]
+) -> int | None:
+    """Start the instance's channel proxy (None without channels); its pid.  It joins each
+    channel's ``transport`` socket (``transport(name)``, made by the backend) to its host
+    socket or link."""
+    if not channels:
+        return None
+    doc = {
+        "channels": [
+            {
+                **ch.to_json(),
+                "name": ch.name,
+                "transport": str(transport(ch.name)),
+                "listen": str(socket_path(rundir, ch.port)) if ch.dir == "in" else None,
+            }
+            for ch in channels
+        ]
+    }
+    config_path(rundir).write_text(json.dumps(doc, indent=1))
+    log = log_path(rundir)
+
+    def ready(pid: int) -> bool:
+        try:
+            return READY_LINE in log.read_text(errors="replace")
+        except OSError:
+            return False
+
+    return daemons.spawn(
+        proxy_argv(rundir),
+        log_path=log,
+        pidfile=pid_path(rundir),
+        marker=str(config_path(rundir)),
+        ready=ready,
+        timeout=PROXY_START_TIMEOUT,
+    )
+
+
+def stop_proxy(rundir: Path) -> None:
+    """Stop the instance's proxy (if it runs) and remove its sockets; safe to call twice."""
+    daemons.stop(daemons.read_pid(pid_path(rundir)), str(config_path(rundir)), grace=2.0)
+    for sock in rundir.glob("chan-*.sock"):
+        sock.unlink(missing_ok=True)
+
+
+def proxy_alive(rundir: Path) -> bool:
+    return daemons.find(pid_path(rundir), str(config_path(rundir))) is not None
