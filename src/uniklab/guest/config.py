@@ -79,9 +79,10 @@ class GuestConfig(BaseModel):
         return env
 
     def to_json(self) -> str:
-        return json.dumps(
-            self.model_dump(exclude_defaults=False), separators=(",", ":"), ensure_ascii=True
-        )
+        doc = self.model_dump(exclude_defaults=False)
+        if not doc["channels"]:
+            del doc["channels"]  # the command line is short: only a guest with channels
+        return json.dumps(doc, separators=(",", ":"), ensure_ascii=True)
 
     def encode(self) -> str:
         """The ``uniklab.config=...`` kernel parameter."""
