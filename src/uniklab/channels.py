@@ -92,6 +92,7 @@ HEADER = struct.Struct(">BBHI")  # kind, pad (0), payload length, connection id
 # A frame fits one virtio-serial buffer write (the guest driver takes up to 32 KiB a write).
 MAX_PAYLOAD = 16384
 NAME_PREFIX = "uniklab."
+BACKENDS = ("qemu",)  # the backends that render channels
 
 
 class Kind(IntEnum):

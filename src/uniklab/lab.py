@@ -455,7 +455,7 @@ class Lab:
         if m.is_rumprun and len(nets) > 1:
             # rumprun's config.c: 'currently only 1 "net" configuration is supported'
             raise UsageError(f"{m.ref} is a rumprun unikernel: it takes one NIC (one --net)")
-        chans = self._plan_channels(m, o)
+        chans = self._plan_channels(m, o, engine.name)
         name = o.name or self._new_name(m.name)
         memory = o.memory_mb if o.memory_mb is not None else validate.memory_mb(m.memory)
         wanted = [] if nets or o.offline else (list(o.publish) or [(0, p) for p in m.ports])
@@ -536,16 +536,18 @@ class Lab:
                         events.emit(self.paths, "destroyed", name, reason="run failed")
             raise
 
-    def _plan_channels(self, m: Manifest, o: RunOptions) -> list[ChannelSpec]:
+    def _plan_channels(self, m: Manifest, o: RunOptions, backend: str) -> list[ChannelSpec]:
         """The channels of a new guest: its ``--channel`` ports (with ``--net none``, by
         default the image's), then its links, each joined to a running instance's channel."""
-        from uniklab.channels import ChannelSpec, socket_path
+        from uniklab.channels import BACKENDS, ChannelSpec, socket_path
         from uniklab.state.store import RUNNING
 
         ports = list(o.channels) or (list(m.ports) if o.offline else [])
         links = o.link_requests
         if not ports and not links:
             return []
+        if backend not in BACKENDS:
+            raise UsageError(f"channels are not available on the {backend} backend yet")
         if m.is_rumprun:
             raise UsageError(f"{m.ref} is a rumprun unikernel: no channels (no init of ours)")
         if m.kernel.choice.startswith("specialised"):
