@@ -99,6 +99,9 @@ class InstanceView:
         fw = self.forwards
         if fw:
             return ",".join(f"127.0.0.1:{h}->{g}" for h, g in fw)
+        if not self.row.attachments:  # --net none: reached over its channels
+            ports = [str(c.port) for c in Lab.channels_of(self.row) if c.dir == "in"]
+            return f"channel:{','.join(ports)}" if ports else ""
         found = Reach.known(self.row)
         return found.ip if found else ""
 
@@ -695,6 +698,10 @@ class Lab:
             user = engine.user_net.guest if engine.user_net else None
             return AddressInfo(
                 "127.0.0.1", view.forwards, "user-mode networking (ports forwarded)", guest or user
+            )
+        if not view.row.attachments:
+            raise NotFoundError(
+                f"{name} has no NIC: reach it over its channels (uniklab channel {name} PORT)"
             )
         first = self.reach.first(view.row)
         if first and first.kind != "user" and view.state == RUNNING:
