@@ -76,7 +76,10 @@ and re-checks the device every 200 ms instead of polling it (no spinning).
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
+import logging
 import struct
 import sys
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -87,6 +90,8 @@ from typing import Any, Literal
 
 from uniklab import daemons, validate
 from uniklab.errors import UsageError
+
+log = logging.getLogger(__name__)
 
 HEADER = struct.Struct(">BBHI")  # kind, pad (0), payload length, connection id
 # A frame fits one virtio-serial buffer write (the guest driver takes up to 32 KiB a write).
@@ -257,12 +262,28 @@ def start_proxy(
             for ch in channels
         ]
     }
-    config_path(rundir).write_text(json.dumps(doc, indent=1))
+    with _locked(rundir):
+        config_path(rundir).write_text(json.dumps(doc, indent=1))
+        return _spawn(rundir)
+
+
+@contextlib.contextmanager
+def _locked(rundir: Path) -> Iterator[None]:
+    """One proxy start at a time per instance (a start, a reconcile's restart)."""
+    with open(rundir / "channels.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
+
+
+def _spawn(rundir: Path) -> int:
     log = log_path(rundir)
+    seen = log.stat().st_size if log.exists() else 0
 
     def ready(pid: int) -> bool:
         try:
-            return READY_LINE in log.read_text(errors="replace")
+            with log.open("rb") as f:
+                f.seek(seen)
+                return READY_LINE.encode() in f.read()
         except OSError:
             return False
 
@@ -276,8 +297,28 @@ def start_proxy(
     )
 
 
+def ensure_proxy(rundir: Path) -> int | None:
+    """Start the proxy of a running instance again if it died (killed behind uniklab's
+    back): the guest sees its host reconnect and serves the channels anew.  None when the
+    instance has no channels.  A lock makes two commands reconciling at once start one."""
+    config = config_path(rundir)
+    if not config.exists():
+        return None
+    pid = daemons.find(pid_path(rundir), str(config))
+    if pid is not None:
+        return pid
+    with _locked(rundir):
+        pid = daemons.find(pid_path(rundir), str(config))
+        if pid is None and config.exists():
+            log.info("channel proxy of %s was gone: starting it again", rundir)
+            pid = _spawn(rundir)
+        return pid
+
+
 def stop_proxy(rundir: Path) -> None:
     """Stop the instance's proxy (if it runs) and remove its sockets; safe to call twice."""
+    # The config first: ensure_proxy does not start again what is being stopped.
+    config_path(rundir).unlink(missing_ok=True)
     daemons.stop(daemons.read_pid(pid_path(rundir)), str(config_path(rundir)), grace=2.0)
     for sock in rundir.glob("chan-*.sock"):
         sock.unlink(missing_ok=True)

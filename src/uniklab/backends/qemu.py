@@ -94,6 +94,10 @@ class QemuBackend:
         state = "running"
         if info.state == "T" or files.paused.exists():
             state = "paused"
+        try:
+            channels.ensure_proxy(files.rundir)  # reconciled like the guest it serves
+        except UniklabError as exc:
+            log.warning("%s: channels: %s", handle.name or files.rundir, exc)
         rx_tx = self._net_bytes(handle) if net else None
         return Inspection(
             alive=True,
