@@ -65,6 +65,15 @@ removes its sockets and exits; ``destroy`` also stops it.  A peer guest that die
 gives the other side EOF: its proxy closes the link's connection, whose proxy sends
 CLOSE into the linked guest.
 
+A backend that renders channels (QEMU's does; add its name to ``BACKENDS``): one transport
+per channel, reachable on this machine as a UNIX socket that carries the channel's byte
+stream (QEMU: the virtserialport's chardev); after the guest starts,
+``start_proxy(rundir, spec.channels, transport)`` (``transport(name)`` -> that socket's
+path); ``stop_proxy(rundir)`` in ``stop``/``destroy`` before the runtime directory goes;
+``ensure_proxy(rundir)`` where it reconciles a live guest (``inspect``), which starts a
+killed proxy again (the guest sees its host reconnect: it dropped that channel's
+connections and reset its reader when the host went).
+
 The guest side (``guest/chan.c``)
 ---------------------------------
 The init forks one helper process before the app (a fault in it cannot take PID 1 down)
