@@ -16,8 +16,10 @@ What the user sees
   ``redis-cli -s``, ``socat`` and redis-py's ``unix_socket_path`` work on it as is.
 * ``--link OTHER:PORT[:LOCAL]`` (guest↔guest): inside this guest ``127.0.0.1:LOCAL``
   (default: PORT) listens; each connection to it is joined, on the host, to OTHER's
-  channel socket for PORT (OTHER must have that channel).  LOCAL may not be one of the
-  image's own ports (the app listens there).
+  channel socket for PORT (OTHER must have that channel and be running).  LOCAL may not
+  be one of the image's own ports (the app listens there).  The link names OTHER's
+  socket by path: OTHER stopped and started again is joined again; OTHER destroyed and
+  run anew under the same name is not (its runtime directory is new).
 
 Guest config (``GuestConfig.channels``, the "channels" key of the JSON init.c reads)
 -------------------------------------------------------------------------------------
@@ -47,7 +49,8 @@ both ends speak frames: an 8-byte header ``>BBHI`` = type, pad (0), payload leng
   connection is over on both sides (each frees it, no further frame).
 * ``CLOSE`` (4): the connection is gone (connect refused, reset, error): the receiver
   closes its socket at once and frees ``id``.
-Frames for an unknown id are ignored (a CLOSE crossed them).  There is no per-connection
+Frames for an unknown id are ignored (a CLOSE crossed them).  The guest holds at most 64
+connections at once (chan.c's CONN_MAX): an OPEN beyond that is answered with CLOSE.  There is no per-connection
 flow control: each end stops reading the transport while one connection's backlog is
 full, so a stalled reader stalls the other connections of its channel (bounded memory,
 no loss).
