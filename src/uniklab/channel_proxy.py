@@ -42,7 +42,6 @@ class _Conn:
     writer: asyncio.StreamWriter
     sent_eof: bool = False
     got_eof: bool = False
-    pump: asyncio.Task[None] | None = None
 
 
 class _Channel:
@@ -58,6 +57,7 @@ class _Channel:
         self.next_id = 0
         self.tw: asyncio.StreamWriter | None = None
         self.server: asyncio.Server | None = None
+        self.pumps: set[asyncio.Task[None]] = set()  # the links' (the loop keeps weak refs)
 
     async def connect(self) -> asyncio.StreamReader:
         deadline = time.monotonic() + TRANSPORT_WAIT
@@ -89,7 +89,6 @@ class _Channel:
         conn = self.next_id
         self.conns[conn] = c = _Conn(w)
         self.send(Kind.OPEN, conn)
-        c.pump = asyncio.current_task()
         await self._pump(conn, c, r)
 
     async def _pump(self, conn: int, c: _Conn, r: asyncio.StreamReader) -> None:
@@ -118,9 +117,8 @@ class _Channel:
             return
         if tell:
             self.send(Kind.CLOSE, conn)
+        # Closed, not cancelled: its pump then reads EOF and ends on its own.
         c.writer.close()
-        if c.pump is not None and c.pump is not asyncio.current_task():
-            c.pump.cancel()
 
     async def _open_link(self, conn: int) -> None:
         """The guest opened ``conn`` on a link: join it to the target socket."""
@@ -130,7 +128,8 @@ class _Channel:
             self.send(Kind.CLOSE, conn)
             return
         self.conns[conn] = c = _Conn(w)
-        c.pump = asyncio.create_task(self._pump(conn, c, r))
+        self.pumps.add(task := asyncio.create_task(self._pump(conn, c, r)))
+        task.add_done_callback(self.pumps.discard)
 
     async def run(self, reader: asyncio.StreamReader) -> None:
         decoder = Decoder()

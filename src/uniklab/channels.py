@@ -50,10 +50,10 @@ both ends speak frames: an 8-byte header ``>BBHI`` = type, pad (0), payload leng
 * ``CLOSE`` (4): the connection is gone (connect refused, reset, error): the receiver
   closes its socket at once and frees ``id``.
 Frames for an unknown id are ignored (a CLOSE crossed them).  The guest holds at most 64
-connections at once (chan.c's CONN_MAX): an OPEN beyond that is answered with CLOSE.  There is no per-connection
-flow control: each end stops reading the transport while one connection's backlog is
-full, so a stalled reader stalls the other connections of its channel (bounded memory,
-no loss).
+connections at once (chan.c's CONN_MAX): an OPEN beyond that is answered with CLOSE.
+There is no per-connection flow control: each end stops reading the transport while one
+connection's backlog is full, so a stalled reader stalls the other connections of its
+channel (bounded memory, no loss).
 
 The host side: one proxy daemon per instance
 --------------------------------------------

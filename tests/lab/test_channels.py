@@ -10,6 +10,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import threading
 import time
 from pathlib import Path
 
@@ -55,6 +56,39 @@ def _roundtrip(path: str, request: bytes) -> bytes:
         return out
 
 
+def _concurrent_clients_get_what_they_set(path: str) -> None:
+    """Clients at once, values up to 300 KB (frames cut and joined, backlogs filling),
+    and pipelined bursts: each gets back exactly what it wrote."""
+    errors: list[str] = []
+
+    def client(i: int) -> None:
+        try:
+            r = redis.Redis(unix_socket_path=path, protocol=2, socket_timeout=WAIT)
+            for j in range(6):
+                value = os.urandom((10, 20_000, 300_000)[(i + j) % 3])
+                r.set(f"w{i}", value)
+                if r.get(f"w{i}") != value:
+                    errors.append(f"client {i}: value {j} came back changed")
+            pipe = r.pipeline(transaction=False)
+            for j in range(100):
+                pipe.set(f"p{i}:{j}", str(j) * 40)
+            pipe.execute()
+            if r.mget([f"p{i}:{j}" for j in range(100)]) != [
+                (str(j) * 40).encode() for j in range(100)
+            ]:
+                errors.append(f"client {i}: pipelined values came back changed")
+            r.close()
+        except redis.RedisError as exc:
+            errors.append(f"client {i}: {exc}")
+
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(WAIT * 4)
+    assert not any(t.is_alive() for t in threads) and errors == []
+
+
 def test_guest_without_nic_over_its_channel(
     lab: Lab, lab_home: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -79,6 +113,7 @@ def test_guest_without_nic_over_its_channel(
             c.set(f"c{i}", i)
         assert [int(c.get(f"c{i}") or -1) for i, c in enumerate(clients)] == [0, 1, 2, 3]
         assert len({c.client_id() for c in clients}) == 4
+        _concurrent_clients_get_what_they_set(path)
         with inst.channel(6379) as s:
             s.sendall(b"PING\r\n")
             assert s.recv(100) == b"+PONG\r\n"
