@@ -18,8 +18,9 @@ What the user sees
   (default: PORT) listens; each connection to it is joined, on the host, to OTHER's
   channel socket for PORT (OTHER must have that channel and be running).  LOCAL may not
   be one of the image's own ports (the app listens there).  The link names OTHER's
-  socket by path: OTHER stopped and started again is joined again; OTHER destroyed and
-  run anew under the same name is not (its runtime directory is new).
+  socket by path, found again by OTHER's name when this instance starts (``start``, a
+  restart policy): OTHER stopped and started is joined again at once; OTHER destroyed
+  and run anew under the same name, once this instance starts again.
 
 Guest config (``GuestConfig.channels``, the "channels" key of the JSON init.c reads)
 -------------------------------------------------------------------------------------
@@ -179,6 +180,7 @@ class ChannelSpec:
     port: int
     dir: Literal["in", "out"] = "in"
     target: str | None = None
+    peer: str | None = None  # "out": "OTHER:PORT", whose channel ``target`` is
 
     @property
     def name(self) -> str:
@@ -186,11 +188,16 @@ class ChannelSpec:
         return f"{NAME_PREFIX}{self.port}" if self.dir == "in" else f"{NAME_PREFIX}l{self.port}"
 
     def to_json(self) -> dict[str, object]:
-        return {"port": self.port, "dir": self.dir, "target": self.target}
+        return {"port": self.port, "dir": self.dir, "target": self.target, "peer": self.peer}
 
     @classmethod
     def from_json(cls, d: Mapping[str, Any]) -> ChannelSpec:
-        return cls(port=int(d["port"]), dir=d.get("dir", "in"), target=d.get("target"))
+        return cls(
+            port=int(d["port"]),
+            dir=d.get("dir", "in"),
+            target=d.get("target"),
+            peer=d.get("peer"),
+        )
 
 
 def socket_path(rundir: Path, port: int) -> Path:

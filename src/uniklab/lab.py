@@ -258,7 +258,8 @@ class Lab:
         if row.spec.get("restart") != "on-failure" or not launch or restarts >= MAX_RESTARTS:
             return False
         try:
-            handle = self.backend_of(row).create(spec_from_json(launch))
+            spec = self._relinked(spec_from_json(launch))
+            handle = self.backend_of(row).create(spec)
         except UniklabError as exc:
             log.warning("restarting %s failed: %s", row.name, exc)
             return False
@@ -577,8 +578,26 @@ class Lab:
                     f"(run it with --channel {lk.port})"
                 )
             target = socket_path(Path(str(other.runtime["rundir"])), lk.port)
-            out.append(ChannelSpec(lk.local, "out", str(target)))
+            out.append(ChannelSpec(lk.local, "out", str(target), f"{lk.other}:{lk.port}"))
         return out
+
+    def _relinked(self, spec: InstanceSpec) -> InstanceSpec:
+        """``spec`` with each link's target found again by its instance's name (which may
+        have been destroyed and run anew since): what a new launch of it joins."""
+        import dataclasses
+
+        from uniklab.channels import parse_link, socket_path
+
+        rundirs = {r.name: r.runtime.get("rundir") for r in self.store.instances()}
+        chans = []
+        for ch in spec.channels:
+            if ch.peer:
+                peer = parse_link(ch.peer)
+                if rundirs.get(peer.other):
+                    rundir = Path(str(rundirs[peer.other]))
+                    ch = dataclasses.replace(ch, target=str(socket_path(rundir, peer.port)))
+            chans.append(ch)
+        return dataclasses.replace(spec, channels=tuple(chans))
 
     @staticmethod
     def channels_of(row: InstanceRow) -> list[ChannelSpec]:
@@ -807,7 +826,7 @@ class Lab:
         launch = row.runtime.get("launch")
         if not launch:
             raise UsageError(f"cannot start {name}: it has no launch record (destroy it)")
-        spec = self._with_free_ports(row, spec_from_json(launch))
+        spec = self._relinked(self._with_free_ports(row, spec_from_json(launch)))
         handle = self.backend_of(row).create(spec)
         runtime = {k: v for k, v in row.runtime.items() if k not in ("stopping", "exit_status")}
         self.store.update(

@@ -125,7 +125,8 @@ def _spec(channels: tuple[ChannelSpec, ...]) -> InstanceSpec:
 
 
 def test_qemu_renders_a_virtserialport_per_channel() -> None:
-    spec = _spec((ChannelSpec(6379), ChannelSpec(16379, "out", "/run/ukl/2/chan-6379.sock")))
+    link = ChannelSpec(16379, "out", "/run/ukl/2/chan-6379.sock", "m:6379")
+    spec = _spec((ChannelSpec(6379), link))
     argv = build_argv(spec, accel="tcg", tsc_khz=None)
     at = argv.index("virtio-serial-device,id=vser0")
     assert argv[at - 1] == "-device"

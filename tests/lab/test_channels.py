@@ -175,7 +175,15 @@ def test_replication_over_a_link_without_nics(lab: Lab, lab_home: Path) -> None:
         lambda: r.info("replication")["master_link_status"] == "down",
     )
     assert "Connection with master lost" in lab.logs("replica")
-    lab.destroy("replica")
+    # A new master under the old name: the replica, started again, finds it by that name.
+    lab.run("redis", RunOptions(name="master", net="none"))
+    m = redis.Redis(unix_socket_path=str(lab.channel("master", 6379)), protocol=2)
+    m.set("greeting", "hello again")
+    lab.restart("replica", timeout=5)
+    r = redis.Redis(unix_socket_path=str(lab.channel("replica", 6379)), protocol=2)
+    _until("the replica follows the new master", lambda: r.get("greeting") == b"hello again")
+    for name in ("master", "replica"):
+        lab.destroy(name)
     assert not _proxies(lab_home)
     assert_nothing_left(lab_home)
 
