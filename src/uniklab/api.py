@@ -143,6 +143,16 @@ class Instance:
             )
         return ep.host, ep.port
 
+    @property
+    def has_nic(self) -> bool:
+        """False for an instance run with ``net="none"`` (reached over its channels)."""
+        return bool(self._view.row.attachments)
+
+    @property
+    def channels(self) -> list[int]:
+        """The guest ports it serves over channels (``channel_path`` of each)."""
+        return [c.port for c in Lab.channels_of(self._view.row) if c.dir == "in"]
+
     def channel_path(self, guest_port: int) -> Path:
         """The host's UNIX socket of the instance's channel to ``guest_port`` (``--channel``;
         see ``uniklab.channels``): any number of clients, each a connection in the guest."""
@@ -182,7 +192,7 @@ class Instance:
         kwargs.setdefault("protocol", 2)
         kwargs.setdefault("socket_timeout", 10)
         kwargs.setdefault("socket_connect_timeout", 10)
-        if via == "channel" or (via == "auto" and not self.reload().row.attachments):
+        if via == "channel" or (via == "auto" and not self.has_nic):
             return redis.Redis(unix_socket_path=str(self.channel_path(port)), **kwargs)
         host, hport = self.endpoint(port)
         ns = self.netns

@@ -144,3 +144,18 @@ def test_qemu_renders_a_virtserialport_per_channel() -> None:
     assert spec_from_json(spec_to_json(spec)) == spec
     again = spec_from_json({k: v for k, v in spec_to_json(spec).items() if k != "channels"})
     assert again == dataclasses.replace(spec, channels=())
+
+
+def test_a_spec_links_to_instances_declared_before() -> None:
+    from uniklab.testing.spec import parse
+
+    head = '[[tests]]\nname = "t"\ncommand = "true"\n'
+    ok = parse(
+        head + '[[instances]]\nname = "m"\nimage = "redis"\nnets = ["none"]\n'
+        '[[instances]]\nname = "r"\nimage = "redis"\nnets = ["none"]\nlinks = ["m:6379:16379"]\n',
+        "ok.toml",
+    )
+    links = ok.instances[1].options(name="r-abc123").link_requests
+    assert links == (Link("m-abc123", 6379, 16379),)
+    with pytest.raises(UsageError, match="link m:6379: not an instance declared before it"):
+        parse(head + '[[instances]]\nname = "r"\nimage = "redis"\nlinks = ["m:6379"]\n', "bad")

@@ -248,3 +248,35 @@ def test_bad_channel_requests_are_one_line_errors(
         lab.run("redis", RunOptions(net="none", links=["plain:6379:16379"]))
     lab.destroy("plain")
     assert_nothing_left(lab_home)
+
+
+@pytest.mark.skipif(shutil.which("redis-cli") is None, reason="needs redis-cli")
+def test_uniklab_test_over_channels(lab_home: Path, tmp_path: Path) -> None:
+    spec = tmp_path / "lab.toml"
+    spec.write_text(
+        """
+[[instances]]
+name = "master"
+image = "redis:latest"
+nets = ["none"]
+
+[[instances]]
+name = "replica"
+image = "redis:latest"
+nets = ["none"]
+links = ["master:6379:16379"]
+args = ["--replicaof", "127.0.0.1", "16379"]
+
+[[tests]]
+name = "ping over the channel"
+command = ["redis-cli", "-s", "${MASTER_SOCKET}", "ping"]
+expect_stdout = "PONG"
+
+[[tests]]
+name = "the replica is a replica"
+command = ["redis-cli", "-s", "${REPLICA_SOCKET_6379}", "role"]
+expect_stdout = "slave"
+"""
+    )
+    assert main(["test", str(spec)]) == 0
+    assert_nothing_left(lab_home)
