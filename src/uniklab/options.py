@@ -44,6 +44,7 @@ class RunFields(TypedDict, total=False):
     disks: Sequence[str | tuple[str, str]]
     channels: Sequence[int]
     links: Sequence[str]
+    offline: bool
 
 
 def disk_requests(disks: Sequence[str | tuple[str, str]]) -> tuple[tuple[str, str], ...]:
@@ -105,6 +106,8 @@ class RunOptions:
     # image's ports.  Links: "OTHER:PORT[:LOCAL]", a guest port of another instance.
     channels: Sequence[int] = ()
     links: Sequence[str] = ()
+    # No NIC at all: what net="none" (--net none) sets; kept by dataclasses.replace.
+    offline: bool = False
 
     def __post_init__(self) -> None:
         def put(name: str, value: object) -> None:
@@ -135,12 +138,14 @@ class RunOptions:
                 validate.port(host_port, "host port")
             pairs.append((int(host_port or 0), int(guest)))
         put("publish", tuple(pairs))
-        offline = self.net == NO_NET or (
+        if not isinstance(self.offline, bool):
+            raise UsageError(f"invalid offline {validate.short(self.offline)}: True or False")
+        offline = self.offline or self.net == NO_NET or (
             isinstance(self.net, Sequence)
             and not isinstance(self.net, str)
             and NO_NET in self.net
         )
-        if offline and self.net not in (NO_NET, [NO_NET], (NO_NET,)):
+        if offline and self.net not in (NO_NET, [NO_NET], (NO_NET,), (), [], None):
             raise UsageError("--net none means no NIC: not with another --net")
         if offline and self.publish:
             raise UsageError("-p publishes ports of the user-mode network; not with --net none")
@@ -154,8 +159,6 @@ class RunOptions:
         put("links", tuple(parse_link(v) for v in self.links))
         if self.host != "auto":  # `--host auto` is placed by the lab
             validate.name(self.host, "host name")
-
-    offline: bool = field(default=False, init=False)  # --net none
 
     @property
     def link_requests(self) -> tuple[Link, ...]:

@@ -89,6 +89,8 @@ def test_run_options_for_channels() -> None:
     assert o.offline and o.nets == () and o.channels == (6379, 16379)
     assert o.link_requests == (Link("m", 6379, 16380),)
     assert not RunOptions().offline
+    again = dataclasses.replace(o, name="x")  # as the rumprun verb re-places options
+    assert again.offline and again.link_requests == o.link_requests and again.nets == ()
     for bad in (
         {"channels": [0]},
         {"channels": ["x"]},
