@@ -111,6 +111,7 @@ HEADER = struct.Struct(">BBHI")  # kind, pad (0), payload length, connection id
 MAX_PAYLOAD = 16384
 NAME_PREFIX = "uniklab."
 BACKENDS = ("qemu",)  # the backends that render channels
+MAX_CHANNELS = 16  # per guest, links included (chan.h's CHAN_MAX)
 
 
 class Kind(IntEnum):

@@ -543,13 +543,15 @@ class Lab:
     def _plan_channels(self, m: Manifest, o: RunOptions, backend: str) -> list[ChannelSpec]:
         """The channels of a new guest: its ``--channel`` ports (with ``--net none``, by
         default the image's), then its links, each joined to a running instance's channel."""
-        from uniklab.channels import BACKENDS, ChannelSpec, socket_path
+        from uniklab.channels import BACKENDS, MAX_CHANNELS, ChannelSpec, socket_path
         from uniklab.state.store import RUNNING
 
         ports = list(o.channels) or (list(m.ports) if o.offline else [])
         links = o.link_requests
         if not ports and not links:
             return []
+        if len(ports) + len(links) > MAX_CHANNELS:
+            raise UsageError(f"at most {MAX_CHANNELS} channels and links per guest")
         if backend not in BACKENDS:
             raise UsageError(f"channels are not available on the {backend} backend yet")
         if m.is_rumprun:

@@ -235,6 +235,7 @@ def test_bad_channel_requests_are_one_line_errors(
         (["run", "redis", "--link", "nobody:6379:16379"], "nobody"),
         (["run", "redis", "--link", "nobody:6379"], "own port"),
         (["run", "redis", "--net", "none", "-p", "6379"], "--net none"),
+        (["run", "redis", *[f"--channel={p}" for p in range(7000, 7017)]], "at most 16"),
         (["channel", "nobody", "6379"], "nobody"),
         (["channel", "nobody", "99999"], "invalid channel port"),
     ]
