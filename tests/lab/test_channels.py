@@ -10,6 +10,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -280,4 +281,18 @@ expect_stdout = "slave"
 """
     )
     assert main(["test", str(spec)]) == 0
+    assert_nothing_left(lab_home)
+
+
+@pytest.mark.parametrize("point", ["create.before_channels", "run.after_create"])
+def test_a_killed_run_leaves_no_proxy(lab_home: Path, point: str) -> None:
+    """`run` killed (SIGKILL) with QEMU up, before or after its proxy started: the next
+    command removes the guest, its proxy and its sockets."""
+    env = {**os.environ, "UNIKLAB_HOME": str(lab_home), "UNIKLAB_CRASH_AT": point}
+    argv = [sys.executable, "-m", "uniklab", "run", "redis", "--name", "v", "--net", "none"]
+    r = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=180)
+    assert r.returncode == -9, r.stderr
+    assert bool(_proxies(lab_home)) == (point == "run.after_create")
+    assert main(["ps"]) == 0
+    assert not _proxies(lab_home)
     assert_nothing_left(lab_home)

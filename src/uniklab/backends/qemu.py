@@ -14,7 +14,7 @@ import shutil
 from collections.abc import Generator
 from pathlib import Path
 
-from uniklab import channels, consoles, daemons
+from uniklab import channels, consoles, daemons, faults
 from uniklab.backends import hostinfo, netdev, qemu_process, qmp
 from uniklab.backends.base import (
     Check,
@@ -62,6 +62,7 @@ class QemuBackend:
         )
         pid = qemu_process.launch(argv, files, timeout=30, executor=self.executor)
         if spec.channels:
+            faults.point("create.before_channels")
             try:
                 channels.start_proxy(spec.rundir, spec.channels, files.channel_transport)
             except BaseException:
