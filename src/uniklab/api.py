@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
+import socket
 from collections.abc import Generator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -136,6 +137,11 @@ class Instance:
         validate.port(guest_port, "guest port")
         view = self.reload()
         ep = self._client.lab.endpoint(view, guest_port)
+        if ep.path is not None:
+            raise NotFoundError(
+                f"{self.name} has no NIC: reach port {guest_port} over its channel "
+                "(channel(), channel_path(), redis(via='channel'))"
+            )
         if ep.port is None:
             published = ", ".join(str(g) for _h, g in view.forwards) or "none"
             raise NotFoundError(
@@ -143,19 +149,58 @@ class Instance:
             )
         return ep.host, ep.port
 
+    @property
+    def has_nic(self) -> bool:
+        """False for an instance run with ``net="none"`` (reached over its channels)."""
+        return bool(self._view.row.attachments)
+
+    @property
+    def channels(self) -> list[int]:
+        """The guest ports it serves over channels (``channel_path`` of each)."""
+        return [c.port for c in Lab.channels_of(self._view.row) if c.dir == "in"]
+
+    def channel_path(self, guest_port: int) -> Path:
+        """The host's UNIX socket of the instance's channel to ``guest_port`` (``--channel``;
+        see ``uniklab.channels``): any number of clients, each a connection in the guest."""
+        return self._client.lab.channel(self.name, guest_port)
+
+    def channel(self, guest_port: int, *, timeout: float = 10.0) -> socket.socket:
+        """A stream socket connected over the channel to ``127.0.0.1:guest_port`` in the
+        guest (``timeout``: for the connect and as the socket's timeout)."""
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            s.settimeout(timeout)
+            s.connect(str(self.channel_path(guest_port)))
+        except BaseException:
+            s.close()
+            raise
+        return s
+
     # -- clients --------------------------------------------------------------------------
-    def redis(self, port: int = 6379, **kwargs: Any) -> redis.Redis:
+    def redis(
+        self,
+        port: int = 6379,
+        *,
+        via: Literal["auto", "network", "channel"] = "auto",
+        **kwargs: Any,
+    ) -> redis.Redis:
         """A redis-py client bound to the instance.
 
-        For an instance in another network namespace its connections are created inside
-        that namespace (a socket belongs to the namespace it was made in).  It speaks
-        RESP2 unless told otherwise: redis-py >= 8 opens with HELLO (RESP3), which a Redis
+        ``via``: "network" (its forwarded port or address), "channel" (its channel's UNIX
+        socket), "auto": the channel when the instance has no NIC, else the network.  For
+        an instance in another network namespace its connections are created inside that
+        namespace (a socket belongs to the namespace it was made in).  It speaks RESP2
+        unless told otherwise: redis-py >= 8 opens with HELLO (RESP3), which a Redis
         before 6 (the rumprun image's 3.0.6) refuses.
         """
-        host, hport = self.endpoint(port)
+        if via not in ("auto", "network", "channel"):
+            raise UsageError(f"invalid via {via!r}: auto, network or channel")
         kwargs.setdefault("protocol", 2)
         kwargs.setdefault("socket_timeout", 10)
         kwargs.setdefault("socket_connect_timeout", 10)
+        if via == "channel" or (via == "auto" and not self.has_nic):
+            return redis.Redis(unix_socket_path=str(self.channel_path(port)), **kwargs)
+        host, hport = self.endpoint(port)
         ns = self.netns
         if ns is None:
             return redis.Redis(host=host, port=hport, **kwargs)

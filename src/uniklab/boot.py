@@ -18,8 +18,9 @@ from uniklab import run_plan, validate
 from uniklab.backends.base import InstanceSpec
 from uniklab.backends.registry import BackendType
 from uniklab.bake.image import ImageStore, Manifest
+from uniklab.channels import ChannelSpec
 from uniklab.errors import UsageError
-from uniklab.guest.config import GuestConfig
+from uniklab.guest.config import Channel, GuestConfig
 from uniklab.guest.rumprun import RumprunConfig, RumprunNet
 from uniklab.net.attachment import Attachment
 
@@ -37,6 +38,7 @@ class BootRequest:
     memory_mb: int
     vcpus: int
     rundir: Path
+    channels: Sequence[ChannelSpec] = ()  # uniklab.channels
 
 
 def instance_spec(
@@ -53,6 +55,7 @@ def instance_spec(
         rundir=req.rundir,
         nics=tuple(req.nics),
         netns=req.nics[0].netns if req.nics else None,
+        channels=tuple(req.channels),
     )
     if m.is_rumprun:
         try:
@@ -84,6 +87,7 @@ def instance_spec(
         net=guest_nics,
         dns=dns,
         timesrc=req.time_source,
+        channels=[Channel(name=c.name, port=c.port, dir=c.dir) for c in req.channels],
     )
     try:
         encoded = gcfg.encode()

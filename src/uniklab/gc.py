@@ -16,8 +16,9 @@ import logging
 import shutil
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
-from uniklab import daemons
+from uniklab import channels, daemons
 from uniklab.backends import registry
 from uniklab.backends.base import Backend, Owned
 from uniklab.errors import HostUnreachableError, StoreDamagedError, UniklabError
@@ -26,7 +27,7 @@ from uniklab.hosts.inventory import Host
 from uniklab.lab import Lab
 from uniklab.net import links
 from uniklab.net.service import short_hash
-from uniklab.state.store import InstanceRow
+from uniklab.state.store import CRASHED, EXITED, STOPPED, InstanceRow
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +41,7 @@ Connect = Callable[[Host], Executor]
 
 @dataclass(frozen=True)
 class Leftover:
-    kind: str  # process | rundir | tap | bridge | staging | image | domain | domain-cfg
+    kind: str  # process | rundir | socket | tap | bridge | staging | image | domain | domain-cfg
     name: str
     detail: str
     marker: str = ""  # for processes: what their command line must contain to be ours
@@ -164,6 +165,7 @@ def _local(lab: Lab, rows: list[InstanceRow], *, store_lost: bool = False) -> li
     for d in sorted(lab.paths.run.iterdir()) if lab.paths.run.exists() else []:
         if str(d) not in rundirs:
             found.append(Leftover("rundir", str(d), "runtime directory of no instance"))
+    found += _channel_leftovers(rows)
     tag = short_hash(str(lab.networks.rundir))
     taps = {n.tap for r in rows for n in r.attachments if n.tap}
     for t in links.taps(f"ukt{tag}"):
@@ -182,6 +184,30 @@ def _local(lab: Lab, rows: list[InstanceRow], *, store_lost: bool = False) -> li
     for d in lab.paths.images.iterdir():
         if not d.name.startswith(".") and d.name not in digests:
             found.append(Leftover("image", str(d), "image no tag or instance uses"))
+    return found
+
+
+def _channel_leftovers(rows: Sequence[InstanceRow]) -> list[Leftover]:
+    """Channel proxies of instances that no longer run (their backend stops them), and
+    channel sockets whose proxy is gone (a client would connect to nothing)."""
+    found: list[Leftover] = []
+    for r in rows:
+        if not r.runtime.get("rundir"):
+            continue
+        rundir = Path(str(r.runtime["rundir"]))
+        pid = daemons.find(channels.pid_path(rundir), str(channels.config_path(rundir)))
+        if pid is not None and r.state in (STOPPED, EXITED, CRASHED):
+            found.append(
+                Leftover(
+                    "process",
+                    str(pid),
+                    f"channel proxy of {r.name}, which is {r.state}",
+                    marker=str(channels.config_path(rundir)),
+                )
+            )
+        if pid is None:
+            for sock in sorted(rundir.glob("chan-*.sock")):
+                found.append(Leftover("socket", str(sock), f"channel of {r.name} with no proxy"))
     return found
 
 
@@ -205,6 +231,8 @@ def remove(
                 daemons.stop(int(item.name), item.marker, grace=3.0)
             elif item.kind in ("rundir", "staging", "image"):
                 shutil.rmtree(item.name, ignore_errors=True)
+            elif item.kind == "socket":
+                Path(item.name).unlink(missing_ok=True)
             elif item.kind in ("tap", "bridge"):
                 links.delete_link(item.name)
         except UniklabError as exc:

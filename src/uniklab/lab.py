@@ -37,6 +37,7 @@ if TYPE_CHECKING:
     from uniklab.bake import baker, recipe
     from uniklab.bake.image import Manifest
     from uniklab.buildcache import Progress
+    from uniklab.channels import ChannelSpec
     from uniklab.hosts.inventory import Host
     from uniklab.net.attachment import Attachment
     from uniklab.options import DEFAULT_WAIT as DEFAULT_WAIT
@@ -98,6 +99,9 @@ class InstanceView:
         fw = self.forwards
         if fw:
             return ",".join(f"127.0.0.1:{h}->{g}" for h, g in fw)
+        if not self.row.attachments:  # --net none: reached over its channels
+            ports = [str(c.port) for c in Lab.channels_of(self.row) if c.dir == "in"]
+            return f"channel:{','.join(ports)}" if ports else ""
         found = Reach.known(self.row)
         return found.ip if found else ""
 
@@ -254,7 +258,8 @@ class Lab:
         if row.spec.get("restart") != "on-failure" or not launch or restarts >= MAX_RESTARTS:
             return False
         try:
-            handle = self.backend_of(row).create(spec_from_json(launch))
+            spec = self._relinked(spec_from_json(launch))
+            handle = self.backend_of(row).create(spec)
         except UniklabError as exc:
             log.warning("restarting %s failed: %s", row.name, exc)
             return False
@@ -438,7 +443,7 @@ class Lab:
         engine = registry.for_host(host)
         backend_name = engine.name
         nets = o.nets
-        if not engine.user_networking:
+        if not engine.user_networking and not o.offline:
             if o.publish:
                 raise UsageError(
                     f"a {engine.name.capitalize()} guest on {host.name} joins a bridge there: "
@@ -460,9 +465,10 @@ class Lab:
         if m.is_rumprun and len(nets) > 1:
             # rumprun's config.c: 'currently only 1 "net" configuration is supported'
             raise UsageError(f"{m.ref} is a rumprun unikernel: it takes one NIC (one --net)")
+        chans = self._plan_channels(m, o, engine.name)
         name = o.name or self._new_name(m.name)
         memory = o.memory_mb if o.memory_mb is not None else validate.memory_mb(m.memory)
-        wanted = [] if nets else (list(o.publish) or [(0, p) for p in m.ports])
+        wanted = [] if nets or o.offline else (list(o.publish) or [(0, p) for p in m.ports])
         if len({h for h, _ in wanted if h}) != len([h for h, _ in wanted if h]):
             raise ConflictError("a host port is published twice")
         row = self.store.reserve(
@@ -483,7 +489,7 @@ class Lab:
             # Claimed in the store, so two concurrent runs never pick the same free port.
             forwards = self.store.claim_ports(row.id, wanted, free_port, port_free)
             others = [r for r in self.store.instances() if r.id != row.id]
-            nics = run_plan.plan_attachments(
+            nics = [] if o.offline else run_plan.plan_attachments(
                 engine, nets, name, row.id, self.networks, others, forwards, host.name
             )
             spec = boot.instance_spec(
@@ -500,6 +506,7 @@ class Lab:
                     memory_mb=memory,
                     vcpus=o.vcpus,
                     rundir=rundir,
+                    channels=chans,
                 ),
             )
             # Recorded before anything is made, so a crash leaves a plan to undo.
@@ -538,6 +545,90 @@ class Lab:
                     if handle is not None:
                         events.emit(self.paths, "destroyed", name, reason="run failed")
             raise
+
+    def _plan_channels(self, m: Manifest, o: RunOptions, backend: str) -> list[ChannelSpec]:
+        """The channels of a new guest: its ``--channel`` ports (with ``--net none``, by
+        default the image's), then its links, each joined to a running instance's channel."""
+        from uniklab.channels import BACKENDS, MAX_CHANNELS, ChannelSpec, socket_path
+        from uniklab.state.store import RUNNING
+
+        ports = list(o.channels) or (list(m.ports) if o.offline else [])
+        links = o.link_requests
+        if not ports and not links:
+            return []
+        if len(ports) + len(links) > MAX_CHANNELS:
+            raise UsageError(f"at most {MAX_CHANNELS} channels and links per guest")
+        if backend not in BACKENDS:
+            raise UsageError(f"channels are not available on the {backend} backend yet")
+        if m.is_rumprun:
+            raise UsageError(f"{m.ref} is a rumprun unikernel: no channels (no init of ours)")
+        if m.kernel.choice.startswith("specialised"):
+            raise UsageError(
+                f"{m.ref} boots the specialised kernel, which has no virtio_console built in: "
+                "channels need an image baked with the host kernel"
+            )
+        out = [ChannelSpec(p) for p in ports]
+        locals_ = [lk.local for lk in links]
+        if len(set(locals_)) != len(locals_):
+            raise UsageError("two links use the same local port")
+        for lk in links:
+            if lk.local in m.ports:
+                raise UsageError(
+                    f"link {lk.other}:{lk.port}: local port {lk.local} is {m.ref}'s own port: "
+                    f"give another one (--link {lk.other}:{lk.port}:LOCAL)"
+                )
+            other = self.store.instance(lk.other)  # NotFoundError names it
+            if other.state != RUNNING:
+                raise UsageError(f"link {lk.other}:{lk.port}: {lk.other} is {other.state}")
+            if lk.port not in [c.port for c in self.channels_of(other) if c.dir == "in"]:
+                raise UsageError(
+                    f"link {lk.other}:{lk.port}: {lk.other} has no channel to port {lk.port} "
+                    f"(run it with --channel {lk.port})"
+                )
+            target = socket_path(Path(str(other.runtime["rundir"])), lk.port)
+            out.append(ChannelSpec(lk.local, "out", str(target), f"{lk.other}:{lk.port}"))
+        return out
+
+    def _relinked(self, spec: InstanceSpec) -> InstanceSpec:
+        """``spec`` with each link's target found again by its instance's name (which may
+        have been destroyed and run anew since): what a new launch of it joins."""
+        import dataclasses
+
+        from uniklab.channels import parse_link, socket_path
+
+        rundirs = {r.name: r.runtime.get("rundir") for r in self.store.instances()}
+        chans = []
+        for ch in spec.channels:
+            if ch.peer:
+                peer = parse_link(ch.peer)
+                if rundirs.get(peer.other):
+                    rundir = Path(str(rundirs[peer.other]))
+                    ch = dataclasses.replace(ch, target=str(socket_path(rundir, peer.port)))
+            chans.append(ch)
+        return dataclasses.replace(spec, channels=tuple(chans))
+
+    @staticmethod
+    def channels_of(row: InstanceRow) -> list[ChannelSpec]:
+        from uniklab.channels import ChannelSpec
+
+        launch = row.runtime.get("launch")
+        found = launch.get("channels", []) if isinstance(launch, dict) else []
+        return [ChannelSpec.from_json(c) for c in found]
+
+    def channel(self, name: str, port: int) -> Path:
+        """The host's UNIX socket of running instance ``name``'s channel to guest ``port``."""
+        from uniklab.channels import socket_path
+        from uniklab.state.store import RUNNING
+
+        validate.port(port, "channel port")
+        row = self.store.instance(name)
+        if port not in [c.port for c in self.channels_of(row) if c.dir == "in"]:
+            raise NotFoundError(
+                f"{name} has no channel to port {port} (run it with --channel {port})"
+            )
+        if row.state != RUNNING:
+            raise UniklabError(f"{name} is {row.state}: its channels are closed")
+        return socket_path(Path(str(row.runtime["rundir"])), port)
 
     def _time_source(self, nic: Attachment, engine: registry.BackendType) -> str | None:
         """Where the guest reads the host's clock: its user-mode network's time service,
@@ -635,6 +726,10 @@ class Lab:
             return AddressInfo(
                 "127.0.0.1", view.forwards, "user-mode networking (ports forwarded)", guest or user
             )
+        if not view.row.attachments:
+            raise NotFoundError(
+                f"{name} has no NIC: reach it over its channels (uniklab channel {name} PORT)"
+            )
         first = self.reach.first(view.row)
         if first and first.kind != "user" and view.state == RUNNING:
             found = self.reach.address(view.row, timeout=timeout)
@@ -643,7 +738,13 @@ class Lab:
         raise NotFoundError(f"{name} has no address reachable from this machine")
 
     def endpoint(self, view: InstanceView, guest_port: int | None) -> probes.Endpoint:
-        """Where a client on this machine connects to ``guest_port`` of the guest."""
+        """Where a client on this machine connects to ``guest_port`` of the guest: a guest
+        without a NIC over its channel to that port."""
+        from uniklab.probes.base import Endpoint
+
+        row = self.store.instance_by_id(view.row.id)
+        if not row.attachments and guest_port is not None:
+            return Endpoint("", guest_port, path=str(self.channel(row.name, guest_port)))
         return self.reach.endpoint(self.store.instance_by_id(view.row.id), guest_port)
 
     def wait_ready(self, view: InstanceView, m: Manifest, *, timeout: float) -> probes.ProbeResult:
@@ -731,7 +832,7 @@ class Lab:
         launch = row.runtime.get("launch")
         if not launch:
             raise UsageError(f"cannot start {name}: it has no launch record (destroy it)")
-        spec = self._with_free_ports(row, spec_from_json(launch))
+        spec = self._relinked(self._with_free_ports(row, spec_from_json(launch)))
         handle = self.backend_of(row).create(spec)
         runtime = {k: v for k, v in row.runtime.items() if k not in ("stopping", "exit_status")}
         self.store.update(

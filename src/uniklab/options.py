@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import TypedDict
 
 from uniklab import validate
+from uniklab.channels import Link, channel_ports, parse_link
 from uniklab.errors import UsageError
 from uniklab.net.attach import NicRequest, check_request, parse_net_option
 
@@ -22,6 +23,7 @@ RESTART_POLICIES = ("no", "on-failure")
 
 NetArg = str | NicRequest
 """A NIC on a network: ``NicRequest`` or the CLI's ``NET[,mac=M][,ip=CIDR][,gw=IP]``."""
+NO_NET = "none"  # --net none: a guest without any NIC (reached over its channels)
 
 
 class RunFields(TypedDict, total=False):
@@ -40,6 +42,9 @@ class RunFields(TypedDict, total=False):
     timeout: float | None
     restart: str
     disks: Sequence[str | tuple[str, str]]
+    channels: Sequence[int]
+    links: Sequence[str]
+    offline: bool
 
 
 def disk_requests(disks: Sequence[str | tuple[str, str]]) -> tuple[tuple[str, str], ...]:
@@ -97,6 +102,12 @@ class RunOptions:
     restart: str = "no"  # or "on-failure": relaunched (up to MAX_RESTARTS) when it crashes
     # Block devices (host file, mount point): rumprun's -b, for rumprun images.
     disks: Sequence[str | tuple[str, str]] = ()
+    # Guest ports reached over channels (uniklab.channels); none with net "none": the
+    # image's ports.  Links: "OTHER:PORT[:LOCAL]", a guest port of another instance.
+    channels: Sequence[int] = ()
+    links: Sequence[str] = ()
+    # No NIC at all: what net="none" (--net none) sets; kept by dataclasses.replace.
+    offline: bool = False
 
     def __post_init__(self) -> None:
         def put(name: str, value: object) -> None:
@@ -127,13 +138,32 @@ class RunOptions:
                 validate.port(host_port, "host port")
             pairs.append((int(host_port or 0), int(guest)))
         put("publish", tuple(pairs))
-        nets = nic_requests(self.net)
+        if not isinstance(self.offline, bool):
+            raise UsageError(f"invalid offline {validate.short(self.offline)}: True or False")
+        offline = self.offline or self.net == NO_NET or (
+            isinstance(self.net, Sequence)
+            and not isinstance(self.net, str)
+            and NO_NET in self.net
+        )
+        if offline and self.net not in (NO_NET, [NO_NET], (NO_NET,), (), [], None):
+            raise UsageError("--net none means no NIC: not with another --net")
+        if offline and self.publish:
+            raise UsageError("-p publishes ports of the user-mode network; not with --net none")
+        nets = () if offline else nic_requests(self.net)
         if nets and self.publish:
             raise UsageError("-p publishes ports of the user-mode network; not with --net")
         put("net", nets)
+        put("offline", offline)
         put("disks", disk_requests(self.disks))
+        put("channels", channel_ports(self.channels))
+        put("links", tuple(parse_link(v) for v in self.links))
         if self.host != "auto":  # `--host auto` is placed by the lab
             validate.name(self.host, "host name")
+
+    @property
+    def link_requests(self) -> tuple[Link, ...]:
+        """The links asked for (normalised ``links``)."""
+        return tuple(v for v in self.links if isinstance(v, Link))
 
     @property
     def nets(self) -> tuple[NicRequest, ...]:

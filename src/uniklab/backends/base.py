@@ -16,6 +16,7 @@ from uniklab.net import attachment
 from uniklab.net.attachment import Attachment
 
 if TYPE_CHECKING:
+    from uniklab.channels import ChannelSpec
     from uniklab.guest.rumprun import RumprunConfig
 
 
@@ -54,6 +55,7 @@ class InstanceSpec:
     acpi: bool = True
     time_service: bool = True  # offer the host's clock to the guest (user-mode NICs)
     rumprun: RumprunConfig | None = None  # a rumprun unikernel, not a Linux kernel
+    channels: tuple[ChannelSpec, ...] = ()  # byte streams to guest ports (uniklab.channels)
 
     @property
     def guest(self) -> str:
@@ -78,10 +80,12 @@ def spec_to_json(spec: InstanceSpec) -> dict[str, object]:
         "volumes": [str(d) for d in spec.volumes],
         "nics": attachment.to_json(spec.nics),
         "rumprun": None if spec.rumprun is None else spec.rumprun.model_dump(mode="json"),
+        "channels": [c.to_json() for c in spec.channels],
     }
 
 
 def spec_from_json(d: dict[str, Any]) -> InstanceSpec:
+    from uniklab.channels import ChannelSpec
     from uniklab.guest.rumprun import RumprunConfig  # pydantic: not on `ps`'s path
 
     return InstanceSpec(
@@ -100,6 +104,7 @@ def spec_from_json(d: dict[str, Any]) -> InstanceSpec:
         volumes=tuple(Path(x) for x in d.get("volumes", [])),
         nics=tuple(attachment.from_json(d["nics"])),
         rumprun=RumprunConfig.model_validate(d["rumprun"]) if d.get("rumprun") else None,
+        channels=tuple(ChannelSpec.from_json(c) for c in d.get("channels", [])),
     )
 
 

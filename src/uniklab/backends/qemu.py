@@ -14,7 +14,7 @@ import shutil
 from collections.abc import Generator
 from pathlib import Path
 
-from uniklab import consoles, daemons
+from uniklab import channels, consoles, daemons, faults
 from uniklab.backends import hostinfo, netdev, qemu_process, qmp
 from uniklab.backends.base import (
     Check,
@@ -61,6 +61,13 @@ class QemuBackend:
             spec, accel=self.accel, tsc_khz=hostinfo.tsc_khz()
         )
         pid = qemu_process.launch(argv, files, timeout=30, executor=self.executor)
+        if spec.channels:
+            faults.point("create.before_channels")
+            try:
+                channels.start_proxy(spec.rundir, spec.channels, files.channel_transport)
+            except BaseException:
+                qemu_process.shutdown(files, pid, ask_wait=1.0, grace=3.0)
+                raise
         taps = [nic.tap for nic in spec.nics if nic.tap]
         return Handle(
             pid=pid,
@@ -88,6 +95,10 @@ class QemuBackend:
         state = "running"
         if info.state == "T" or files.paused.exists():
             state = "paused"
+        try:
+            channels.ensure_proxy(files.rundir)  # reconciled like the guest it serves
+        except UniklabError as exc:
+            log.warning("%s: channels: %s", handle.name or files.rundir, exc)
         rx_tx = self._net_bytes(handle) if net else None
         return Inspection(
             alive=True,
@@ -141,6 +152,7 @@ class QemuBackend:
         files = self._files(handle)
         if files is not None:
             pid = qemu_process.pid_of(files, handle.pid)
+            channels.stop_proxy(files.rundir)  # before: shutdown removes the directory
             qemu_process.shutdown(files, pid, ask_wait=min(timeout, 3.0), grace=timeout)
 
     def pause(self, handle: Handle) -> None:
@@ -190,6 +202,7 @@ class QemuBackend:
                 grace=3.0,
             )
         files.paused.unlink(missing_ok=True)
+        channels.stop_proxy(files.rundir)
         try:
             with files.console_log.open("rb") as f:
                 f.seek(seen)
@@ -209,10 +222,12 @@ class QemuBackend:
         return str(handle.runtime.get("rundir", ""))
 
     def owned(self, run_root: Path, *, timeout: float = 30.0) -> list[Owned]:
-        """The QEMU processes running out of a runtime directory under ``run_root``."""
+        """The QEMU processes (and their channel proxies) running out of a runtime directory
+        under ``run_root``."""
         prefix = f"{run_root}/"
         out = []
-        for pid, cmd in daemons.scan("qemu-system"):
+        found = daemons.scan("qemu-system") + daemons.scan("-m", channels.PROXY_MODULE)
+        for pid, cmd in found:
             at = cmd.find(prefix)
             if at < 0:
                 continue

@@ -56,6 +56,10 @@ class RunFiles:
     def stderr_log(self) -> Path:
         return self.rundir / "qemu.log"
 
+    def channel_transport(self, name: str) -> Path:
+        """QEMU's end of a channel (a virtserialport's chardev): the channel proxy joins it."""
+        return self.rundir / f"vser-{name}.sock"
+
     @property
     def paused(self) -> Path:
         """Present while uniklab holds the guest paused (QMP ``stop``)."""
@@ -103,6 +107,22 @@ def _netdev(index: int, nic: Attachment, time_service: bool, bus: str) -> list[s
     else:
         raise LaunchError(f"QEMU here cannot join {nic.kind} {nic.bridge or ''}".rstrip())
     return ["-netdev", netdev, "-device", f"virtio-net-{bus},netdev={nid},mac={nic.mac}"]
+
+
+def _channels(spec: InstanceSpec, files: RunFiles, bus: str) -> list[str]:
+    """One virtio-serial controller, a named port per channel on a chardev socket that QEMU
+    serves (wait=off: the proxy connects after QEMU has started)."""
+    if not spec.channels:
+        return []
+    argv = ["-device", f"virtio-serial-{bus},id=vser0"]
+    for i, ch in enumerate(spec.channels):
+        argv += [
+            "-chardev",
+            f"socket,id=ch{i},path={_opt(files.channel_transport(ch.name))},server=on,wait=off",
+            "-device",
+            f"virtserialport,bus=vser0.0,chardev=ch{i},name={ch.name}",
+        ]
+    return argv
 
 
 def _rumprun_cmdline(spec: InstanceSpec) -> str:
@@ -208,6 +228,7 @@ def build_argv(
             "-device",
             f"virtio-blk-{bus},drive=d{i}",
         ]
+    argv += _channels(spec, files, bus)
     if daemonize:
         argv.append("-daemonize")
     return argv

@@ -37,10 +37,11 @@ EROFS = "erofs"
 ROOTS = (INITRAMFS, EROFS)
 # The kernel mounts a disk root itself; its device is the first virtio-blk disk.
 EROFS_CMDLINE = "root=/dev/vda rootfstype=erofs ro init=/init"
-# What every image needs to reach the network on QEMU's microvm (virtio-mmio).
+# What every image needs to reach the network (and channels: virtio_console) on QEMU's
+# microvm (virtio-mmio).
 # The same image boots on both backends: virtio for QEMU's microvm, netfront for Xen PV
 # (each driver refuses to load where its bus is absent, and the init only warns).
-BASE_MODULES = ("virtio_mmio", "virtio_pci", "virtio_net", "xen_netfront")
+BASE_MODULES = ("virtio_mmio", "virtio_pci", "virtio_net", "virtio_console", "xen_netfront")
 # Each backend adds its own console= (ttyS0 on QEMU, hvc0 on Xen).
 BASE_CMDLINE = "reboot=t panic=-1 quiet"
 # glibc >= 2.34 has the "files" NSS service built in, so getpwnam() needs no dlopen'd

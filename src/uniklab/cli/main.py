@@ -33,6 +33,10 @@ VERBS: dict[str, Verb] = {
         "uniklab.cli.bake:bake",
         "Bake RECIPE (a built-in name such as 'redis', or a recipe .toml) into an image.",
     ),
+    "channel": Verb(
+        "uniklab.cli.channel:channel",
+        "Print the host's UNIX socket of instance NAME's channel to guest port PORT.",
+    ),
     "check": Verb(
         "uniklab.cli.check:check",
         "Probe instances (Redis: PING and a SET/GET round trip); non-zero if any fails.",

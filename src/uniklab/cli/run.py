@@ -54,8 +54,25 @@ def _default_wait() -> dict[str, object]:
     "nets",
     multiple=True,
     metavar="NET[,mac=M][,ip=CIDR][,gw=IP]",
-    help="Attach a NIC to a managed network (repeatable); default: user-mode.",
+    help="Attach a NIC to a managed network (repeatable); default: user-mode; "
+    "'none': no NIC (reach the guest over channels).",
     shell_complete=complete.networks,
+)
+@click.option(
+    "--channel",
+    "channel_ports",
+    multiple=True,
+    metavar="PORT",
+    help="A channel to guest port PORT: a UNIX socket on the host, no NIC needed "
+    "(repeatable; with --net none: the image's ports).",
+)
+@click.option(
+    "--link",
+    "links",
+    multiple=True,
+    metavar="OTHER:PORT[:LOCAL]",
+    help="127.0.0.1:LOCAL (default PORT) in the guest reaches PORT of instance OTHER over "
+    "channels (OTHER has --channel PORT; repeatable).",
 )
 @click.option(
     "--host",
@@ -105,6 +122,8 @@ def run(
     env: tuple[str, ...],
     labels: tuple[str, ...],
     nets: tuple[str, ...],
+    channel_ports: tuple[str, ...],
+    links: tuple[str, ...],
     host: str,
     mac: str | None,
     ip_addr: str | None,
@@ -126,14 +145,16 @@ def run(
       uniklab run redis --memory 64M -- --maxmemory 32mb
       uniklab run redis --net lab --ip 10.77.0.20/24 --gateway 10.77.0.1
       uniklab run redis --host xd3 --net xenbr0 --wait
+      uniklab run redis --name m --net none --wait         (channel to 6379)
+      uniklab run redis --net none --link m:6379:16379 -- --replicaof 127.0.0.1 16379
     """
     from rich.markup import escape
 
     from uniklab import validate
     from uniklab.net.attach import NicRequest, parse_net_option
-    from uniklab.options import RunOptions
+    from uniklab.options import NO_NET, RunOptions
 
-    requests = [parse_net_option(n) for n in nets]
+    requests = [parse_net_option(n) for n in nets if n != NO_NET]
     if (mac or ip_addr or gateway) and not requests:
         raise UsageError("--mac, --ip and --gateway go with --net")
     if requests:
@@ -144,7 +165,9 @@ def run(
     opts = RunOptions(
         restart=restart,
         host=host,
-        net=requests,
+        net=[*(n for n in nets if n == NO_NET), *requests],
+        channels=[validate.port(p, "channel port") for p in channel_ports],
+        links=list(links),
         name=name,
         memory=memory,
         vcpus=vcpus,

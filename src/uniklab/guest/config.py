@@ -42,6 +42,17 @@ class Nic(BaseModel):
         return self
 
 
+class Channel(BaseModel):
+    """One channel (see ``uniklab.channels``): its transport name and the guest port it
+    serves ("in": the host connects to 127.0.0.1:port) or listens on ("out": a link)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    name: str = Field(pattern=r"^[a-z0-9.]{1,31}$")
+    port: int = Field(ge=1, le=65535)
+    dir: Literal["in", "out"] = "in"
+
+
 class GuestConfig(BaseModel):
     """Version 1 of the document read by the guest init (``src/uniklab/guest/init.c``)."""
 
@@ -57,6 +68,7 @@ class GuestConfig(BaseModel):
     # "IP:PORT" of a host clock service (one line "SECONDS.NANOS" per TCP connection);
     # tried first, the RTC is the fallback.
     timesrc: str | None = None
+    channels: list[Channel] = Field(default_factory=list)  # see uniklab.channels
 
     @field_validator("env")
     @classmethod
@@ -67,9 +79,10 @@ class GuestConfig(BaseModel):
         return env
 
     def to_json(self) -> str:
-        return json.dumps(
-            self.model_dump(exclude_defaults=False), separators=(",", ":"), ensure_ascii=True
-        )
+        doc = self.model_dump(exclude_defaults=False)
+        if not doc["channels"]:
+            del doc["channels"]  # the command line is short: only a guest with channels
+        return json.dumps(doc, separators=(",", ":"), ensure_ascii=True)
 
     def encode(self) -> str:
         """The ``uniklab.config=...`` kernel parameter."""

@@ -9,6 +9,7 @@
  * PID 1 to end the app the same way. */
 #define _GNU_SOURCE
 #include "b64.h"
+#include "chan.h"
 #include "ctl.h"
 #include "json.h"
 #include "net.h"
@@ -65,6 +66,8 @@ struct config {
     struct jv *dns;     /* J_ARR of J_STR or NULL */
     int clock_rtc;
     const char *timesrc; /* "IP:PORT" of a host clock service, or NULL */
+    struct chan_spec chans[CHAN_MAX]; /* channels (chan.h) */
+    int nchans;
 };
 
 struct image {
@@ -329,6 +332,9 @@ static void load_config(struct config *cfg)
                 fatal("bad config: net[%d] is static but has no addr", i);
         }
     }
+    char cerr[128];
+    if (chan_config(opt(doc, "channels"), cfg->chans, &cfg->nchans, cerr, sizeof cerr))
+        fatal("bad config: %s", cerr);
     free(json);
     free(found);
     /* doc is kept: cfg points into it for the life of init. */
@@ -830,6 +836,7 @@ static int run_app(const struct image *img, const struct config *cfg)
     sigset_t all, old;
     sigfillset(&all);
     sigprocmask(SIG_BLOCK, &all, &old);
+    chan_start(cfg->chans, cfg->nchans); /* a helper process; reaped below like any child */
     pid_t pid = fork();
     if (pid < 0)
         fatal("fork: %s", strerror(errno));

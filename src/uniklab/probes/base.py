@@ -7,6 +7,7 @@ raises ProbeTimeoutError carrying the last error and the console tail.
 
 from __future__ import annotations
 
+import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -21,6 +22,25 @@ class Endpoint:
     host: str
     port: int | None
     netns: str | None = None  # connect from inside this network namespace
+    path: str | None = None  # a UNIX socket instead (a channel: uniklab.channels)
+
+    def connect(self, timeout: float) -> socket.socket:
+        """A connected stream socket to the endpoint."""
+        if self.path is None:
+            if self.port is None:
+                raise ValueError("no port to probe")
+            return socket.create_connection((self.host, self.port), timeout=timeout)
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            s.settimeout(timeout)
+            s.connect(self.path)
+        except BaseException:
+            s.close()
+            raise
+        return s
+
+    def __str__(self) -> str:
+        return self.path or f"{self.host}:{self.port}"
 
 
 @dataclass(frozen=True)

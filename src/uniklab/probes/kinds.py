@@ -27,16 +27,17 @@ class TcpProbe:
     name: str = "tcp"
 
     def attempt(self, endpoint: Endpoint, timeout: float) -> str:
-        with socket.create_connection((endpoint.host, _need_port(endpoint)), timeout=timeout) as s:
-            # QEMU's user-mode forwarder accepts on the host before the guest listens, then
-            # closes when the guest refuses: an immediate EOF means "not yet".
+        with endpoint.connect(timeout) as s:
+            # QEMU's user-mode forwarder (and a channel) accepts on the host before the
+            # guest listens, then closes when the guest refuses: an immediate EOF means
+            # "not yet".
             s.settimeout(0.3)
             try:
                 if s.recv(1, socket.MSG_PEEK) == b"":
                     raise ConnectionError("connection closed at once (nothing listening yet)")
             except TimeoutError:
                 pass
-            return f"connected to {endpoint.host}:{endpoint.port}"
+            return f"connected to {endpoint}"
 
 
 @dataclass(frozen=True)
@@ -47,9 +48,13 @@ class RedisProbe:
     name: str = "redis"
 
     def attempt(self, endpoint: Endpoint, timeout: float) -> str:
+        where: dict[str, object] = (
+            {"unix_socket_path": endpoint.path}
+            if endpoint.path
+            else {"host": endpoint.host, "port": _need_port(endpoint)}
+        )
         client = redis.Redis(
-            host=endpoint.host,
-            port=_need_port(endpoint),
+            **where,  # type: ignore[arg-type]
             protocol=2,
             socket_timeout=timeout,
             socket_connect_timeout=timeout,
@@ -79,6 +84,8 @@ class HttpProbe:
     name: str = "http"
 
     def attempt(self, endpoint: Endpoint, timeout: float) -> str:
+        if endpoint.path:
+            raise ValueError("the http probe does not go over a channel (use a tcp probe)")
         url = f"http://{endpoint.host}:{_need_port(endpoint)}{self.path}"
         req = urllib.request.Request(url, headers={"User-Agent": "uniklab-probe"})
         try:
@@ -97,7 +104,7 @@ class MemcachedProbe:
 
     def attempt(self, endpoint: Endpoint, timeout: float) -> str:
         key, value = f"uniklab-{secrets.token_hex(4)}", secrets.token_hex(8)
-        with socket.create_connection((endpoint.host, _need_port(endpoint)), timeout=timeout) as s:
+        with endpoint.connect(timeout) as s:
             f = s.makefile("rwb")
             f.write(f"set {key} 0 60 {len(value)}\r\n{value}\r\n".encode())
             f.flush()

@@ -64,10 +64,20 @@ class SuiteResult:
 
 def instance_env(decl: InstanceDecl, inst: Instance, ports: list[int]) -> dict[str, str]:
     """NAME_HOST, NAME_PORT, NAME_ADDR (first port), NAME_PORT_<guest> for each port,
-    NAME_INSTANCE (the real instance name) and NAME_NETNS (if bridged in a namespace)."""
+    NAME_INSTANCE (the real instance name) and NAME_NETNS (if bridged in a namespace);
+    NAME_SOCKET_<guest> for each port with a channel and NAME_SOCKET (the first), the only
+    ones of an instance with no NIC (``nets = ["none"]``)."""
     p = decl.env_prefix
+    env = {f"{p}_INSTANCE": inst.name}
+    sockets = [g for g in ports if g in inst.channels]
+    for i, guest in enumerate(sockets):
+        env[f"{p}_SOCKET_{guest}"] = str(inst.channel_path(guest))
+        if i == 0:
+            env[f"{p}_SOCKET"] = env[f"{p}_SOCKET_{guest}"]
+    if not inst.has_nic:
+        return env
     host = inst.address
-    env = {f"{p}_HOST": host, f"{p}_INSTANCE": inst.name}
+    env[f"{p}_HOST"] = host
     if inst.netns:
         env[f"{p}_NETNS"] = inst.netns
     for i, guest in enumerate(ports):

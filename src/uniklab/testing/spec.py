@@ -58,6 +58,9 @@ class InstanceDecl(_Model):
     timeout: float = Field(default=120.0, gt=0)  # seconds to be ready
     host: str = "local"  # an inventory host, or "auto"
     restart: str = "no"
+    channels: list[int] = Field(default_factory=list)  # guest ports over channels
+    # OTHER:PORT[:LOCAL], OTHER an instance declared before this one (its [[instances]] name)
+    links: list[str] = Field(default_factory=list)
 
     @model_validator(mode="after")
     def _options(self) -> InstanceDecl:
@@ -67,7 +70,9 @@ class InstanceDecl(_Model):
     def options(
         self, *, name: str | None = None, labels: dict[str, str] | None = None
     ) -> RunOptions:
-        """This instance's run options, in the vocabulary every face shares."""
+        """This instance's run options, in the vocabulary every face shares.  ``name``
+        (``<decl name><suffix>``): its links name their peers with the same suffix."""
+        suffix = name.removeprefix(self.name) if name else ""
         return RunOptions(
             name=name,
             memory=self.memory,
@@ -80,6 +85,8 @@ class InstanceDecl(_Model):
             host=self.host,
             restart=self.restart,
             timeout=self.timeout,
+            channels=self.channels,
+            links=[link.replace(":", f"{suffix}:", 1) for link in self.links],
         )
 
     @property
@@ -129,6 +136,13 @@ class Spec(_Model):
         clash = {p for p in prefixes if prefixes.count(p) > 1}
         if clash:
             raise ValueError(f"instance names clash as variables: {', '.join(sorted(clash))}")
+        for i, inst in enumerate(self.instances):
+            before = {d.name for d in self.instances[:i]}
+            for link in inst.links:
+                if link.split(":", 1)[0] not in before:
+                    raise ValueError(
+                        f"instance {inst.name}: link {link}: not an instance declared before it"
+                    )
         return self
 
 
