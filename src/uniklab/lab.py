@@ -549,6 +549,7 @@ class Lab:
     def _plan_channels(self, m: Manifest, o: RunOptions, backend: str) -> list[ChannelSpec]:
         """The channels of a new guest: its ``--channel`` ports (with ``--net none``, by
         default the image's), then its links, each joined to a running instance's channel."""
+        from uniklab.bake import kernel_choice
         from uniklab.channels import BACKENDS, MAX_CHANNELS, ChannelSpec, socket_path
         from uniklab.state.store import RUNNING
 
@@ -562,10 +563,12 @@ class Lab:
             raise UsageError(f"channels are not available on the {backend} backend yet")
         if m.is_rumprun:
             raise UsageError(f"{m.ref} is a rumprun unikernel: no channels (no init of ours)")
-        if m.kernel.choice.startswith("specialised"):
+        if m.kernel.choice.startswith("specialised") and not kernel_choice.built_with(
+            m.kernel.choice, "CONFIG_VIRTIO_CONSOLE"
+        ):
             raise UsageError(
-                f"{m.ref} boots the specialised kernel, which has no virtio_console built in: "
-                "channels need an image baked with the host kernel"
+                f"{m.ref} boots a specialised kernel without virtio_console (built before "
+                "channels): rebuild it (uniklab kernel build) and bake the image again"
             )
         out = [ChannelSpec(p) for p in ports]
         locals_ = [lk.local for lk in links]

@@ -124,3 +124,35 @@ def test_kernel_choice_reads_acpi_and_platforms_from_its_config() -> None:
     assert debian.acpi is True and debian.wants_modules
     unknown = KernelChoice("path", Path("/k"), "r", "path", None)
     assert unknown.acpi is True and not unknown.wants_modules
+
+
+def test_built_with_reads_the_images_kernel_build(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from uniklab.bake.kernel_choice import built_with
+    from uniklab.kernel import build as kbuild
+
+    monkeypatch.setenv("UNIKLAB_KERNEL_CACHE", str(tmp_path))
+    entry = kbuild.BuiltKernel("microvm", "k1", tmp_path / "k1")
+    entry.dir.mkdir()
+    entry.config_path.write_text("CONFIG_VIRTIO=y\nCONFIG_VIRTIO_CONSOLE=y\n")
+    assert built_with("specialised:microvm:k1", "CONFIG_VIRTIO_CONSOLE")
+    assert not built_with("specialised:microvm:k1", "CONFIG_XEN_GNTDEV")
+    # A build this machine does not have, a host kernel, a path: not known to have it.
+    assert not built_with("specialised:microvm:k2", "CONFIG_VIRTIO_CONSOLE")
+    assert not built_with("host", "CONFIG_VIRTIO_CONSOLE")
+    assert not built_with("specialised:microvm:../k1", "CONFIG_VIRTIO_CONSOLE")
+
+
+def test_the_specialised_kernels_carry_what_channels_need() -> None:
+    """virtio-serial on QEMU; on Xen, a vchan's event channel, grants and grant mapping."""
+    wanted = kconfig.wanted_options(kconfig.profile_fragments("microvm"))
+    assert wanted["CONFIG_VIRTIO_CONSOLE"] == "y"
+    xen = kconfig.wanted_options(kconfig.profile_fragments("xen"))
+    for sym in (
+        "CONFIG_VIRTIO_CONSOLE",
+        "CONFIG_XEN_DEV_EVTCHN",
+        "CONFIG_XEN_GNTDEV",
+        "CONFIG_XEN_GRANT_DEV_ALLOC",
+    ):
+        assert xen[sym] == "y", sym

@@ -169,5 +169,21 @@ def fast_default() -> tuple[str, str | None] | None:
     return SPECIALISED, "erofs"
 
 
+def built_with(choice: str, symbol: str) -> bool:
+    """Whether the specialised kernel an image records (``specialised:<profile>:<key>``)
+    has ``symbol`` built in, by its build in this machine's cache (False: not known here)."""
+    from uniklab.kernel import build as kbuild
+
+    kind, _, rest = choice.partition(":")
+    profile, _, key = rest.partition(":")
+    if kind != SPECIALISED or not key or "/" in key:
+        return False
+    entry = kbuild.BuiltKernel(profile, key, kbuild.cache_root() / key)
+    try:
+        return entry.has(symbol)
+    except OSError:
+        return False
+
+
 def has_option(config: str, symbol: str) -> bool:
     return f"\n{symbol}=y\n" in f"\n{config}\n"
