@@ -247,6 +247,12 @@ class Backend(Protocol):
         ...
 
     # -- templates and clones (templates.py keeps them; a backend that cannot says so) ---
+    def template_key(self, spec: InstanceSpec) -> dict[str, object]:
+        """What makes a template of ``spec`` differ on this backend (its version,
+        accelerator, the guest's shape in its own words): part of the template's key.
+        ``spec`` comes with its name, paths and host ports made neutral by the caller."""
+        raise UsageError(f"the {self.name} backend cannot make templates")
+
     def save_template(self, handle: Handle, dest: Path) -> None:
         """The guest is ready: pause it, save its state into the directory ``dest`` (made
         by the caller, files of the backend's choosing), then end the guest."""
