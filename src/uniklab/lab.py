@@ -92,6 +92,12 @@ class InstanceView:
         return Reach.forwards(self.row)
 
     @property
+    def clone_of(self) -> str | None:
+        """The key of the template this instance was restored from; None if it booted."""
+        key = self.row.runtime.get("clone_of")
+        return str(key) if key else None
+
+    @property
     def address(self) -> str:
         from uniklab.reach import Reach
 
@@ -121,6 +127,7 @@ class InstanceView:
             "ports": [{"host": h, "guest": g} for h, g in self.forwards],
             "mac": self.row.attachments[0].mac if self.row.attachments else None,
             "accel": self.row.runtime.get("accel"),
+            "clone_of": self.clone_of,
             "labels": self.row.labels,
             "exit_reason": self.row.exit_reason,
             "exit_status": self.row.runtime.get("exit_status"),  # as `stop` heard it
@@ -408,6 +415,9 @@ class Lab:
             )
         self.store.delete_image(m.name, m.tag)
         if not self.store.digest_in_use(m.digest):
+            from uniklab import templates
+
+            templates.remove_image(self.paths, m.digest)
             self.images.remove(m.digest)
         return m
 
@@ -451,6 +461,9 @@ class Lab:
                 f"{m.ref} is a Linux image: --disk attaches block devices to rumprun images "
                 "(a Linux image's files go in its recipe)"
             )
+        from uniklab import templates
+
+        cloned = templates.wanted(o, m, engine)
         if m.is_rumprun and len(nets) > 1:
             # rumprun's config.c: 'currently only 1 "net" configuration is supported'
             raise UsageError(f"{m.ref} is a rumprun unikernel: it takes one NIC (one --net)")
@@ -480,29 +493,29 @@ class Lab:
             nics = run_plan.plan_attachments(
                 engine, nets, name, row.id, self.networks, others, forwards, host.name
             )
-            spec = boot.instance_spec(
-                m,
-                self.images,
-                engine,
-                boot.BootRequest(
-                    name=name,
-                    args=app_args,
-                    env=env,
-                    disks=o.volumes,
-                    nics=nics,
-                    time_source=self._time_source(nics[0], engine) if nics else None,
-                    memory_mb=memory,
-                    vcpus=o.vcpus,
-                    rundir=rundir,
-                ),
+            req = boot.BootRequest(
+                name=name,
+                args=app_args,
+                env=env,
+                disks=o.volumes,
+                nics=nics,
+                time_source=self._time_source(nics[0], engine) if nics else None,
+                memory_mb=memory,
+                vcpus=o.vcpus,
+                rundir=rundir,
             )
+            spec = boot.instance_spec(m, self.images, engine, req)
             # Recorded before anything is made, so a crash leaves a plan to undo.
             self.store.update(row.id, runtime={"rundir": str(rundir)}, attachments=nics)
             faults.point("run.before_taps")
             attach.create_taps(nics)
             faults.point("run.after_taps")
             backend = self.backend(backend_name, spec.kernel, host.name)
-            handle = backend.create(spec)
+            if cloned:
+                wait = o.timeout or DEFAULT_WAIT
+                handle = templates.clone(self, m, engine, backend, req, spec, timeout=wait)
+            else:
+                handle = backend.create(spec)
             faults.point("run.after_create")
             runtime = {**handle.runtime, "launch": spec_to_json(spec), "restarts": 0}
             self.store.update(

@@ -40,6 +40,7 @@ class RunFields(TypedDict, total=False):
     timeout: float | None
     restart: str
     disks: Sequence[str | tuple[str, str]]
+    clone: bool | None
 
 
 def disk_requests(disks: Sequence[str | tuple[str, str]]) -> tuple[tuple[str, str], ...]:
@@ -97,6 +98,9 @@ class RunOptions:
     restart: str = "no"  # or "on-failure": relaunched (up to MAX_RESTARTS) when it crashes
     # Block devices (host file, mount point): rumprun's -b, for rumprun images.
     disks: Sequence[str | tuple[str, str]] = ()
+    # A clone of the template of this image and options (made first if missing: see
+    # uniklab.templates): True, refused with one line if it cannot be; None: when it can.
+    clone: bool | None = False
 
     def __post_init__(self) -> None:
         def put(name: str, value: object) -> None:
@@ -132,6 +136,8 @@ class RunOptions:
             raise UsageError("-p publishes ports of the user-mode network; not with --net")
         put("net", nets)
         put("disks", disk_requests(self.disks))
+        if self.clone not in (True, False, None):
+            raise UsageError(f"invalid clone {validate.short(self.clone)}: True, False or None")
         if self.host != "auto":  # `--host auto` is placed by the lab
             validate.name(self.host, "host name")
 

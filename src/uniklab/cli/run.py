@@ -82,6 +82,13 @@ def _default_wait() -> dict[str, object]:
     metavar="FILE[:MOUNT]",
     help="A writable block device, mounted at MOUNT (rumprun images: rumprun's -b).",
 )
+@click.option(
+    "--template",
+    "clone",
+    is_flag=True,
+    help="Start a clone of this image and options' template (made first if missing: "
+    "one boot): ready without booting.  See 'uniklab template'.",
+)
 @click.option("--wait/--no-wait", default=False, help="Wait until the image's probe passes.")
 @click.option(
     "--timeout",
@@ -111,6 +118,7 @@ def run(
     gateway: str | None,
     restart: str,
     disks: tuple[str, ...],
+    clone: bool,
     wait: bool,
     timeout: float | None,
     as_json: bool,
@@ -126,6 +134,7 @@ def run(
       uniklab run redis --memory 64M -- --maxmemory 32mb
       uniklab run redis --net lab --ip 10.77.0.20/24 --gateway 10.77.0.1
       uniklab run redis --host xd3 --net xenbr0 --wait
+      uniklab run redis-static --template
     """
     from rich.markup import escape
 
@@ -155,6 +164,7 @@ def run(
         wait=wait,
         timeout=timeout,
         disks=list(disks),
+        clone=clone,
     )
     lab = common.lab(ctx)
     status = f"starting {escape(validate.short(image, 200))}" + (
@@ -168,7 +178,7 @@ def run(
         return
     common.out.print(
         f"{view.name} running ({view.row.memory_mb}M, {view.row.vcpus} vCPU) "
-        f"at {view.address or 'no address'}"
+        f"at {view.address or 'no address'}" + (" (a clone)" if view.clone_of else "")
     )
 
 
