@@ -7,7 +7,6 @@ daemonizes, so ``create`` either returns a running guest or raises with QEMU's w
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 import logging
@@ -126,6 +125,8 @@ class QemuBackend(Backend):
         """Stop the vCPUs, write QEMU's state without the RAM (``x-ignore-shared``: the RAM
         is already in the template's memory file, which the guest booted on) into
         ``dest``, then end QEMU."""
+        import asyncio  # not on `ps`'s path
+
         files = self._live(handle)
         memory = Path(str(handle.runtime.get("memory_file", "")))
         if memory.parent != dest:
@@ -159,6 +160,8 @@ class QemuBackend(Backend):
         """A QEMU whose RAM is the template's memory file mapped privately (copy on write:
         clones share its pages) and which loads the rest of its state, then runs; its
         init hears "restored" with the host's time."""
+        import asyncio  # not on `ps`'s path
+
         files = self._check_socket_path(spec)
         try:
             info = json.loads((template / TEMPLATE_INFO).read_text())
