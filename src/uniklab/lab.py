@@ -511,7 +511,7 @@ class Lab:
             attach.create_taps(nics)
             faults.point("run.after_taps")
             backend = self.backend(backend_name, spec.kernel, host.name)
-            if cloned:
+            if cloned and (o.clone or templates.can(backend)):  # None: if it can
                 wait = o.timeout or DEFAULT_WAIT
                 handle = templates.clone(self, m, engine, backend, req, spec, timeout=wait)
             else:

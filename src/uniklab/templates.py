@@ -120,6 +120,14 @@ def wanted(o: RunOptions, m: Manifest, engine: BackendType) -> bool:
     return why is None
 
 
+def can(backend: Backend) -> bool:
+    """Whether ``backend`` makes templates (overrides the protocol's refusing default)."""
+    from uniklab.backends.base import Backend as Protocol
+
+    mine = getattr(type(backend), "restore_clone", None)
+    return mine is not None and mine is not Protocol.restore_clone
+
+
 # -- the key ----------------------------------------------------------------------------
 def template_request(m: Manifest, req: BootRequest, build: Path) -> BootRequest:
     """The template's own boot: named after its image, one user-mode NIC with the fixed
