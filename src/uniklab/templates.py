@@ -6,10 +6,10 @@ template's own instance spec (kernel, command line with the app's args, env and 
 config, memory, vCPUs, devices) with per-instance names, paths and host ports made
 neutral, and what the backend adds (its version, accelerator, command line).  It lives in
 the home's ``templates/<key>/``: ``meta.json`` and the backend's files, built in a
-``.b<pid>`` directory and renamed into place, checked (sizes, hashes of the small files)
-before each clone, rebuilt when a check fails.  An flock per key keeps two commands from
-building the same template at once and ``template rm`` from pulling one from under a clone
-being restored.
+``.b<pid>-<key prefix>`` directory and renamed into place, checked (sizes, hashes of the
+small files) before each clone, rebuilt when a check fails.  An flock per key keeps two
+commands from building the same template at once and ``template rm`` from pulling one
+from under a clone being restored.
 """
 
 from __future__ import annotations
@@ -129,14 +129,15 @@ def can(backend: Backend) -> bool:
 
 
 # -- the key ----------------------------------------------------------------------------
-def template_request(m: Manifest, req: BootRequest, build: Path) -> BootRequest:
+def template_request(m: Manifest, req: BootRequest) -> BootRequest:
     """The template's own boot: named after its image, one user-mode NIC with the fixed
-    MAC and the clone's guest ports (host ports picked when it boots), in ``build``."""
+    MAC and the clone's guest ports (host ports picked when it boots); its runtime
+    directory is chosen once its key is known."""
     from uniklab.net.attachment import Attachment
 
     guest_ports = tuple((0, g) for nic in req.nics for _, g in nic.forwards)
     nic = Attachment(kind="user", mac=TEMPLATE_MAC, forwards=guest_ports)
-    return replace(req, name=m.name, nics=(nic,), rundir=build / "r")
+    return replace(req, name=m.name, nics=(nic,), rundir=Path("/template"))
 
 
 def neutral(spec: InstanceSpec) -> InstanceSpec:
@@ -232,18 +233,20 @@ def clone(
     """Start ``spec`` as a clone of its template, building the template first if it is
     missing or damaged (``timeout``: for its guest to be ready)."""
     plan = _plan(lab, m, engine, backend, req)
-    k, path = plan.key, plan.path
-    lock = _lock_path(root(lab.paths), k)
+    lock = _lock_path(root(lab.paths), plan.key)
     wait = timeout + 60.0
-    with _locked(lock, fcntl.LOCK_SH, timeout=wait) as fd:
-        try:
-            t = check(path, k)
-        except NotFoundError as why:
-            fcntl.flock(fd, fcntl.LOCK_UN)
-            with _locked(lock, fcntl.LOCK_EX, timeout=wait):
-                t = _check_or_build(lab, m, backend, plan, str(why), timeout=timeout)
-            fcntl.flock(fd, fcntl.LOCK_SH)  # held while the clone reads the files
-        return backend.restore_clone(spec, t.path)
+    why = ""
+    for _ in range(2):  # found, or built then found (unless removed at once again)
+        with _locked(lock, fcntl.LOCK_SH, timeout=wait):  # held while the clone reads it
+            try:
+                t = check(plan.path, plan.key)
+            except NotFoundError as exc:
+                why = str(exc)
+            else:
+                return backend.restore_clone(spec, t.path)
+        with _locked(lock, fcntl.LOCK_EX, timeout=wait):
+            _check_or_build(lab, m, backend, plan, why, timeout=timeout)
+    raise ConflictError(f"{why} (removed again as soon as it was built)")
 
 
 def create(
@@ -276,9 +279,10 @@ def _plan(lab: Lab, m: Manifest, engine: BackendType, backend: Backend, req: Boo
     from uniklab import boot
 
     base = root(lab.paths)
-    build = base / f"{BUILD_PREFIX}{os.getpid()}"
-    tspec = boot.instance_spec(m, lab.images, engine, template_request(m, req, build))
-    k = key(m, tspec, backend)
+    tspec = boot.instance_spec(m, lab.images, engine, template_request(m, req))
+    k = key(m, tspec, backend)  # the build directory is not part of it
+    build = base / f"{BUILD_PREFIX}{os.getpid()}-{k[:8]}"
+    tspec = replace(tspec, rundir=build / "r")
     about: dict[str, object] = {"args": list(req.args), "env": dict(req.env)}
     return _Plan(tspec, k, base / k, about)
 
@@ -408,7 +412,7 @@ def leftovers(paths: Paths, digests: set[str]) -> list[tuple[str, Path, str]]:
     out: list[tuple[str, Path, str]] = []
     for d in sorted(base.iterdir()) if base.is_dir() else []:
         if d.name.startswith(BUILD_PREFIX) and d.is_dir():
-            pid = d.name[len(BUILD_PREFIX) :]
+            pid = d.name[len(BUILD_PREFIX) :].split("-")[0]
             if not (pid.isdigit() and Path(f"/proc/{pid}").exists()):
                 out.append(("staging", d, "template build of a command that is gone"))
         elif d.is_dir() and len(d.name) == KEY_CHARS:
