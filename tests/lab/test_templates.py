@@ -4,6 +4,9 @@ host's time, shares nothing writable with its siblings, and a damaged template i
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -203,3 +206,20 @@ def test_the_key_follows_the_guest_not_the_instance(lab: Lab) -> None:
         _key(lab, env={"A": "1"}),
     ]
     assert len({base, *different}) == 1 + len(different)
+
+
+def test_two_commands_make_one_template(lab_home: Path) -> None:
+    """Two `template create` at once: one builds, the other waits for it and uses it."""
+    env = {**os.environ, "UNIKLAB_HOME": str(lab_home)}
+    argv = [sys.executable, "-m", "uniklab", "template", "create", "--json", "redis"]
+    procs = [
+        subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        for _ in range(2)
+    ]
+    outs = [p.communicate(timeout=600) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], [e.decode() for _, e in outs]
+    made = [json.loads(out) for out, _ in outs]
+    assert sorted(m["built"] for m in made) == [False, True]
+    assert made[0]["key"] == made[1]["key"]
+    assert [t.key for t in templates.ls(Lab().paths)] == [made[0]["key"]]
+    assert not list((lab_home / "templates").glob(".b*"))
