@@ -742,7 +742,9 @@ class Lab:
             raise UsageError(f"cannot start {name}: it has no launch record (destroy it)")
         spec = self._with_free_ports(row, spec_from_json(launch))
         handle = self.backend_of(row).create(spec)
-        runtime = {k: v for k, v in row.runtime.items() if k not in ("stopping", "exit_status")}
+        # It boots now, a clone no more.
+        gone = ("stopping", "exit_status", "clone_of")
+        runtime = {k: v for k, v in row.runtime.items() if k not in gone}
         self.store.update(
             row.id,
             state=RUNNING,

@@ -84,6 +84,10 @@ def test_clones_answer_with_the_hosts_clock_and_share_nothing(
     assert templates.check(t.path, t.key).key == t.key  # untouched by its clones
     rows = {v.name: v.as_dict() for v in lab.ps()}
     assert rows["c2"]["clone_of"] == t.key and rows["c3"]["clone_of"] == t.key
+    # A clone's init hears a graceful stop; started again, it boots
+    assert lab.stop("c2").state == "stopped"
+    assert lab.start("c2").clone_of is None
+    assert _client(lab, "c2").ping()
     for name in ("c2", "c3"):
         lab.destroy(name)
     assert_nothing_left(lab_home)
