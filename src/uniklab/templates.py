@@ -278,6 +278,9 @@ class _Plan:
 def _plan(lab: Lab, m: Manifest, engine: BackendType, backend: Backend, req: BootRequest) -> _Plan:
     from uniklab import boot
 
+    if not can(backend):  # before a template guest boots for nothing
+        raise UsageError(f"the {backend.name} backend cannot make templates")
+
     base = root(lab.paths)
     tspec = boot.instance_spec(m, lab.images, engine, template_request(m, req))
     k = key(m, tspec, backend)  # the build directory is not part of it

@@ -86,3 +86,18 @@ def test_find_by_prefix(tmp_path: Path) -> None:
         templates.find(paths, "beef")
     templates.remove(paths, KEY)
     assert templates.ls(paths) == []
+
+
+def test_only_a_backend_that_restores_clones_makes_templates() -> None:
+    from uniklab.backends.base import Backend, Handle, InstanceSpec
+    from uniklab.backends.qemu import QemuBackend
+
+    class Plain(Backend):
+        name = "plain"
+
+    assert templates.can(QemuBackend(accel="tcg"))
+    assert not templates.can(Plain())
+    with pytest.raises(UsageError, match=r"^the plain backend cannot make templates$"):
+        Plain().restore_clone(InstanceSpec("x", Path("k"), None, "", 1, 1, Path("r")), Path())
+    with pytest.raises(UsageError, match=r"^the plain backend cannot make templates$"):
+        Plain().save_template(Handle(pid=None), Path())

@@ -248,10 +248,11 @@ class Backend(Protocol):
 
     # -- templates and clones (templates.py keeps them; a backend that cannot says so) ---
     def template_key(self, spec: InstanceSpec) -> dict[str, object]:
-        """What makes a template of ``spec`` differ on this backend (its version,
-        accelerator, the guest's shape in its own words): part of the template's key.
-        ``spec`` comes with its name, paths and host ports made neutral by the caller."""
-        raise UsageError(f"the {self.name} backend cannot make templates")
+        """What makes a template of ``spec`` differ on this backend besides the spec
+        (its version, accelerator, the guest's shape in its own words): part of the
+        template's key.  ``spec`` comes with its name, paths and host ports made neutral
+        by the caller.  By default: nothing more."""
+        return {}
 
     def save_template(self, handle: Handle, dest: Path) -> None:
         """The guest is ready: pause it, save its state into the directory ``dest`` (made
