@@ -108,6 +108,11 @@ class Instance:
         return self._view.row.pid
 
     @property
+    def clone_of(self) -> str | None:
+        """The key of the template this instance is a clone of; None if it booted."""
+        return self._view.clone_of
+
+    @property
     def destroyed(self) -> bool:
         return self._destroyed
 

@@ -18,7 +18,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from uniklab import channels, daemons
+from uniklab import channels, daemons, templates
 from uniklab.backends import registry
 from uniklab.backends.base import Backend, Owned
 from uniklab.errors import HostUnreachableError, StoreDamagedError, UniklabError
@@ -41,7 +41,8 @@ Connect = Callable[[Host], Executor]
 
 @dataclass(frozen=True)
 class Leftover:
-    kind: str  # process | rundir | socket | tap | bridge | staging | image | domain | domain-cfg
+    kind: str  # process | rundir | socket | tap | bridge | staging | image | template | domain
+    # | domain-cfg
     name: str
     detail: str
     marker: str = ""  # for processes: what their command line must contain to be ours
@@ -184,6 +185,9 @@ def _local(lab: Lab, rows: list[InstanceRow], *, store_lost: bool = False) -> li
     for d in lab.paths.images.iterdir():
         if not d.name.startswith(".") and d.name not in digests:
             found.append(Leftover("image", str(d), "image no tag or instance uses"))
+    kept = {d.name for d in lab.paths.images.iterdir() if d.name in digests}
+    for kind, path, why in templates.leftovers(lab.paths, kept):
+        found.append(Leftover(kind, str(path), why))
     return found
 
 
@@ -229,7 +233,9 @@ def remove(
                 backends[key].remove(item.owned, timeout=HOST_TIMEOUT)
             elif item.kind == "process":
                 daemons.stop(int(item.name), item.marker, grace=3.0)
-            elif item.kind in ("rundir", "staging", "image"):
+            elif item.kind == "staging" and templates.root(lab.paths) in Path(item.name).parents:
+                templates.sweep_build(Path(item.name))
+            elif item.kind in ("rundir", "staging", "image", "template"):
                 shutil.rmtree(item.name, ignore_errors=True)
             elif item.kind == "socket":
                 Path(item.name).unlink(missing_ok=True)

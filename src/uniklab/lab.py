@@ -93,6 +93,12 @@ class InstanceView:
         return Reach.forwards(self.row)
 
     @property
+    def clone_of(self) -> str | None:
+        """The key of the template this instance was restored from; None if it booted."""
+        key = self.row.runtime.get("clone_of")
+        return str(key) if key else None
+
+    @property
     def address(self) -> str:
         from uniklab.reach import Reach
 
@@ -125,6 +131,7 @@ class InstanceView:
             "ports": [{"host": h, "guest": g} for h, g in self.forwards],
             "mac": self.row.attachments[0].mac if self.row.attachments else None,
             "accel": self.row.runtime.get("accel"),
+            "clone_of": self.clone_of,
             "labels": self.row.labels,
             "exit_reason": self.row.exit_reason,
             "exit_status": self.row.runtime.get("exit_status"),  # as `stop` heard it
@@ -419,6 +426,9 @@ class Lab:
             )
         self.store.delete_image(m.name, m.tag)
         if not self.store.digest_in_use(m.digest):
+            from uniklab import templates
+
+            templates.remove_image(self.paths, m.digest)
             self.images.remove(m.digest)
         return m
 
@@ -462,6 +472,9 @@ class Lab:
                 f"{m.ref} is a Linux image: --disk attaches block devices to rumprun images "
                 "(a Linux image's files go in its recipe)"
             )
+        from uniklab import templates
+
+        cloned = templates.wanted(o, m, engine)
         if m.is_rumprun and len(nets) > 1:
             # rumprun's config.c: 'currently only 1 "net" configuration is supported'
             raise UsageError(f"{m.ref} is a rumprun unikernel: it takes one NIC (one --net)")
@@ -492,30 +505,30 @@ class Lab:
             nics = [] if o.offline else run_plan.plan_attachments(
                 engine, nets, name, row.id, self.networks, others, forwards, host.name
             )
-            spec = boot.instance_spec(
-                m,
-                self.images,
-                engine,
-                boot.BootRequest(
-                    name=name,
-                    args=app_args,
-                    env=env,
-                    disks=o.volumes,
-                    nics=nics,
-                    time_source=self._time_source(nics[0], engine) if nics else None,
-                    memory_mb=memory,
-                    vcpus=o.vcpus,
-                    rundir=rundir,
-                    channels=chans,
-                ),
+            req = boot.BootRequest(
+                name=name,
+                args=app_args,
+                env=env,
+                disks=o.volumes,
+                nics=nics,
+                time_source=self._time_source(nics[0], engine) if nics else None,
+                memory_mb=memory,
+                vcpus=o.vcpus,
+                rundir=rundir,
+                channels=chans,
             )
+            spec = boot.instance_spec(m, self.images, engine, req)
             # Recorded before anything is made, so a crash leaves a plan to undo.
             self.store.update(row.id, runtime={"rundir": str(rundir)}, attachments=nics)
             faults.point("run.before_taps")
             attach.create_taps(nics)
             faults.point("run.after_taps")
             backend = self.backend(backend_name, spec.kernel, host.name)
-            handle = backend.create(spec)
+            if cloned and (o.clone or templates.can(backend)):  # None: if it can
+                wait = o.timeout or DEFAULT_WAIT
+                handle = templates.clone(self, m, engine, backend, req, spec, timeout=wait)
+            else:
+                handle = backend.create(spec)
             faults.point("run.after_create")
             runtime = {**handle.runtime, "launch": spec_to_json(spec), "restarts": 0}
             self.store.update(
@@ -837,7 +850,9 @@ class Lab:
             raise UsageError(f"cannot start {name}: it has no launch record (destroy it)")
         spec = self._relinked(self._with_free_ports(row, spec_from_json(launch)))
         handle = self.backend_of(row).create(spec)
-        runtime = {k: v for k, v in row.runtime.items() if k not in ("stopping", "exit_status")}
+        # It boots now, a clone no more.
+        gone = ("stopping", "exit_status", "clone_of")
+        runtime = {k: v for k, v in row.runtime.items() if k not in gone}
         self.store.update(
             row.id,
             state=RUNNING,

@@ -45,6 +45,7 @@ class RunFields(TypedDict, total=False):
     channels: Sequence[int]
     links: Sequence[str]
     offline: bool
+    clone: bool | None
 
 
 def disk_requests(disks: Sequence[str | tuple[str, str]]) -> tuple[tuple[str, str], ...]:
@@ -108,6 +109,9 @@ class RunOptions:
     links: Sequence[str] = ()
     # No NIC at all: what net="none" (--net none) sets; kept by dataclasses.replace.
     offline: bool = False
+    # A clone of the template of this image and options (made first if missing: see
+    # uniklab.templates): True, refused with one line if it cannot be; None: when it can.
+    clone: bool | None = False
 
     def __post_init__(self) -> None:
         def put(name: str, value: object) -> None:
@@ -157,6 +161,8 @@ class RunOptions:
         put("disks", disk_requests(self.disks))
         put("channels", channel_ports(self.channels))
         put("links", tuple(parse_link(v) for v in self.links))
+        if self.clone not in (True, False, None):
+            raise UsageError(f"invalid clone {validate.short(self.clone)}: True, False or None")
         if self.host != "auto":  # `--host auto` is placed by the lab
             validate.name(self.host, "host name")
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import replace
 from pathlib import Path
 
 from uniklab.backends.base import InstanceSpec
@@ -40,6 +41,26 @@ def test_kvm_uses_host_cpu_and_no_tsc_hint() -> None:
     argv = build_argv(_spec(), accel="kvm", tsc_khz=2596130)
     assert argv[argv.index("-cpu") + 1] == "host"
     assert "tsc_early_khz" not in argv[argv.index("-append") + 1]
+
+
+def test_a_template_shares_its_memory_file_and_a_clone_maps_it_privately() -> None:
+    """A template's RAM is its memory file (shared: the file holds the RAM its saved state
+    leaves out); a clone's is the same file, copy on write, loaded into a paused QEMU."""
+    spec = replace(_spec(), memory_file=Path("/t/a,b/memory"))
+    template = build_argv(spec, accel="tcg", tsc_khz=None)
+    clone = build_argv(spec, accel="tcg", tsc_khz=None, incoming=True)
+    backend = "memory-backend-file,id=ram0,size=128M,mem-path=/t/a,,b/memory,share="
+    assert template[template.index("-object") + 1] == backend + "on"
+    assert clone[clone.index("-object") + 1] == backend + "off"
+    for argv in (template, clone):
+        assert argv[argv.index("-M") + 1].endswith(",memory-backend=ram0")
+    assert "-incoming" not in template
+    assert clone[clone.index("-incoming") + 1] == "defer"
+    # otherwise the same machine: migration needs the same devices on both sides
+    assert [a for a in clone if a not in ("-incoming", "defer")] == [
+        a if "share=on" not in a else a.replace("share=on", "share=off") for a in template
+    ]
+    assert "-object" not in build_argv(_spec(), accel="tcg", tsc_khz=None)
 
 
 def test_commas_in_paths_are_escaped() -> None:

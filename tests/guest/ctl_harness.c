@@ -2,7 +2,8 @@
  * length-prefixed inputs (4-byte little-endian length, then the bytes) from stdin until
  * EOF.  An input's first byte is a chunk size (1-256), the rest is fed to a fresh reader in
  * chunks of that size, as reads from the console would bring it; the answer is one line
- * with a word per chunk that completed a command: "S<seconds>" (stop) or "U" (unknown). */
+ * with a word per chunk that completed a command: "S<seconds>" (stop), "R<sec>.<nsec, 9
+ * digits>" (restored) or "U" (unknown). */
 #include "ctl.h"
 
 #include <stdio.h>
@@ -36,6 +37,8 @@ int main(void)
                 return 3;
             if (k == CTL_STOP)
                 printf(" S%d", cmd.seconds);
+            else if (k == CTL_RESTORED)
+                printf(" R%lld.%09ld", cmd.sec, cmd.nsec);
             else if (k == CTL_UNKNOWN)
                 fputs(" U", stdout);
             else if (k != CTL_NONE)

@@ -214,21 +214,27 @@ def test_xdist_names_are_unique_per_worker(
 
 @pytest.mark.e2e
 def test_real_guests(pytester: pytest.Pytester, home: Path) -> None:
-    """One passing and one failing test on real QEMU guests (two TCG boots)."""
+    """Passing and failing tests on real QEMU guests: clones of one template (one TCG
+    boot), and a guest that boots (``boot=True``)."""
     pytester.makepyfile(
         """
         def test_ok(unikernel):
             vm = unikernel("redis", memory="128M")
             assert vm.redis().ping()
             assert vm.stats().state == "running"
+            assert vm.clone_of is not None
 
         def test_fails(unikernel):
             vm = unikernel("redis", memory="128M")
             assert vm.redis().dbsize() == 1
+
+        def test_boots(unikernel):
+            vm = unikernel("redis", memory="128M", boot=True)
+            assert vm.redis().ping() and vm.clone_of is None
         """
     )
     result = run(pytester, home)
-    result.assert_outcomes(passed=1, failed=1)
+    result.assert_outcomes(passed=2, failed=1)
     result.stdout.fnmatch_lines(
         ["*uniklab console redis-main-*-2 (call)*", "*uniklab-init: exec /bin/redis-server*"]
     )

@@ -7,16 +7,23 @@ daemonizes, so ``create`` either returns a running guest or raises with QEMU's w
 
 from __future__ import annotations
 
+import contextlib
+import json
 import logging
 import math
 import os
+import shlex
 import shutil
+import time
 from collections.abc import Generator
+from dataclasses import replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from uniklab import channels, consoles, daemons, faults
 from uniklab.backends import hostinfo, netdev, qemu_process, qmp
 from uniklab.backends.base import (
+    Backend,
     Check,
     ConsoleAccess,
     Handle,
@@ -28,10 +35,13 @@ from uniklab.backends.base import (
 from uniklab.backends.qemu_argv import USER_NET, RunFiles, build_argv
 from uniklab.backends.registry import BackendContext, BackendType
 from uniklab.bake.kernel_choice import host_kernel
-from uniklab.errors import ConflictError, NotFoundError, UniklabError, UsageError
+from uniklab.errors import ConflictError, LaunchError, NotFoundError, UniklabError, UsageError
 from uniklab.executor import Executor, local
 from uniklab.guest import console as guest_console
 from uniklab.net import netns
+
+if TYPE_CHECKING:
+    from qemu.qmp import QMPClient
 
 log = logging.getLogger(__name__)
 
@@ -41,9 +51,21 @@ MAX_SOCKET_PATH = 100
 # how long a rumprun guest gets to answer ACPI's power button.
 POWEROFF_WAIT = 5.0
 POWERDOWN_WAIT = 2.0
+# A template directory's files (see save_template): the guest's RAM, the rest of its
+# state (QEMU's migration stream without that RAM), what restoring needs, its boot's log.
+TEMPLATE_RAM = "memory"
+TEMPLATE_STATE = "state"
+TEMPLATE_INFO = "qemu.json"
+TEMPLATE_CONSOLE = "console.log"
+SAVE_TIMEOUT = 60.0
+RESTORE_TIMEOUT = 30.0
+# How long a clone's init has to acknowledge "restored" (it runs at once: the line is
+# sent again every RESTORED_EVERY seconds in case the UART dropped it).
+RESTORED_WAIT = 10.0
+RESTORED_EVERY = 0.5
 
 
-class QemuBackend:
+class QemuBackend(Backend):
     name = "qemu"
 
     def __init__(self, *, accel: str, executor: Executor = local) -> None:
@@ -51,15 +73,9 @@ class QemuBackend:
         self.executor = executor
 
     def create(self, spec: InstanceSpec) -> Handle:
-        files = RunFiles(spec.rundir)
-        if len(str(files.console_sock)) > MAX_SOCKET_PATH:
-            raise UsageError(
-                f"runtime directory path too long for a unix socket: {spec.rundir} "
-                "(set UNIKLAB_HOME to a shorter path)"
-            )
-        argv = netns.exec_prefix(spec.netns) + build_argv(
-            spec, accel=self.accel, tsc_khz=hostinfo.tsc_khz()
-        )
+        files = self._check_socket_path(spec)
+        tsc_khz = hostinfo.tsc_khz()
+        argv = netns.exec_prefix(spec.netns) + build_argv(spec, accel=self.accel, tsc_khz=tsc_khz)
         pid = qemu_process.launch(argv, files, timeout=30, executor=self.executor)
         if spec.channels:
             faults.point("create.before_channels")
@@ -68,6 +84,11 @@ class QemuBackend:
             except BaseException:
                 qemu_process.shutdown(files, pid, ask_wait=1.0, grace=3.0)
                 raise
+        if spec.memory_file is None:
+            return self._handle(spec, pid)
+        return self._handle(spec, pid, memory_file=str(spec.memory_file), tsc_khz=tsc_khz)
+
+    def _handle(self, spec: InstanceSpec, pid: int, **more: object) -> Handle:
         taps = [nic.tap for nic in spec.nics if nic.tap]
         return Handle(
             pid=pid,
@@ -76,8 +97,130 @@ class QemuBackend:
                 "accel": self.accel,
                 "taps": taps,
                 "guest": spec.guest,  # how stop asks it to end
+                **more,
             },
+            name=spec.name,
         )
+
+    @staticmethod
+    def _check_socket_path(spec: InstanceSpec) -> RunFiles:
+        files = RunFiles(spec.rundir)
+        if len(str(files.console_sock)) > MAX_SOCKET_PATH:
+            raise UsageError(
+                f"runtime directory path too long for a unix socket: {spec.rundir} "
+                "(set UNIKLAB_HOME to a shorter path)"
+            )
+        return files
+
+    # -- templates and clones ------------------------------------------------------------
+    def template_key(self, spec: InstanceSpec) -> dict[str, object]:
+        """QEMU's binary (by its file: an upgrade changes the key without running it), the
+        accelerator, and the template's command line."""
+        qemu = shutil.which(hostinfo.QEMU)
+        if qemu is None:
+            raise UsageError(f"{hostinfo.QEMU} not found (apt-get install qemu-system-x86)")
+        st = os.stat(qemu)
+        if spec.memory_file is None:
+            spec = replace(spec, memory_file=Path(TEMPLATE_RAM))
+        return {
+            "qemu": [qemu, st.st_size, st.st_mtime_ns],
+            "accel": self.accel,
+            "argv": build_argv(spec, accel=self.accel, tsc_khz=None, daemonize=False),
+        }
+
+    def save_template(self, handle: Handle, dest: Path) -> None:
+        """Stop the vCPUs, write QEMU's state without the RAM (``x-ignore-shared``: the RAM
+        is already in the template's memory file, which the guest booted on) into
+        ``dest``, then end QEMU."""
+        import asyncio  # not on `ps`'s path
+
+        files = self._live(handle)
+        memory = Path(str(handle.runtime.get("memory_file", "")))
+        if memory.parent != dest:
+            raise UsageError(f"{handle.name}: its memory file is not in {dest}: not a template")
+        state = dest / TEMPLATE_STATE
+
+        async def save(client: QMPClient) -> None:
+            await client.execute("stop")
+            await client.execute("migrate-set-capabilities", _IGNORE_SHARED)
+            await client.execute("migrate", {"uri": f"exec:cat > {shlex.quote(str(state))}"})
+            while True:
+                status = await qmp.ask(client, "query-migrate")
+                if status.get("status") == "completed":
+                    return
+                if status.get("status") in ("failed", "cancelled"):
+                    raise LaunchError(
+                        f"saving {handle.name}: {status.get('error-desc', status['status'])}"
+                    )
+                await asyncio.sleep(0.01)
+
+        try:
+            qmp.session(files.qmp, save, timeout=SAVE_TIMEOUT, what=f"saving {handle.name}")
+            with contextlib.suppress(OSError):
+                shutil.copyfile(files.console_log, dest / TEMPLATE_CONSOLE)
+            info = {"memory": memory.name, "tsc_khz": handle.runtime.get("tsc_khz")}
+            (dest / TEMPLATE_INFO).write_text(json.dumps(info))
+        finally:
+            self.destroy(handle)
+
+    def restore_clone(self, spec: InstanceSpec, template: Path) -> Handle:
+        """A QEMU whose RAM is the template's memory file mapped privately (copy on write:
+        clones share its pages) and which loads the rest of its state, then runs; its
+        init hears "restored" with the host's time."""
+        import asyncio  # not on `ps`'s path
+
+        files = self._check_socket_path(spec)
+        try:
+            info = json.loads((template / TEMPLATE_INFO).read_text())
+            memory = template / str(info["memory"])
+            tsc_khz = info.get("tsc_khz")
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise UsageError(f"template {template.name} is damaged: {exc}") from exc
+        clone = replace(spec, memory_file=memory)
+        argv = netns.exec_prefix(spec.netns) + build_argv(
+            clone,
+            accel=self.accel,
+            tsc_khz=tsc_khz if isinstance(tsc_khz, int) else None,
+            incoming=True,
+        )
+        files.rundir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        with contextlib.suppress(OSError):  # its boot, as `logs` shows it
+            shutil.copyfile(template / TEMPLATE_CONSOLE, files.console_log)
+        pid = qemu_process.launch(argv, files, timeout=30, executor=self.executor)
+        handle = self._handle(spec, pid, clone_of=template.name)
+        state = template / TEMPLATE_STATE
+
+        async def restore(client: QMPClient) -> None:
+            await client.execute("migrate-set-capabilities", _IGNORE_SHARED)
+            await client.execute("migrate-incoming", {"uri": f"exec:cat {shlex.quote(str(state))}"})
+            while (await qmp.ask(client, "query-status"))["status"] == "inmigrate":
+                await asyncio.sleep(0.002)
+            status = await qmp.ask(client, "query-migrate")
+            if status.get("status") != "completed":
+                raise LaunchError(
+                    f"{spec.name}: restoring template {template.name} failed: "
+                    f"{status.get('error-desc', status.get('status'))}"
+                )
+            await client.execute("cont")
+
+        try:
+            qmp.session(files.qmp, restore, timeout=RESTORE_TIMEOUT, what=f"restoring {spec.name}")
+            if spec.guest == "linux" and not qemu_process.tell_console(
+                files,
+                lambda _t: guest_console.control_line("restored", _now()),
+                heard=guest_console.RESTORED_HEARD.encode(),
+                until=None,
+                timeout=RESTORED_WAIT,
+                every=RESTORED_EVERY,
+            ):
+                raise LaunchError(
+                    f"{spec.name}: its init did not acknowledge the restore in "
+                    f"{RESTORED_WAIT:.0f} s (an image baked before clones existed? bake it again)"
+                )
+        except BaseException:
+            self.destroy(handle)
+            raise
+        return handle
 
     @staticmethod
     def _files(handle: Handle) -> RunFiles | None:
@@ -250,6 +393,15 @@ class QemuBackend:
 
     def doctor(self, *, bridge: str | None = None) -> list[Check]:
         return doctor(self.accel, bridge)
+
+
+_IGNORE_SHARED = {"capabilities": [{"capability": "x-ignore-shared", "state": True}]}
+
+
+def _now() -> str:
+    """The host's wall clock as a "restored" line gives it: seconds.nanoseconds."""
+    ns = time.time_ns()
+    return f"{ns // 1_000_000_000}.{ns % 1_000_000_000:09d}"
 
 
 def doctor(accel: str, bridge: str | None = None) -> list[Check]:

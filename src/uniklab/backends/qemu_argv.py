@@ -161,9 +161,30 @@ def _linux_cmdline(spec: InstanceSpec, accel: str, tsc_khz: int | None) -> str:
     return cmdline
 
 
+def _memory(spec: InstanceSpec, machine: list[str], incoming: bool) -> list[str]:
+    """Guest RAM in ``spec.memory_file`` when it has one: a template's, shared (the file
+    holds the RAM its saved state leaves out: ``x-ignore-shared``), or a clone's, the same
+    file mapped privately (pages shared with every clone until one writes them)."""
+    if spec.memory_file is None:
+        return []
+    machine[1] += ",memory-backend=ram0"
+    share = "off" if incoming else "on"
+    return [
+        "-object",
+        f"memory-backend-file,id=ram0,size={spec.memory_mb}M,"
+        f"mem-path={_opt(spec.memory_file)},share={share}",
+    ]
+
+
 def build_argv(
-    spec: InstanceSpec, *, accel: str, tsc_khz: int | None, daemonize: bool = True
+    spec: InstanceSpec,
+    *,
+    accel: str,
+    tsc_khz: int | None,
+    daemonize: bool = True,
+    incoming: bool = False,
 ) -> list[str]:
+    """``incoming``: a clone, started paused for its template's state (``migrate-incoming``)."""
     files = RunFiles(spec.rundir)
     if spec.rumprun is not None:
         # rumprun's launcher: QEMU's default CPU under TCG (2015's rumprun meets no CPU
@@ -192,11 +213,13 @@ def build_argv(
             "host" if accel == "kvm" else "max,-erms,-fsrm",
         ]
         bus = "device"
+    memory = _memory(spec, machine, incoming)
     argv = [
         QEMU,
         "-name",
         f"uniklab-{spec.name},process=uniklab-{spec.name}",
         *machine,
+        *memory,
         "-m",
         f"{spec.memory_mb}M",
         "-smp",
@@ -229,6 +252,8 @@ def build_argv(
             f"virtio-blk-{bus},drive=d{i}",
         ]
     argv += _channels(spec, files, bus)
+    if incoming:
+        argv += ["-incoming", "defer"]
     if daemonize:
         argv.append("-daemonize")
     return argv

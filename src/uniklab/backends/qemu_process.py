@@ -119,7 +119,7 @@ def tell_console(
     line: Callable[[float], bytes],
     *,
     heard: bytes,
-    until: Callable[[], bool],
+    until: Callable[[], bool] | None,
     timeout: float,
     every: float = 1.0,
 ) -> bool:
@@ -127,8 +127,9 @@ def tell_console(
     socket) until the guest says ``heard``, again ``every`` second (a guest still booting
     loses what reaches its UART before its driver is up); hold the connection until
     ``until()`` or ``timeout`` seconds, reading what the guest prints (the log keeps it):
-    QEMU drops what the UART has not taken when the client leaves.  True once the guest
-    said ``heard``.  While another client holds the console (one at a time), QEMU takes
+    QEMU drops what the UART has not taken when the client leaves (``until`` None: leave
+    once the guest said ``heard``, it took the line).  True once the guest said
+    ``heard``.  While another client holds the console (one at a time), QEMU takes
     nothing from this one."""
     start = time.monotonic()
     said = b""
@@ -138,7 +139,8 @@ def tell_console(
             sock.connect(str(files.console_sock))
             sock.settimeout(0.1)
             sent_at = -every
-            while not until() and (now := time.monotonic() - start) < timeout:
+            done = until or (lambda: heard in said)
+            while not done() and (now := time.monotonic() - start) < timeout:
                 if heard not in said and now - sent_at >= every:
                     sock.sendall(line(now))
                     sent_at = now

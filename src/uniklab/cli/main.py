@@ -121,6 +121,10 @@ VERBS: dict[str, Verb] = {
         "Stop instances gracefully: the app gets SIGTERM, then SIGKILL after a timeout.",
     ),
     "store": Verb("uniklab.cli.store:store", "The state store (state.db) of this UNIKLAB_HOME."),
+    "template": Verb(
+        "uniklab.cli.template:template",
+        "Templates: guests saved ready, that `run --template` clones instead of booting.",
+    ),
     "test": Verb(
         "uniklab.cli.test:test",
         "Run SPEC.toml: its networks and instances up, its test commands (on this machine, "

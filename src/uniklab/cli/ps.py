@@ -126,6 +126,8 @@ def ps(
 ) -> None:
     """List instances: Name ID Mem VCPUs State Time(s) Address Ports Image Backend.
 
+    A clone of a template (run --template) says "(clone)" after its backend.
+
     \b
     Examples:
       uniklab ps
@@ -165,7 +167,7 @@ def ps(
                 address(v),
                 ports(v),
                 v.row.image,
-                v.row.backend,
+                v.row.backend + (" (clone)" if v.clone_of else ""),
             )
         )
     common.table(COLUMNS, rows)

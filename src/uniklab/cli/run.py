@@ -99,6 +99,13 @@ def _default_wait() -> dict[str, object]:
     metavar="FILE[:MOUNT]",
     help="A writable block device, mounted at MOUNT (rumprun images: rumprun's -b).",
 )
+@click.option(
+    "--template",
+    "clone",
+    is_flag=True,
+    help="Start a clone of this image and options' template (made first if missing: "
+    "one boot): ready without booting.  See 'uniklab template'.",
+)
 @click.option("--wait/--no-wait", default=False, help="Wait until the image's probe passes.")
 @click.option(
     "--timeout",
@@ -130,6 +137,7 @@ def run(
     gateway: str | None,
     restart: str,
     disks: tuple[str, ...],
+    clone: bool,
     wait: bool,
     timeout: float | None,
     as_json: bool,
@@ -147,6 +155,7 @@ def run(
       uniklab run redis --host xd3 --net xenbr0 --wait
       uniklab run redis --name m --net none --wait         (channel to 6379)
       uniklab run redis --net none --link m:6379:16379 -- --replicaof 127.0.0.1 16379
+      uniklab run redis-static --template
     """
     from rich.markup import escape
 
@@ -178,6 +187,7 @@ def run(
         wait=wait,
         timeout=timeout,
         disks=list(disks),
+        clone=clone,
     )
     lab = common.lab(ctx)
     status = f"starting {escape(validate.short(image, 200))}" + (
@@ -191,7 +201,7 @@ def run(
         return
     common.out.print(
         f"{view.name} running ({view.row.memory_mb}M, {view.row.vcpus} vCPU) "
-        f"at {view.address or 'no address'}"
+        f"at {view.address or 'no address'}" + (" (a clone)" if view.clone_of else "")
     )
 
 

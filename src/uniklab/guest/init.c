@@ -812,10 +812,29 @@ static void log_uptime(void)
     say("ready-to-exec uptime=%ld.%03ld", (long)ts.tv_sec, ts.tv_nsec / 1000000L);
 }
 
-/* A control line from the host: "stop" sends the app SIGTERM and arms the SIGKILL. */
+/* Where this guest reads the host's clock (the config's timesrc), or NULL. */
+static const char *host_clock;
+
+/* A clone's first words from the host: its clock is its template's, minutes or days old.
+ * The line's time is good to the console's latency; the time service, if any, refines it
+ * (its round trip measured). */
+static void restored(const struct ctl_cmd *cmd)
+{
+    struct timespec t = {.tv_sec = (time_t)cmd->sec, .tv_nsec = cmd->nsec};
+    if (clock_settime(CLOCK_REALTIME, &t) < 0)
+        say("warning: restored: clock_settime: %s", strerror(errno));
+    say("restored: clock set from the host's line");
+    if (host_clock && set_clock_from_host(host_clock) < 0)
+        say("warning: no answer from the host clock at %s", host_clock);
+}
+
+/* A control line from the host: "stop" sends the app SIGTERM and arms the SIGKILL;
+ * "restored" resets the clock of a clone. */
 static void control(const struct ctl_cmd *cmd, pid_t app, long long *kill_at)
 {
-    if (cmd->kind == CTL_STOP) {
+    if (cmd->kind == CTL_RESTORED) {
+        restored(cmd);
+    } else if (cmd->kind == CTL_STOP) {
         say("stop requested: SIGTERM to the app, SIGKILL in %d s", cmd->seconds);
         kill(app, SIGTERM);
         long long at = mono_ms() + 1000LL * cmd->seconds;
@@ -958,6 +977,7 @@ int main(int argc, char **argv)
     if (cfg.clock_rtc && !cfg.timesrc)
         set_clock_from_rtc();
     setup_network(&cfg);
+    host_clock = cfg.timesrc;
     if (cfg.timesrc && set_clock_from_host(cfg.timesrc) < 0) {
         say("warning: no answer from the host clock at %s; using the RTC", cfg.timesrc);
         if (cfg.clock_rtc)

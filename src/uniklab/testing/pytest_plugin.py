@@ -49,9 +49,17 @@ class UnikernelFactory(Protocol):
     """The ``unikernel`` fixture: start an instance, ready, destroyed after the test."""
 
     def __call__(
-        self, image: str, options: RunOptions | None = None, /, **fields: Unpack[RunFields]
+        self,
+        image: str,
+        options: RunOptions | None = None,
+        /,
+        *,
+        boot: bool = False,
+        **fields: Unpack[RunFields],
     ) -> Instance:
-        """``image`` with a ``RunOptions`` or its fields as keywords (``uniklab.run``'s)."""
+        """``image`` with a ``RunOptions`` or its fields as keywords (``uniklab.run``'s).
+        A clone of its template when the image and options allow it (``clone=True``:
+        refused if they do not); ``boot=True``: a guest that really boots."""
         ...
 
 
@@ -272,20 +280,34 @@ def unikernel(
     """Start unikernels for one test: ``vm = unikernel("redis", memory="128M")``.
 
     Each is ready (its probe passed) when returned and destroyed after the test (kept if
-    the test failed and ``--uniklab-keep`` is given).
+    the test failed and ``--uniklab-keep`` is given).  Each is a clone of its image and
+    options' template when they allow it (the first one makes the template), so it is
+    ready without booting; ``unikernel("redis", boot=True)`` for a test that must see a
+    real boot.
     """
     us = uniklab_session
     instances: list[Instance] = []
     request.node.stash[INSTANCES_KEY] = instances
 
     def start(
-        image: str, options: RunOptions | None = None, /, **fields: Unpack[RunFields]
+        image: str,
+        options: RunOptions | None = None,
+        /,
+        *,
+        boot: bool = False,
+        **fields: Unpack[RunFields],
     ) -> Instance:
         from uniklab.options import RunOptions
 
-        opts = options if options is not None else RunOptions(**fields)
         if options is not None and fields:
             raise UsageError("give a RunOptions or keyword options, not both")
+        if boot and (fields.get("clone") or (options is not None and options.clone)):
+            raise UsageError("boot=True and clone=True: choose one")
+        if options is None and "clone" not in fields:
+            fields["clone"] = False if boot else None  # a clone when it can be
+        opts = options if options is not None else RunOptions(**fields)
+        if boot:
+            opts = dataclasses.replace(opts, clone=False)
         ref = us.image(image)
         opts = dataclasses.replace(
             opts,
