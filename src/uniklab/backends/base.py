@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
+from uniklab.errors import UsageError
 from uniklab.net import attachment
 from uniklab.net.attachment import Attachment
 
@@ -54,6 +55,10 @@ class InstanceSpec:
     acpi: bool = True
     time_service: bool = True  # offer the host's clock to the guest (user-mode NICs)
     rumprun: RumprunConfig | None = None  # a rumprun unikernel, not a Linux kernel
+    # A template's boot: the guest's RAM in this file, shared with the hypervisor's
+    # saved state so that clones map it (copy on write) instead of reading it back.
+    # None: anonymous memory, as for every other guest.
+    memory_file: Path | None = None
 
     @property
     def guest(self) -> str:
@@ -240,3 +245,15 @@ class Backend(Protocol):
         """Is the host ready for this backend's guests (and ``bridge``, if named, there)?
         Each failure names its fix."""
         ...
+
+    # -- templates and clones (templates.py keeps them; a backend that cannot says so) ---
+    def save_template(self, handle: Handle, dest: Path) -> None:
+        """The guest is ready: pause it, save its state into the directory ``dest`` (made
+        by the caller, files of the backend's choosing), then end the guest."""
+        raise UsageError(f"the {self.name} backend cannot make templates")
+
+    def restore_clone(self, spec: InstanceSpec, template: Path) -> Handle:
+        """Start a new guest from the template directory ``template`` (what
+        ``save_template`` wrote), with ``spec``'s name, runtime directory and NICs (its own
+        forwarded ports), running, its clock set from the host's; return its handle."""
+        raise UsageError(f"the {self.name} backend cannot make templates")

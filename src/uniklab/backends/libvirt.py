@@ -31,6 +31,7 @@ from urllib.parse import urlsplit
 from uniklab import consoles
 from uniklab.backends import libvirt_xml
 from uniklab.backends.base import (
+    Backend,
     Check,
     ConsoleAccess,
     Handle,
@@ -123,7 +124,7 @@ def driver_of(uri: str) -> str:
     return urlsplit(uri).scheme.partition("+")[0]
 
 
-class LibvirtBackend:
+class LibvirtBackend(Backend):
     name = "libvirt"
 
     def __init__(self, uri: str, executor: Executor, *, kvm: bool) -> None:

@@ -17,6 +17,7 @@ from pathlib import Path
 from uniklab import consoles, daemons
 from uniklab.backends import hostinfo, netdev, qemu_process, qmp
 from uniklab.backends.base import (
+    Backend,
     Check,
     ConsoleAccess,
     Handle,
@@ -43,7 +44,7 @@ POWEROFF_WAIT = 5.0
 POWERDOWN_WAIT = 2.0
 
 
-class QemuBackend:
+class QemuBackend(Backend):
     name = "qemu"
 
     def __init__(self, *, accel: str, executor: Executor = local) -> None:

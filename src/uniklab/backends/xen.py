@@ -21,6 +21,7 @@ from pathlib import Path, PurePosixPath
 from uniklab import consoles, executor
 from uniklab.backends import netdev, xen_doctor, xl_errors, xl_parse
 from uniklab.backends.base import (
+    Backend,
     Check,
     ConsoleAccess,
     Handle,
@@ -90,7 +91,7 @@ def parse_cfg_heads(text: str) -> dict[str, str | None]:
     return out
 
 
-class XenBackend:
+class XenBackend(Backend):
     name = "xen"
 
     def __init__(self, executor: Executor, *, vif_script: str | None = None) -> None:
