@@ -662,6 +662,17 @@ if ! xl restore "$cfg" "$tpl/state"; then
 fi
 domid=$(xl domid "$name") || exit 1
 echo "domid $domid"
+# The line goes once every NIC is connected again (state 4): netfront reads its MAC from
+# xenstore on the way, and the init looks at its NICs' MACs when the line comes.
+vifs="/local/domain/$domid/device/vif"
+for n in $(xenstore-list "$vifs" 2>/dev/null); do
+  i=0
+  until [ "$(xenstore-read "$vifs/$n/state" 2>/dev/null)" = 4 ]; do
+    i=$((i + 1))
+    [ "$i" -le 200 ] || break
+    sleep 0.05
+  done
+done
 i=0
 until tty=$(xenstore-read "/local/domain/$domid/console/tty" 2>/dev/null) && [ -n "$tty" ]; do
   i=$((i + 1))
