@@ -372,6 +372,23 @@ def test_a_template_of_another_host_or_none_is_not_found(tmp_path: Path) -> None
         be.restore_clone(_spec(tmp_path), bad)
 
 
+class InfoXenHost(SavingXenHost):
+    def run(self, argv: Sequence[str | Path], **kw: object) -> Result:  # type: ignore[override]
+        if [str(a) for a in argv] == ["xl", "info"]:
+            self.calls.append(["xl", "info"])
+            return Result(["xl", "info"], 0, (FIX / "xl_info.txt").read_text(), "")
+        return super().run(argv, **kw)  # type: ignore[arg-type]
+
+
+def test_the_template_key_names_the_host_and_its_xen(tmp_path: Path) -> None:
+    host = InfoXenHost()
+    be = XenBackend(host, vif_script="vif-uniklab")
+    want = {"host": "xenhost", "xen": "4.17.7", "vif_script": "vif-uniklab"}
+    assert be.template_key(_spec(tmp_path)) == want
+    assert be.template_key(_spec(tmp_path)) == want
+    assert host.calls.count(["xl", "info"]) == 1  # asked once
+
+
 def test_a_template_key_is_a_plain_name(tmp_path: Path) -> None:
     assert xen.template_key(tmp_path / "ab12.cd-3") == "ab12.cd-3"
     for bad in ("..", ".hidden", "a b", "x" * 200):

@@ -158,6 +158,7 @@ class XenBackend(Backend):
     def __init__(self, executor: Executor, *, vif_script: str | None = None) -> None:
         self.ex = executor
         self.vif_script = vif_script
+        self._xen_version: str | None = None  # `xl info`'s, asked once
 
     # -- images on the host ------------------------------------------------------------
     def _remote_hashes(self, paths: list[PurePosixPath]) -> dict[str, str]:
@@ -387,6 +388,13 @@ class XenBackend(Backend):
         return app_exit_status(self.console(handle)[seen:])
 
     # -- templates and clones: xl save / xl restore ------------------------------------
+    def template_key(self, spec: InstanceSpec) -> dict[str, object]:
+        """The host (its checkpoints live there) and its Xen (what restores them)."""
+        if self._xen_version is None:
+            info = xl_parse.parse_info(self.ex.run(["xl", "info"], timeout=30).stdout)
+            self._xen_version = info.get("xen_version", "?")
+        return {"host": self.ex.name, "xen": self._xen_version, "vif_script": self.vif_script}
+
     def save_template(self, handle: Handle, dest: Path) -> None:
         """`xl save` the ready domain into a checkpoint on the host, named by the template's
         key (``dest``'s name), with its disk copies beside it; ``dest`` gets the record that
