@@ -5,7 +5,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from uniklab.backends.xl_errors import explain
+import pytest
+
+from uniklab.backends.xl_errors import explain, unreadable_state
 
 FIX = Path(__file__).parent.parent / "fixtures" / "xen"
 
@@ -38,3 +40,22 @@ def test_an_unknown_error_is_libxls_first_message_without_its_source_location() 
 
 def test_nothing_said() -> None:
     assert explain("Parsing config from /x.cfg\n") == "no output"
+
+
+def test_a_guest_that_cannot_suspend_is_said_so() -> None:
+    # `xl save` of the rumprun Redis (xen_pv): its Mini-OS never acknowledges the request.
+    said = explain((FIX / "xl_save_no_suspend.stderr").read_text())
+    assert said.startswith("the guest did not answer Xen's suspend request")
+    assert "rumprun" in said and "\n" not in said
+
+
+@pytest.mark.parametrize(
+    "fixture", ["xl_restore_truncated", "xl_restore_missing", "xl_restore_not_a_save"]
+)
+def test_a_checkpoint_gone_or_damaged_is_told_from_other_restore_failures(fixture: str) -> None:
+    assert unreadable_state((FIX / f"{fixture}.stderr").read_text())
+
+
+def test_other_failures_are_not_a_damaged_checkpoint() -> None:
+    for fixture in ("xl_create_exists", "xl_create_64M_linux", "xl_save_no_suspend"):
+        assert not unreadable_state((FIX / f"{fixture}.stderr").read_text()), fixture

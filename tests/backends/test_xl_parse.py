@@ -39,6 +39,16 @@ def test_xl_list_long() -> None:
     assert cfgs["Domain-0"].domid == 0
 
 
+def test_xl_list_long_of_one_domain_says_what_a_clone_repeats() -> None:
+    # `xl list -l DOMID` of a template (redis-static:xen, 64 MB) just before `xl save`.
+    [t] = xl_parse.parse_list_long((FIX / "xl_list_l_template.json").read_text())
+    assert (t.name, t.domid, t.memory_mb, t.vcpus) == ("tpl2", 10, 64, 1)
+    assert t.kernel is not None and t.kernel.startswith("/var/lib/uniklab/blobs/")
+    assert t.ramdisk is not None and t.ramdisk.startswith("/var/lib/uniklab/blobs/")
+    assert t.extra is not None and t.extra.startswith("console=hvc0 reboot=t")
+    assert t.macs == ("52:54:00:b6:a6:79",)
+
+
 def test_xl_info() -> None:
     info = xl_parse.parse_info((FIX / "xl_info.txt").read_text())
     assert info["xen_major"] == "4" and info["xen_minor"] == "17"

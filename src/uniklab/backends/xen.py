@@ -12,10 +12,12 @@ leftovers from another home's domains on a shared dom0, with no state store to a
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 import time
 from collections.abc import Generator
+from dataclasses import asdict, dataclass
 from pathlib import Path, PurePosixPath
 
 from uniklab import consoles, executor
@@ -34,8 +36,9 @@ from uniklab.backends.base import (
 from uniklab.backends.registry import BackendContext, BackendType
 from uniklab.backends.xen_config import XenDisk, XenDomain, XenVif, build_config
 from uniklab.digest import sha256_file
-from uniklab.errors import CommandError, LaunchError, NotFoundError, UniklabError
+from uniklab.errors import CommandError, LaunchError, NotFoundError, UniklabError, UsageError
 from uniklab.executor import Executor
+from uniklab.guest import console as guest_console
 from uniklab.guest.console import app_exit_status
 
 log = logging.getLogger(__name__)
@@ -45,6 +48,14 @@ DOMAINS = REMOTE_ROOT / "domains"
 CONSOLE_DIR = PurePosixPath("/var/log/xen/console")
 OWNER_PREFIX = "# uniklab-owner: "
 STOP_POLL = 1.0  # seconds between `xl list`s while a domain shuts down
+TEMPLATES = REMOTE_ROOT / "templates"  # a directory per template key: STATE, disk copies
+STATE = "state"  # xl save's checkpoint file in it
+TEMPLATE_RECORD = "xen.json"  # in the template's directory on this machine
+SAVE_TIMEOUT = 300.0  # xl save: ~2.5 s for 64 MB on the virtual Xen host
+RESTORE_TIMEOUT = 300.0
+RESTORED = "restored"  # the control line's verb (guest/ctl.h)
+CONSOLE_ARG = "console=hvc0 "  # what build_config puts before the Linux command line
+_KEY = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 # xl's status of a domain, in the words of Inspection.state ("blocked" is an idle guest).
 _STATES = {
     "running": "running",
@@ -64,6 +75,56 @@ for f in *.cfg; do
   printf '%s\\t%s\\n' "$f" "$l"
 done
 """
+
+
+@dataclass(frozen=True)
+class XenTemplate:
+    """A template on a Xen host, as this machine records it: where its checkpoint lies
+    there (TEMPLATES/key/STATE, disk copies beside it, named by their vdev), what says it
+    is still the one saved (its size and mtime, checked by every restore; its sha256), and
+    the domain it was, which a clone's config repeats."""
+
+    host: str
+    key: str
+    size: int
+    mtime: str  # as `ls --time-style=+%s.%N` prints it
+    sha256: str
+    kernel: str
+    ramdisk: str | None
+    cmdline: str | None
+    memory_mb: int
+    vcpus: int
+    nics: int
+    disks: tuple[str, ...]
+    save_seconds: float
+
+
+def template_key(dest: Path) -> str:
+    key = dest.name
+    if not _KEY.fullmatch(key):
+        raise UsageError(f"not a template key: {key!r}")
+    return key
+
+
+def read_template(template: Path) -> XenTemplate:
+    """The record save_template left in ``template``; NotFoundError if it is not there or
+    not one (a template saved by another backend, or damaged)."""
+    path = template / TEMPLATE_RECORD
+    try:
+        d = json.loads(path.read_text())
+        return XenTemplate(**{**d, "disks": tuple(d["disks"])})
+    except (OSError, ValueError, TypeError, KeyError) as exc:
+        raise NotFoundError(f"no Xen template in {template} ({exc})") from None
+
+
+def _facts(text: str) -> dict[str, str]:
+    """The "word value" lines the template scripts print."""
+    out = {}
+    for line in text.splitlines():
+        word, _, value = line.strip().partition(" ")
+        if word:
+            out[word] = value
+    return out
 
 
 def is_vif_of(domid: int, ifname: str) -> bool:
@@ -97,6 +158,7 @@ class XenBackend(Backend):
     def __init__(self, executor: Executor, *, vif_script: str | None = None) -> None:
         self.ex = executor
         self.vif_script = vif_script
+        self._xen_version: str | None = None  # `xl info`'s, asked once
 
     # -- images on the host ------------------------------------------------------------
     def _remote_hashes(self, paths: list[PurePosixPath]) -> dict[str, str]:
@@ -136,11 +198,7 @@ class XenBackend(Backend):
         if spec.volumes:
             # The host keeps one content-addressed copy of each file: not for writing.
             raise LaunchError("writable disks (--disk, rumprun's -b) go with QEMU guests for now")
-        vifs = []
-        for nic in spec.nics:
-            if nic.kind != "host-bridge" or not nic.bridge:
-                raise LaunchError("a Xen guest's NIC joins a bridge of its host (--net BRIDGE)")
-            vifs.append(XenVif(nic.mac, nic.bridge, self.vif_script))
+        vifs = self._vifs(spec)
         rumprun_cfg = _rumprun_config(spec)
         uploads = [spec.kernel, *([spec.initrd] if spec.initrd else []), *spec.disks]
         kernel, *rest = self.ensure_image(*uploads)
@@ -165,12 +223,11 @@ class XenBackend(Backend):
                 disks=[XenDisk(str(d), _xvd(i)) for i, d in enumerate(disks)],
             )
         )
-        # An instance's runtime directory lives in its home's runtime root: that names the
-        # home without the backend knowing of homes.
-        owner = f"{OWNER_PREFIX}{owner_tag(spec.rundir.parent)}\n"
         cfg = cfg_path(spec.name)
         self.ex.run(["mkdir", "-p", str(cfg.parent)], timeout=30)
-        self.ex.run(["sh", "-c", 'cat > "$1"', "sh", str(cfg)], input=owner + cfg_text, timeout=30)
+        self.ex.run(
+            ["sh", "-c", 'cat > "$1"', "sh", str(cfg)], input=_owned(spec, cfg_text), timeout=30
+        )
         try:
             if rumprun_cfg is None:
                 self.ex.run(["xl", "create", str(cfg)], timeout=120)
@@ -206,6 +263,14 @@ class XenBackend(Backend):
                 self.destroy(handle)
                 raise
         return handle
+
+    def _vifs(self, spec: InstanceSpec) -> list[XenVif]:
+        vifs = []
+        for nic in spec.nics:
+            if nic.kind != "host-bridge" or not nic.bridge:
+                raise LaunchError("a Xen guest's NIC joins a bridge of its host (--net BRIDGE)")
+            vifs.append(XenVif(nic.mac, nic.bridge, self.vif_script))
+        return vifs
 
     def _domains(self, timeout: float = 30) -> list[xl_parse.Domain]:
         return xl_parse.parse_list(self.ex.run(["xl", "list"], timeout=timeout).stdout)
@@ -322,6 +387,167 @@ class XenBackend(Backend):
             time.sleep(STOP_POLL)
         return app_exit_status(self.console(handle)[seen:])
 
+    # -- templates and clones: xl save / xl restore ------------------------------------
+    def template_key(self, spec: InstanceSpec) -> dict[str, object]:
+        """The host (its checkpoints live there) and its Xen (what restores them)."""
+        if self._xen_version is None:
+            info = xl_parse.parse_info(self.ex.run(["xl", "info"], timeout=30).stdout)
+            self._xen_version = info.get("xen_version", "?")
+        return {"host": self.ex.name, "xen": self._xen_version, "vif_script": self.vif_script}
+
+    def save_template(self, handle: Handle, dest: Path) -> None:
+        """`xl save` the ready domain into a checkpoint on the host, named by the template's
+        key (``dest``'s name), with its disk copies beside it; ``dest`` gets the record that
+        finds and verifies it (XenTemplate).  xl suspends the guest itself (its kernel
+        must answer: a paused guest is unpaused first) and ends the domain once saved."""
+        key = template_key(dest)
+        name = self.key(handle)
+        domid = self._own_domid(handle)
+        if domid is None:
+            raise NotFoundError(f"domain {name} is not on {self.ex.name}")
+        feature = f"/local/domain/{domid}/control/feature-suspend"
+        said = self.ex.run(["xenstore-read", feature], timeout=30, check=False).stdout.strip()
+        if said != "1":
+            raise LaunchError(
+                f"domain {name} on {self.ex.name} cannot be a template: its kernel does not "
+                f"announce Xen's suspend ({feature} is {said or 'unset'}; rumprun's Mini-OS "
+                "has no suspend), so xl save cannot save it"
+            )
+        cfgs = xl_parse.parse_list_long(
+            self.ex.run(["xl", "list", "-l", str(domid)], timeout=60).stdout
+        )
+        was = cfgs[0] if len(cfgs) == 1 else None
+        if was is None or was.memory_mb is None or was.kernel is None:
+            raise UniklabError(f"{self.ex.name}: `xl list -l {domid}` did not describe it")
+        where = TEMPLATES / key
+        self.ex.run(
+            ["sh", "-c", 'rm -rf -- "$1" && mkdir -p -- "$1"', "sh", str(where)], timeout=30
+        )
+        self.ex.run(["xl", "unpause", str(domid)], timeout=60, check=False)
+        start = time.monotonic()
+        try:
+            self.ex.run(["xl", "save", str(domid), str(where / STATE)], timeout=SAVE_TIMEOUT)
+        except CommandError as exc:
+            self.ex.run(["rm", "-rf", "--", str(where)], timeout=30, check=False)
+            told = exc.stderr.strip() and not exc.timed_out
+            detail = xl_errors.explain(exc.stderr) if told else exc
+            raise LaunchError(
+                f"xl save failed on {self.ex.name}: {detail}", argv=exc.argv, output=exc.stderr
+            ) from exc
+        seconds = time.monotonic() - start
+        try:
+            kept = self.ex.run(
+                ["sh", "-c", _KEEP_STATE, "sh", str(where), str(DOMAINS / name)], timeout=300
+            ).stdout
+            facts = _facts(kept)
+            size, mtime = facts["stat"].split()
+            record = XenTemplate(
+                host=self.ex.name,
+                key=key,
+                size=int(size),
+                mtime=mtime,
+                sha256=facts["sha256"],
+                kernel=was.kernel,
+                ramdisk=was.ramdisk,
+                cmdline=(was.extra or "").removeprefix(CONSOLE_ARG) or None,
+                memory_mb=was.memory_mb,
+                vcpus=was.vcpus or 1,
+                nics=len(was.macs),
+                disks=tuple(facts.get("disks", "").split()),
+                save_seconds=round(seconds, 3),
+            )
+            (dest / TEMPLATE_RECORD).write_text(json.dumps(asdict(record), indent=2) + "\n")
+        except BaseException:
+            self.ex.run(["rm", "-rf", "--", str(where)], timeout=30, check=False)
+            raise
+        finally:
+            cfg = handle.runtime.get("cfg")
+            self._remove_files(name, str(cfg) if cfg else None)
+
+    def restore_clone(self, spec: InstanceSpec, template: Path) -> Handle:
+        """`xl restore` the template's checkpoint with a config of the clone's own (its
+        name, its NICs' MACs and bridges, its disk copies: what xl lets differ; memory and
+        vCPUs are the saved domain's whatever the config says, so a spec asking otherwise
+        is refused).  The guest runs on at once: PV Linux takes the wall clock from Xen's
+        shared info as it resumes, and the host then writes the control line "restored
+        SECONDS.NANOS" (its own clock, read as it writes) on the guest's console, which the
+        init answers by setting its clock and taking a new address for a NIC whose MAC
+        changed.  NotFoundError when the checkpoint is gone or unreadable (rebuild it)."""
+        t = read_template(template)
+        if t.host != self.ex.name:
+            raise NotFoundError(f"template {t.key} was saved on {t.host}, not {self.ex.name}")
+        if (spec.memory_mb, spec.vcpus) != (t.memory_mb, t.vcpus):
+            raise UsageError(
+                f"a clone of template {t.key} has its {t.memory_mb} MB and {t.vcpus} vCPU "
+                f"(xl restore keeps the saved domain's), not {spec.memory_mb} MB and "
+                f"{spec.vcpus} vCPU"
+            )
+        vifs = self._vifs(spec)
+        if len(vifs) != t.nics:
+            raise UsageError(
+                f"a clone of template {t.key} has its {t.nics} NIC(s), not {len(vifs)}"
+            )
+        copies = [DOMAINS / f"{spec.name}.{vdev}" for vdev in t.disks]
+        cfg_text = build_config(
+            XenDomain(
+                name=spec.name,
+                kernel=t.kernel,
+                ramdisk=t.ramdisk,
+                cmdline=t.cmdline,
+                memory_mb=t.memory_mb,
+                vcpus=t.vcpus,
+                vifs=vifs,
+                disks=[XenDisk(str(c), v) for c, v in zip(copies, t.disks, strict=True)],
+            )
+        )
+        cfg = cfg_path(spec.name)
+        argv = [
+            "sh", "-c", _RESTORE, "sh", str(TEMPLATES / t.key), f"{t.size} {t.mtime}",
+            str(cfg), spec.name, str(DOMAINS / spec.name),
+            guest_console.CONTROL_PREFIX + RESTORED, *t.disks,
+        ]  # fmt: skip
+        r = self.ex.run(argv, input=_owned(spec, cfg_text), timeout=RESTORE_TIMEOUT, check=False)
+        if r.returncode == _STATE_CHANGED:
+            raise NotFoundError(
+                f"template {t.key} on {self.ex.name} is gone or changed since it was saved "
+                f"({r.stderr.strip()}): make it again"
+            )
+        if r.returncode == _RESTORE_FAILED:
+            log.debug("xl restore on %s said: %s", self.ex.name, r.stderr)
+            if xl_errors.unreadable_state(r.stderr):
+                raise NotFoundError(
+                    f"template {t.key} on {self.ex.name} is unreadable (xl restore: its "
+                    "checkpoint is gone, cut short or not xl's): make it again"
+                )
+            raise LaunchError(
+                f"xl restore failed on {self.ex.name}: {xl_errors.explain(r.stderr)}",
+                argv=r.argv,
+                output=r.stderr,
+            )
+        facts = _facts(r.stdout)
+        if r.returncode != 0 or "domid" not in facts:
+            self._remove_files(spec.name, str(cfg))
+            raise CommandError(r.argv, r.returncode, r.stderr, host=self.ex.name)
+        if facts.get("restored") is None:
+            log.warning("%s: no console for %s: its clock was not told", self.ex.name, spec.name)
+        return Handle(
+            pid=None,
+            runtime={
+                "host": self.ex.name,
+                "domain": spec.name,
+                "cfg": str(cfg),
+                "domid": int(facts["domid"]),
+                "template": t.key,
+            },
+        )
+
+    def drop_template(self, template: Path) -> None:
+        """Remove the template's checkpoint and disk copies from the host (``template``'s
+        record names them); the record itself is the caller's."""
+        t = read_template(template)
+        if t.host == self.ex.name:
+            self.ex.run(["rm", "-rf", "--", str(TEMPLATES / t.key)], timeout=60)
+
     # -- what gc, placement and doctors ask --------------------------------------------
     def key(self, handle: Handle) -> str:
         # A row reserved but not yet recorded names its domain after the instance.
@@ -396,9 +622,92 @@ while kill -0 "$t" 2>/dev/null && xl list "$2" >/dev/null 2>&1; do
 done
 sleep 1
 """
+# "SIZE MTIME" of a file, with what even a small dom0 has (GNU ls).
+_STAT_OF = """\
+stat_of() {
+  ls -ln --time-style=+%s.%N -- "$1" 2>/dev/null | { read -r _ _ _ _ s m _ && echo "$s $m"; }
+}
+"""
+# $1 the template's directory, $2 DOMAINS/NAME of the domain just saved: its disk copies
+# move in (named by their vdev); then what the record keeps.
+_KEEP_STATE = (
+    _STAT_OF
+    + """\
+cd "$1" || exit 1
+disks=
+for d in "$2".xvd?; do
+  [ -f "$d" ] || continue
+  mv -f -- "$d" "${d##*.}" || exit 1
+  disks="$disks ${d##*.}"
+done
+echo "disks$disks"
+set -- $(sha256sum state) && echo "sha256 $1"
+echo "stat $(stat_of state)"
+"""
+)
+# $1 the template's directory, $2 "SIZE MTIME" its state had when saved, $3 the clone's
+# config (written from stdin), $4 its name, $5 DOMAINS/NAME, $6 the control line's start,
+# then the vdevs of the template's disk copies.  Copies the disks, `xl restore`s, and
+# writes the control line with this host's clock on the guest's console pty (the slave
+# end of xenconsoled's), read as late as can be: bash's EPOCHREALTIME, else date.
+_RESTORE = (
+    _STAT_OF
+    + """\
+tpl=$1 want=$2 cfg=$3 name=$4 prefix=$5 ctl=$6
+shift 6
+have=$(stat_of "$tpl/state")
+if [ "$have" != "$want" ]; then
+  echo "its state is ${have:+now }${have:-missing}${have:+, was $want}" >&2
+  exit 3
+fi
+for v in "$@"; do
+  cp -- "$tpl/$v" "$prefix.$v" || { rm -f -- "$prefix".xvd?; exit 3; }
+done
+cat > "$cfg" || exit 1
+if ! xl restore "$cfg" "$tpl/state"; then
+  rm -f -- "$cfg" "$prefix".xvd?
+  exit 4
+fi
+domid=$(xl domid "$name") || exit 1
+echo "domid $domid"
+# The line goes once every NIC is connected again (state 4): netfront reads its MAC from
+# xenstore on the way, and the init looks at its NICs' MACs when the line comes.
+vifs="/local/domain/$domid/device/vif"
+for n in $(xenstore-list "$vifs" 2>/dev/null); do
+  i=0
+  until [ "$(xenstore-read "$vifs/$n/state" 2>/dev/null)" = 4 ]; do
+    i=$((i + 1))
+    [ "$i" -le 200 ] || break
+    sleep 0.05
+  done
+done
+i=0
+until tty=$(xenstore-read "/local/domain/$domid/console/tty" 2>/dev/null) && [ -n "$tty" ]; do
+  i=$((i + 1))
+  [ "$i" -le 40 ] || exit 0
+  sleep 0.05
+done
+t=${EPOCHREALTIME:-}
+case $t in
+  '') t=$(date +%s.%N) ;;
+  *,*) t=${t%,*}.${t#*,}000 ;;
+  *) t=${t}000 ;;
+esac
+printf '%s %s\\n' "$ctl" "$t" > "$tty" && echo "restored $t"
+"""
+)
+_STATE_CHANGED = 3
+_RESTORE_FAILED = 4
 # Removes "$@" and the domain's disk copies, "$0".xvd? ($0: DOMAINS/NAME).
 _RM_FILES = 'rm -f -- "$@" "$0".xvd?'
 _KERNFS = {"source": "dev", "path": "virtual", "fstype": "kernfs", "mountpoint": "/kern"}
+
+
+def _owned(spec: InstanceSpec, cfg_text: str) -> str:
+    """The domain config opened by the line naming its home: an instance's runtime
+    directory lives in its home's runtime root, which names the home without the backend
+    knowing of homes."""
+    return f"{OWNER_PREFIX}{owner_tag(spec.rundir.parent)}\n{cfg_text}"
 
 
 def _xvd(index: int) -> str:

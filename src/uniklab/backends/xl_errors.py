@@ -37,6 +37,11 @@ _CAUSES: tuple[tuple[re.Pattern[str], str], ...] = (
         "(xl list; uniklab ps)",
     ),
     (
+        re.compile(r"guest didn't acknowledge suspend|did not respond to suspend request"),
+        "the guest did not answer Xen's suspend request, so xl cannot save it (its kernel "
+        "has no suspend: rumprun's Mini-OS has none); it runs on as before",
+    ),
+    (
         re.compile(r"Unable to (?:open|read) kernel|kernel .*(?:No such file|not found)"),
         "the host cannot read the guest's kernel: check the disk space in /var/lib/uniklab "
         "there (the image is copied again on the next run)",
@@ -79,3 +84,15 @@ def explain(output: str, *, memory_mb: int | None = None) -> str:
         return errors[0]
     others = [ln for ln in lines if not ln.startswith("Parsing config from")]
     return others[-1] if others else "no output"
+
+
+# What xl restore says of a checkpoint file it cannot use: gone, not a save file, cut short.
+_UNREADABLE_STATE = re.compile(
+    r"Can't open restore file|wrong magic number|Failed to read \d+ bytes|Restore failed"
+)
+
+
+def unreadable_state(output: str) -> bool:
+    """Did `xl restore` fail because its checkpoint file is gone or damaged (not because of
+    the domain's config or the host)?"""
+    return _UNREADABLE_STATE.search(output) is not None

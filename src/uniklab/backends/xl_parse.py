@@ -70,6 +70,7 @@ class DomainConfig:
     bridges: tuple[str, ...]
     kernel: str | None
     extra: str | None
+    ramdisk: str | None = None
 
 
 def _get(d: Any, *keys: str) -> Any:
@@ -99,6 +100,7 @@ def parse_list_long(text: str) -> list[DomainConfig]:
         nics = _get(cfg, "nics") or []
         kernel = _get(cfg, "b_info", "kernel")
         extra = _get(cfg, "b_info", "cmdline")
+        ramdisk = _get(cfg, "b_info", "ramdisk")
         out.append(
             DomainConfig(
                 domid=entry.get("domid") if isinstance(entry.get("domid"), int) else None,
@@ -111,6 +113,7 @@ def parse_list_long(text: str) -> list[DomainConfig]:
                 ),
                 kernel=kernel if isinstance(kernel, str) else None,
                 extra=extra if isinstance(extra, str) else None,
+                ramdisk=ramdisk if isinstance(ramdisk, str) else None,
             )
         )
     return out

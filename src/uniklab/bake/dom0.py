@@ -146,6 +146,7 @@ XEN_TOOLS = (
     f"{XEN_BIN}/xenconsoled",
     f"{XEN_BIN}/xenconsole",
     f"{XEN_BIN}/xen-init-dom0",
+    f"{XEN_BIN}/libxl-save-helper",  # xl save / restore / migrate run it
     "/usr/bin/xenstore",
     "/usr/sbin/sshd",
     "/usr/lib/openssh/sftp-server",

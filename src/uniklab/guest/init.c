@@ -635,14 +635,19 @@ static void write_resolv_conf(const struct config *cfg, const struct in_addr *dn
 
 static void log_net(const char *ifname, const struct nic *nic, const struct lease *l)
 {
-    char a[INET_ADDRSTRLEN], g[INET_ADDRSTRLEN];
+    char a[INET_ADDRSTRLEN], g[INET_ADDRSTRLEN], m[18];
     inet_ntop(AF_INET, &l->addr, a, sizeof a);
     if (l->gw.s_addr)
         inet_ntop(AF_INET, &l->gw, g, sizeof g);
     else
         strcpy(g, "none");
-    say("net %s %s %s/%d via %s gw %s", ifname, nic->mac_str, a, l->prefix,
-        nic->dhcp ? "dhcp" : "static", g);
+    uint8_t mac[6];
+    if (net_mac_of(ifname, mac)) /* the MAC it has now: a clone's may not be the config's */
+        memcpy(mac, nic->mac, 6);
+    snprintf(m, sizeof m, "%02x:%02x:%02x:%02x:%02x:%02x", mac[0], mac[1], mac[2], mac[3],
+             mac[4], mac[5]);
+    say("net %s %s %s/%d via %s gw %s", ifname, m, a, l->prefix, nic->dhcp ? "dhcp" : "static",
+        g);
 }
 
 static void setup_network(const struct config *cfg)
@@ -704,6 +709,24 @@ static void keep_leases(void)
         default:
             break;
         }
+    }
+}
+
+/* A clone restored from a template wakes with the template's leases, and on Xen with NICs
+ * of its own MACs: a NIC whose MAC changed gives the template's address up and asks for
+ * one of its own.  Looked at when the host speaks (its "restored" line follows a restore). */
+static void follow_moved_nics(void)
+{
+    for (int i = 0; i < ndhcp; i++) {
+        struct dhcp_client *c = &dhcp[i];
+        uint8_t mac[6];
+        if (net_mac_of(c->ifname, mac) || memcmp(mac, c->mac, 6) == 0)
+            continue;
+        char a[INET_ADDRSTRLEN];
+        inet_ntop(AF_INET, &c->l.addr, a, sizeof a);
+        say("net %s has MAC %02x:%02x:%02x:%02x:%02x:%02x now: lease %s given up, "
+            "rediscovering", c->ifname, mac[0], mac[1], mac[2], mac[3], mac[4], mac[5], a);
+        dhcp_moved(c, mac);
     }
 }
 
@@ -903,8 +926,10 @@ static int run_app(const struct image *img, const struct config *cfg)
             ssize_t n = read(cfd, buf, sizeof buf);
             struct ctl_cmd cmd;
             if (n > 0) {
-                if (ctl_feed(&ctl, buf, (size_t)n, &cmd) != CTL_NONE)
+                if (ctl_feed(&ctl, buf, (size_t)n, &cmd) != CTL_NONE) {
+                    follow_moved_nics();
                     control(&cmd, pid, &kill_at);
+                }
             } else if (n == 0 || (errno != EAGAIN && errno != EINTR)) {
                 close(cfd); /* a hung-up console: stop watching it rather than spin */
                 cfd = -1;

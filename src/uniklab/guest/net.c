@@ -210,6 +210,17 @@ int net_find_by_mac(const uint8_t mac[6], char ifname[IFNAMSIZ], int timeout_ms)
     }
 }
 
+int net_mac_of(const char *ifname, uint8_t mac[6])
+{
+    char path[64];
+    snprintf(path, sizeof path, "/sys/class/net/%s/address", ifname);
+    char *addr = read_file(path, 256, NULL);
+    if (!addr) return -1;
+    int rc = parse_mac(addr, mac);
+    free(addr);
+    return rc;
+}
+
 int net_clear(const char *ifname)
 {
     int s = ifreq_sock();
@@ -615,6 +626,15 @@ static int on_timer(struct dhcp_client *c)
     c->next = now + (wait < RETRY_FLOOR_MS ? RETRY_FLOOR_MS : wait);
     if (c->next > until) c->next = until;
     return DHCP_NONE;
+}
+
+int dhcp_moved(struct dhcp_client *c, const uint8_t mac[6])
+{
+    memcpy(c->mac, mac, 6);
+    if (c->fd >= 0) close(c->fd); /* bound to the exchange of the old MAC */
+    c->fd = -1;
+    c->state = D_SELECTING;
+    return lose(c, "held by the template");
 }
 
 int dhcp_step(struct dhcp_client *c)

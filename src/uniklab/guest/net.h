@@ -60,6 +60,12 @@ int dhcp_acquire(struct dhcp_client *c, const char *ifname, const uint8_t mac[6]
  * again).  DHCP_BOUND: a new lease to apply (any old address is gone); DHCP_RENEWED: the
  * same lease, extended; DHCP_LOST: the address was removed and discovery restarted. */
 int dhcp_step(struct dhcp_client *c);
+/* The NIC answers to another MAC now (a clone restored from a template, on Xen): the lease
+ * is the template's (another guest holds it): remove the address and discover with ``mac``.
+ * Returns DHCP_LOST; dhcp_step then brings the new lease as DHCP_BOUND. */
+int dhcp_moved(struct dhcp_client *c, const uint8_t mac[6]);
+/* The interface's MAC now. 0 on success. */
+int net_mac_of(const char *ifname, uint8_t mac[6]);
 int parse_mac(const char *s, uint8_t mac[6]);
 
 #endif
