@@ -5,12 +5,16 @@ on the host's kernel): run -> PONG for a cold boot and for a clone (medians of -
 one process, so Python's imports are paid before the first), the template's creation
 time, and the memory of --clones clones running at once against as many booted guests:
 RSS and PSS of each QEMU (/proc/PID/smaps_rollup; PSS splits the template's pages shared
-by the clones).  Usage: python bench/bench_templates.py [--runs 5] [--clones 4] [--json F]
+by the clones).  Then scale: how many 32 MB Redis guests start within --scale-budget
+seconds (at most --scale-max), clones against cold boots, and how many answer PING at the
+end.  Usage: python bench/bench_templates.py [--runs 5] [--clones 4] [--scale-budget 60]
+[--scale-max 60] [--json F]
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import shutil
 import statistics
@@ -73,6 +77,33 @@ def memory_of(lab: Lab, ref: str, memory: str, count: int, *, clone: bool) -> di
     }
 
 
+def scale(lab: Lab, ref: str, budget: float, most: int, *, clone: bool) -> dict[str, object]:
+    """Guests of ``ref`` at 32 MB started one after another until ``budget`` seconds or
+    ``most`` guests; how many answer PING then, their mean PSS, and the host's free memory."""
+    names: list[str] = []
+    start = time.monotonic()
+    while time.monotonic() - start < budget and len(names) < most:
+        names.append(run_to_pong(lab, ref, "32M", clone=clone)[1])
+    took = time.monotonic() - start
+    answered, pss = 0, []
+    for n in names:
+        view = lab.get(n)
+        with contextlib.suppress(redis.RedisError):
+            answered += bool(redis.Redis("127.0.0.1", view.forwards[0][0], socket_timeout=5).ping())
+        pss.append(_smaps(int(view.row.pid or 0))["Pss"])
+    avail = int(Path("/proc/meminfo").read_text().split("MemAvailable:")[1].split()[0]) * 1024
+    for n in names:
+        lab.destroy(n)
+    return {
+        "started": len(names),
+        "seconds": round(took, 1),
+        "answered": answered,
+        "mean_pss_mb": round(statistics.mean(pss) / (1 << 20), 1) if pss else 0.0,
+        "host_available_gb_at_end": round(avail / (1 << 30), 1),
+        "stopped_by": "count" if len(names) >= most else "time budget",
+    }
+
+
 def bench_image(lab: Lab, ref: str, memory: str, runs: int, clones: int) -> dict[str, object]:
     name = ref.split(":")[0]
     # warm: imports, page cache of the image
@@ -109,8 +140,11 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--clones", type=int, default=4)
+    ap.add_argument("--scale-budget", type=float, default=60.0)
+    ap.add_argument("--scale-max", type=int, default=60)
     ap.add_argument("--json")
     args = ap.parse_args()
+    scaled: dict[str, dict[str, object]] = {}
     home = Path(tempfile.mkdtemp(prefix="ukb-", dir="/tmp"))
     lab = Lab(Paths(home))
     results = []
@@ -118,6 +152,10 @@ def main() -> None:
         for ref, (bake, memory) in IMAGES.items():
             lab.bake(str(bake["ref"]), tag="bench", kernel=str(bake["kernel"]), root=bake["root"])
             results.append(bench_image(lab, ref, memory, args.runs, args.clones))
+        if args.scale_max > 0:
+            small = next(iter(IMAGES))
+            for kind, clone in (("cold boots", False), ("clones", True)):
+                scaled[kind] = scale(lab, small, args.scale_budget, args.scale_max, clone=clone)
     finally:
         for v in lab.ps():
             lab.destroy(v.name)
@@ -132,8 +170,15 @@ def main() -> None:
             f"{r['speedup']:5} {r['template_create_s']:6.2f}s  "
             f"{b['rss_mb']:5.1f}/{b['pss_mb']:5.1f} MB  {c['rss_mb']:5.1f}/{c['pss_mb']:5.1f} MB"
         )
+    for kind, r in scaled.items():
+        print(
+            f"scale, {kind} of {next(iter(IMAGES))} at 32 MB: {r['started']} started in "
+            f"{r['seconds']} s ({r['stopped_by']}), {r['answered']} answered PING, mean PSS "
+            f"{r['mean_pss_mb']} MB, host memory available at the end "
+            f"{r['host_available_gb_at_end']} GB"
+        )
     if args.json:
-        Path(args.json).write_text(json.dumps(results, indent=2))
+        Path(args.json).write_text(json.dumps({"images": results, "scale": scaled}, indent=2))
     shutil.rmtree(home, ignore_errors=True)
 
 
