@@ -7,6 +7,7 @@ first reconciles the state store with what really runs.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import os
 import secrets
@@ -21,12 +22,14 @@ from uniklab import events, faults, signals, validate
 from uniklab.backends import registry
 from uniklab.errors import (
     ConflictError,
+    HostFullError,
     NotFoundError,
     ProbeTimeoutError,
     UniklabError,
     UsageError,
 )
 from uniklab.guest import console as guest_console
+from uniklab.hosts import placement
 from uniklab.paths import Paths, default_paths
 from uniklab.ports import free_port, port_free
 
@@ -428,7 +431,9 @@ class Lab:
         self.reconcile()
         if o.name and any(r.name == o.name for r in self.store.instances()):
             raise ConflictError(f"an instance named {o.name!r} already exists")
-        host = self.hosts.get(self.place() if o.host == "auto" else o.host)
+        placing = placement.pool(o.host) is not None
+        m = self.image(image_ref, bake_missing=True) if placing else None
+        host = self.place(o, m) if m else self.hosts.get(o.host)
         engine = registry.for_host(host)
         backend_name = engine.name
         nets = o.nets
@@ -440,7 +445,7 @@ class Lab:
                 )
             # Like xl, whose vif without bridge= joins xenbr0.
             nets = nets or (attach.NicRequest(HOST_BRIDGE),)
-        m = self.image(image_ref, bake_missing=True)
+        m = m or self.image(image_ref, bake_missing=True)
         if engine.image_platform not in m.platforms:
             raise UsageError(
                 f"image {m.ref} runs on {', '.join(m.platforms)}, not {backend_name} "
@@ -459,18 +464,26 @@ class Lab:
         wanted = [] if nets else (list(o.publish) or [(0, p) for p in m.ports])
         if len({h for h, _ in wanted if h}) != len([h for h, _ in wanted if h]):
             raise ConflictError("a host port is published twice")
-        row = self.store.reserve(
-            name=name,
-            image=m.ref,
-            digest=m.digest,
-            backend=backend_name,
-            host=host.name,
-            memory_mb=memory,
-            vcpus=o.vcpus,
-            owner_pid=os.getpid(),
-            spec={"args": app_args, "env": env, "publish": [], "restart": o.restart},
-            labels=dict(o.labels or {}),
-        )
+        try:
+            row = self.store.reserve(
+                name=name,
+                image=m.ref,
+                digest=m.digest,
+                backend=backend_name,
+                host=host.name,
+                memory_mb=memory,
+                vcpus=o.vcpus,
+                owner_pid=os.getpid(),
+                spec={"args": app_args, "env": env, "publish": [], "restart": o.restart},
+                labels=dict(o.labels or {}),
+                limit=host.max_instances,
+            )
+        except HostFullError:
+            # Another run took its last place meanwhile: the rest of the pool, if any.
+            rest = placement.without(o.host, self, host.name) if placing else None
+            if rest is None:
+                raise
+            return self.run(image_ref, dataclasses.replace(o, host=rest))
         rundir = self.paths.run / str(row.id)
         handle: Handle | None = None
         try:
@@ -574,22 +587,12 @@ class Lab:
             rows = [r for r in rows if r.state in (RUNNING, PAUSED)]
         return [self.view(r, seen.get(r.id)) for r in rows]
 
-    def place(self) -> str:
-        """`--host auto`: the reachable host with the most free memory (local included)."""
-        best, best_free = "", -1
-        for h in [self.hosts.get("local"), *self.hosts.ls()]:
-            engine = registry.for_host(h)
-            if engine.local_only and not h.is_local:
-                continue
-            try:
-                free = self.backend_on(h).facts(timeout=20).free_memory_mb
-            except UniklabError as exc:
-                log.info("host %s not a candidate: %s", h.name, exc)
-                continue
-            if free > best_free:
-                best, best_free = h.name, free
-        log.info("placing on %s (%d MB free)", best, best_free)
-        return best or "local"
+    def place(self, o: RunOptions, m: Manifest) -> Host:
+        """The host of ``--host auto`` (or a pool ``a,b``) for a guest of image ``m``
+        (hosts/placement.py): of the hosts whose engine can run it and that are under their
+        instance limit, the one that answers with the most free memory."""
+        memory = o.memory_mb if o.memory_mb is not None else validate.memory_mb(m.memory)
+        return placement.place(self, o.host, memory_mb=memory, unfit=lambda h: unfit(h, o, m))
 
     def network_users(self) -> dict[str, list[str]]:
         users: dict[str, list[str]] = {}
@@ -750,8 +753,6 @@ class Lab:
     def _with_free_ports(self, row: InstanceRow, spec: InstanceSpec) -> InstanceSpec:
         """``spec`` with each published port that another program took meanwhile replaced
         by a free one (claimed in the store, as ``run`` claims them)."""
-        import dataclasses
-
         nics = list(spec.nics)
         for i, nic in enumerate(nics):
             if nic.kind != "user" or all(port_free(h) for h, _ in nic.forwards):
@@ -802,6 +803,19 @@ class Lab:
                 self.store.delete_instance(row.id)
                 events.emit(self.paths, "destroyed", row.name)
         return row
+
+
+def unfit(host: Host, o: RunOptions, m: Manifest) -> str | None:
+    """Why ``host``'s engine cannot run image ``m`` as ``o`` asks (None: it can): the
+    reasons ``run`` gives on a named host, asked before placing on one."""
+    engine = registry.for_host(host)
+    if engine.image_platform not in m.platforms:
+        return f"{engine.name} there runs {engine.image_platform} images, {m.ref} is not one"
+    if o.publish and not engine.user_networking:
+        return f"{engine.name} there has no user-mode network to publish ports from"
+    if not o.nets and engine.user_networking and not host.is_local:
+        return "its user-mode ports would not be on this machine (give --net BRIDGE)"
+    return None
 
 
 def tag_for_tests(digest: str) -> str:

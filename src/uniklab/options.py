@@ -15,6 +15,7 @@ from typing import TypedDict
 
 from uniklab import validate
 from uniklab.errors import UsageError
+from uniklab.hosts import placement
 from uniklab.net.attach import NicRequest, check_request, parse_net_option
 
 DEFAULT_WAIT = 120.0
@@ -91,7 +92,7 @@ class RunOptions:
     args: Sequence[str] = ()
     labels: Mapping[str, str] | None = field(default_factory=dict)
     net: NetArg | Sequence[NetArg] | None = ()
-    host: str = "local"  # an inventory host; on a Xen host --net names its bridges
+    host: str = "local"  # an inventory host, "auto" or a pool "a,b"; on Xen --net names bridges
     wait: bool = True
     timeout: float | None = DEFAULT_WAIT  # seconds to be ready (None: the default)
     restart: str = "no"  # or "on-failure": relaunched (up to MAX_RESTARTS) when it crashes
@@ -132,8 +133,7 @@ class RunOptions:
             raise UsageError("-p publishes ports of the user-mode network; not with --net")
         put("net", nets)
         put("disks", disk_requests(self.disks))
-        if self.host != "auto":  # `--host auto` is placed by the lab
-            validate.name(self.host, "host name")
+        placement.check(self.host)  # a host, `auto` or a pool `a,b`: placed by the lab
 
     @property
     def nets(self) -> tuple[NicRequest, ...]:
