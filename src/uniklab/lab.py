@@ -13,7 +13,7 @@ import os
 import secrets
 import shutil
 import time
-from collections.abc import Generator, Mapping
+from collections.abc import Generator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -41,6 +41,7 @@ if TYPE_CHECKING:
     from uniklab.bake.image import Manifest
     from uniklab.buildcache import Progress
     from uniklab.hosts.inventory import Host
+    from uniklab.net.attach import NicRequest
     from uniklab.net.attachment import Attachment
     from uniklab.options import DEFAULT_WAIT as DEFAULT_WAIT
     from uniklab.options import RunOptions as RunOptions  # part of the Lab API
@@ -490,8 +491,9 @@ class Lab:
             # Claimed in the store, so two concurrent runs never pick the same free port.
             forwards = self.store.claim_ports(row.id, wanted, free_port, port_free)
             others = [r for r in self.store.instances() if r.id != row.id]
+            host_nets = self._host_networks(host, nets)
             nics = run_plan.plan_attachments(
-                engine, nets, name, row.id, self.networks, others, forwards, host.name
+                engine, nets, name, row.id, self.networks, others, forwards, host.name, host_nets
             )
             spec = boot.instance_spec(
                 m,
@@ -545,6 +547,15 @@ class Lab:
                     if handle is not None:
                         events.emit(self.paths, "destroyed", name, reason="run failed")
             raise
+
+    def _host_networks(self, host: Host, nets: Sequence[NicRequest]) -> dict[str, str]:
+        """The networks of ``host``'s own engine that ``nets`` name (libvirt's networks
+        there: name → bridge)."""
+        if not nets or host.libvirt is None:
+            return {}
+        from uniklab.net import libvirt_net
+
+        return libvirt_net.named(self, host, [n.network for n in nets])
 
     def _time_source(self, nic: Attachment, engine: registry.BackendType) -> str | None:
         """Where the guest reads the host's clock: its user-mode network's time service,

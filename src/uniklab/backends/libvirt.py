@@ -530,6 +530,76 @@ class LibvirtBackend:
             return None
         return stream
 
+    # -- networks on the host ------------------------------------------------------------
+    def host_networks(self) -> dict[str, str]:
+        """The host's active libvirt networks (its own ``default`` included): name → bridge."""
+        lib = _lib()
+        try:
+            active = self.conn().listAllNetworks(lib.VIR_CONNECT_LIST_NETWORKS_ACTIVE)
+            return {n.name(): n.bridgeName() for n in active}
+        except lib.libvirtError as exc:
+            raise explain(exc, self.where) from None
+
+    def create_network(self, spec: libvirt_xml.NetworkSpec) -> str:
+        """Network ``spec`` made and started there (transient: gone when removed, or when
+        the host restarts, like a uniklab bridge); its bridge's name."""
+        lib = _lib()
+        try:
+            self.conn().networkLookupByName(spec.name)
+        except lib.libvirtError as exc:
+            if exc.get_error_code() != lib.VIR_ERR_NO_NETWORK:
+                raise explain(exc, self.where) from None
+        else:
+            raise ConflictError(f"{self.where}: a libvirt network named {spec.name!r} exists")
+        try:
+            net = self.conn().networkCreateXML(libvirt_xml.render_network(spec))
+            return str(net.bridgeName())
+        except lib.libvirtError as exc:
+            raise explain(exc, f"network {spec.name} on {self.where}") from None
+
+    def _network(self, name: str) -> Any:
+        lib = _lib()
+        try:
+            return self.conn().networkLookupByName(name)
+        except lib.libvirtError as exc:
+            if exc.get_error_code() == lib.VIR_ERR_NO_NETWORK:
+                raise NotFoundError(f"no libvirt network {name} on {self.where}") from None
+            raise explain(exc, self.where) from None
+
+    def network_owner(self, name: str) -> str | None:
+        """The owner tag of network ``name`` (None: not uniklab's)."""
+        try:
+            return libvirt_xml.network_owner(self._network(name).XMLDesc(0))
+        except _lib().libvirtError as exc:
+            raise explain(exc, self.where) from None
+
+    def remove_network(self, name: str, owner: str) -> None:
+        """Network ``name``, if the home ``owner`` made it (never the host's own)."""
+        if self.network_owner(name) != owner:
+            raise ConflictError(
+                f"libvirt network {name} on {self.where} is not this home's: not removed"
+            )
+        net = self._network(name)
+        lib = _lib()
+        try:
+            if net.isActive():
+                net.destroy()
+            if net.isPersistent():
+                net.undefine()
+        except lib.libvirtError as exc:
+            if exc.get_error_code() != lib.VIR_ERR_NO_NETWORK:
+                raise explain(exc, self.where) from None
+
+    def lease(self, network: str, mac: str) -> str | None:
+        """The address libvirt's dnsmasq leased to ``mac`` on ``network`` (None: none)."""
+        lib = _lib()
+        try:
+            leases = self._network(network).DHCPLeases(mac.lower(), 0)
+        except lib.libvirtError as exc:
+            raise explain(exc, self.where) from None
+        ours = [x for x in leases if x.get("type") == lib.VIR_IP_ADDR_TYPE_IPV4]
+        return str(max(ours, key=lambda x: x.get("expirytime", 0))["ipaddr"]) if ours else None
+
     # -- what gc, placement and doctors ask --------------------------------------------
     def key(self, handle: Handle) -> str:
         return str(handle.runtime.get("domain") or handle.name)
