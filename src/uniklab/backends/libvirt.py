@@ -25,7 +25,7 @@ import time
 import xml.etree.ElementTree as ET
 from collections.abc import Callable, Generator, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, BinaryIO
 from urllib.parse import urlsplit
 
 from uniklab import consoles
@@ -68,6 +68,10 @@ FOLLOW_POLL = 0.5  # seconds between two reads of a remote console log's new byt
 STOP_POLL = 0.2
 POWEROFF_WAIT = 5.0  # after a stop's timeout: the init's SIGKILL, then its power-off
 UPLOAD_WAIT = 60.0  # seconds to wait for another command's upload of the same volume
+# An upload's bound: this much, plus its size at this rate (a remote host over a slow link).
+UPLOAD_BASE = 60.0
+UPLOAD_RATE = 1 << 20  # bytes per second, at least
+CLEANUP_WAIT = 30.0  # for undoing a stopped upload (the host may still not answer)
 # QEMU's slirp addresses, as on the QEMU backend.  No time service: libvirt runs QEMU
 # under a seccomp sandbox that forbids guestfwd's `cmd:` (QEMU would be killed), so a
 # guest here keeps its RTC's time.
@@ -112,6 +116,40 @@ def explain(exc: Exception, where: str) -> UniklabError:
     if "Permission denied" in message:
         return LaunchError(f"{where}: {message} (libvirt's QEMU cannot read that file)")
     return UniklabError(f"{where}: {message}")
+
+
+class Bounded:
+    """A call that may block in libvirt's C code for as long as its host does not answer
+    (no keepalive runs without an event loop), in a daemon thread of its own that a caller
+    waits for with a timeout; left behind if it does not end, it never holds up the
+    process's exit."""
+
+    def __init__(self, call: Callable[[], object]) -> None:
+        self.failed: list[BaseException] = []
+
+        def run() -> None:
+            try:
+                call()
+            except BaseException as exc:  # handed to the waiting thread
+                self.failed.append(exc)
+
+        self.thread = threading.Thread(target=run, name="libvirt-call", daemon=True)
+        self.thread.start()
+
+    def wait(self, timeout: float, what: str) -> None:
+        """Its end, or ``HostUnreachableError`` after ``timeout``; its error is raised here."""
+        self.thread.join(timeout)
+        if self.thread.is_alive():
+            raise HostUnreachableError(
+                f"{what} did not finish within {timeout:.0f} s (the host stopped answering)"
+            )
+        if self.failed:
+            raise self.failed[0]
+
+
+def bounded(call: Callable[[], object], timeout: float, what: str) -> None:
+    """``call()``, waited for at most ``timeout`` seconds (``Bounded``)."""
+    Bounded(call).wait(timeout, what)
 
 
 def is_remote(uri: str) -> bool:
@@ -209,7 +247,12 @@ class LibvirtBackend:
         r = self.ex.run(["sha256sum", "--", vol.path()], timeout=120, check=False)
         return r.stdout.split()[0] if r.returncode == 0 and r.stdout else ""
 
-    def _upload(self, pool: libvirt_t.virStoragePool, name: str, path: Path) -> Any:
+    def _upload(
+        self, pool: libvirt_t.virStoragePool, name: str, path: Path, timeout: float | None = None
+    ) -> Any:
+        """``path`` as the new volume ``name``, within ``timeout`` (default: by its size,
+        ``UPLOAD_BASE`` + size at ``UPLOAD_RATE``); on any failure, the half-made volume
+        goes again."""
         size = path.stat().st_size
         xml = (
             f"<volume><name>{name}</name><capacity unit='bytes'>{size}</capacity>"
@@ -218,10 +261,32 @@ class LibvirtBackend:
         )
         vol = pool.createXML(xml, 0)
         stream = self.conn().newStream(0)
-        vol.upload(stream, 0, size, 0)
-        with path.open("rb") as f:
-            stream.sendAll(lambda _s, n, fh: fh.read(n), f)
-        stream.finish()
+        stopped = threading.Event()
+
+        def chunk(_stream: object, n: int, f: BinaryIO) -> bytes:
+            if stopped.is_set():  # sendAll then aborts the stream, in its own thread
+                raise UniklabError("upload stopped")
+            return f.read(n)
+
+        def send() -> None:
+            vol.upload(stream, 0, size, 0)
+            with path.open("rb") as f:
+                stream.sendAll(chunk, f)
+            stream.finish()
+
+        limit = timeout if timeout is not None else UPLOAD_BASE + size / UPLOAD_RATE
+        upload = Bounded(send)
+        try:
+            upload.wait(limit, f"{self.where}: the upload of {path.name} ({size} bytes)")
+        except BaseException:
+            # Undone once the host answers again (libvirt keeps a volume being written).
+            stopped.set()
+            upload.thread.join(CLEANUP_WAIT)
+            try:
+                bounded(lambda: vol.delete(0), CLEANUP_WAIT, f"{self.where}: removing {name}")
+            except Exception as exc:  # the upload's own error is the one raised
+                log.info("%s", exc)
+            raise
         return vol
 
     def ensure_image(self, *files: Path) -> tuple[libvirt_xml.Volume, ...]:
