@@ -23,6 +23,7 @@ from uniklab.backends import registry
 from uniklab.errors import (
     ConflictError,
     HostFullError,
+    HostUnreachableError,
     NotFoundError,
     ProbeTimeoutError,
     UniklabError,
@@ -189,6 +190,7 @@ class Lab:
         self._stack = contextlib.ExitStack()
         self.reach = Reach(self.store, self.hosts, self._stack)
         self._backends: dict[str, Backend] = {}
+        self.silent: set[str] = set()  # hosts that did not answer the last reconcile
 
     def close(self) -> None:
         self._stack.close()
@@ -230,12 +232,21 @@ class Lab:
         self.images.sweep_staging()
         self.networks.reconcile()
         seen: dict[int, Inspection] = {}
+        self.silent = set()
         for row in self.store.instances():
             if row.state == CREATING:
                 self._reconcile_creating(row)
             elif row.state in (RUNNING, PAUSED):
+                if row.host in self.silent:
+                    continue
                 backend = self.backend_of(row)
-                insp = backend.inspect(self.handle(row))
+                try:
+                    insp = backend.inspect(self.handle(row))
+                except HostUnreachableError as exc:
+                    # Its instances stay as last known (`ps` lists them, on that host).
+                    log.warning("host %s skipped: %s", row.host, exc)
+                    self.silent.add(row.host)
+                    continue
                 if insp.alive:
                     seen[row.id] = insp
                 else:
@@ -573,7 +584,7 @@ class Lab:
         from uniklab.state.store import PAUSED, RUNNING
 
         insp = None
-        if row.state in (RUNNING, PAUSED):
+        if row.state in (RUNNING, PAUSED) and row.host not in self.silent:
             insp = inspection or self.backend_of(row).inspect(self.handle(row))
             first = self.reach.first(row)
             bridged = first is not None and first.kind != "user"
@@ -822,6 +833,10 @@ def unfit(host: Host, o: RunOptions, m: Manifest) -> str | None:
     engine = registry.for_host(host)
     if engine.image_platform not in m.platforms:
         return f"{engine.name} there runs {engine.image_platform} images, {m.ref} is not one"
+    microvm_kernel = engine.image_platform == "qemu" and not m.acpi  # no PCI
+    if engine.name == "libvirt" and (m.is_rumprun or m.block_root or microvm_kernel):
+        # Its create says the same, once planned (backends/libvirt.py).
+        return f"libvirt there boots Linux images with an initramfs, {m.ref} is not one"
     if o.publish and not engine.user_networking:
         return f"{engine.name} there has no user-mode network to publish ports from"
     if not o.nets and engine.user_networking and not host.is_local:

@@ -155,3 +155,24 @@ def test_an_upload_to_a_daemon_that_stops_answering_is_bounded(
     # Undone once the daemon answered again: no half volume stays in the pool.
     pool.refresh(0)
     assert backend._lookup(pool, name) is None and not volume.exists()
+
+
+def test_a_daemon_that_stops_answering_fails_the_calls_waiting_on_it(libvirtd: str) -> None:
+    import os
+    import signal
+
+    backend = lv.LibvirtBackend(libvirtd, local, kvm=False)
+    assert backend.facts().free_memory_mb > 0  # the connection is open
+    daemon = int(Path("/run/libvirtd.pid").read_text().split()[0])
+    os.kill(daemon, signal.SIGSTOP)
+    try:
+        # libvirt's keepalive (its event loop runs in a thread) closes the connection.
+        with pytest.raises(HostUnreachableError, match=r"the host stopped answering\)$"):
+            backend.facts()
+        # A new connection to it is bounded too.
+        fresh = lv.LibvirtBackend(libvirtd, local, kvm=False)
+        with pytest.raises(HostUnreachableError, match="connecting did not finish within"):
+            fresh.conn()
+    finally:
+        os.kill(daemon, signal.SIGCONT)
+    assert backend.facts().free_memory_mb > 0  # a new connection once it answers again

@@ -200,3 +200,42 @@ def test_auto_spreads_over_qemu_and_libvirt_under_their_limits(
     view = lab.run("redis", RunOptions(host="lv,", memory="128M", name="p5", wait=False))
     assert view.row.host == "lv"
     lab.destroy("p5")
+
+
+@pytest.mark.e2e
+@pytest.mark.root
+def test_ps_lists_the_instances_of_a_host_that_does_not_answer(
+    lab: Lab, libvirtd: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    lab.hosts.add(name="lv", hypervisor="libvirt", libvirt=libvirtd)
+    lab.run("redis", RunOptions(host="lv", memory="128M", name="far", wait=False))
+    lab.hosts.set("lv", libvirt=f"qemu:///system?socket={tmp_path}/none")  # lv is gone
+    capsys.readouterr()
+    assert main(["ps"]) == 0
+    out = capsys.readouterr()
+    said = [ln for ln in out.err.splitlines() if ln.strip()]
+    assert len(said) == 1 and "host lv skipped: " in said[0], said
+    [row] = [ln for ln in out.out.splitlines() if ln.startswith("far ")]
+    assert "running" in row and row.split()[-1] == "lv"  # as last known, on its host
+    lab.hosts.set("lv", libvirt=libvirtd)
+    assert main(["destroy", "far"]) == 0
+
+
+def test_hosts_whose_engine_cannot_run_the_guest_are_left_out(lab: Lab) -> None:
+    from uniklab.hosts.inventory import Host
+    from uniklab.lab import unfit
+
+    m = lab.image("redis")
+    here = Host(name="lv", hypervisor="libvirt", libvirt="qemu:///system")
+    far = Host(
+        name="k", hypervisor="libvirt", libvirt="qemu+ssh://root@kvm1/system", ssh="root@kvm1"
+    )
+    dom0 = Host(name="x", ssh="root@xd3")  # inventory data: never contacted here
+    assert unfit(here, RunOptions(), m) is None
+    assert unfit(dom0, RunOptions(), m) is None  # its xenbr0, as xl's vif
+    assert "user-mode ports would not be on this machine" in str(unfit(far, RunOptions(), m))
+    assert unfit(far, RunOptions(net="br0"), m) is None
+    assert "no user-mode network" in str(unfit(dom0, RunOptions(publish=[(0, 6379)]), m))
+    microvm = m.model_copy(update={"acpi": False})
+    assert "boots Linux images with an initramfs" in str(unfit(here, RunOptions(), microvm))
+    assert unfit(Host(name="local", hypervisor="qemu"), RunOptions(), microvm) is None

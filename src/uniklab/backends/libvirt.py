@@ -67,6 +67,10 @@ XEN_CONSOLE_DIR = "/var/log/xen/console"  # xenconsoled --log=guest: guest-NAME.
 FOLLOW_POLL = 0.5  # seconds between two reads of a remote console log's new bytes
 STOP_POLL = 0.2
 POWEROFF_WAIT = 5.0  # after a stop's timeout: the init's SIGKILL, then its power-off
+CONNECT_WAIT = 30.0  # seconds a connection may take to open (ssh's connect, the daemon's hello)
+# Keepalive: a connection whose host says nothing for INTERVAL * (COUNT + 1) s is closed,
+# and the calls waiting on it fail (libvirt's default would take 30 s).
+KEEPALIVE_INTERVAL, KEEPALIVE_COUNT = 5, 2
 UPLOAD_WAIT = 60.0  # seconds to wait for another command's upload of the same volume
 # An upload's bound: this much, plus its size at this rate (a remote host over a slow link).
 UPLOAD_BASE = 60.0
@@ -88,13 +92,29 @@ _STATES = {  # virDomainState
 }
 
 
+_EVENTS = threading.Lock()
+
+
 def _lib() -> Any:
     """The libvirt bindings, imported on first use (a command without libvirt hosts never
-    pays for them) with libvirt's own printing of errors to stderr turned off."""
+    pays for them) with libvirt's own printing of errors to stderr turned off, and its
+    event loop running in a daemon thread: without one, no keepalive runs, and a call to
+    a host that stopped answering would wait for ever."""
     import libvirt
 
-    libvirt.registerErrorHandler(lambda _ctx, _err: None, None)
+    with _EVENTS:
+        if not any(t.name == "libvirt-events" for t in threading.enumerate()):
+            libvirt.registerErrorHandler(lambda _ctx, _err: None, None)
+            libvirt.virEventRegisterDefaultImpl()
+            threading.Thread(target=_run_events, name="libvirt-events", daemon=True).start()
     return libvirt
+
+
+def _run_events() -> None:
+    import libvirt
+
+    while True:
+        libvirt.virEventRunDefaultImpl()
 
 
 def explain(exc: Exception, where: str) -> UniklabError:
@@ -115,6 +135,10 @@ def explain(exc: Exception, where: str) -> UniklabError:
         )
     if "Permission denied" in message:
         return LaunchError(f"{where}: {message} (libvirt's QEMU cannot read that file)")
+    lib = _lib()
+    if hasattr(exc, "get_error_domain") and exc.get_error_domain() == lib.VIR_FROM_RPC:
+        # The connection itself failed: keepalive's timeout, the host's end closed.
+        return HostUnreachableError(f"{where}: {message} (the host stopped answering)")
     return UniklabError(f"{where}: {message}")
 
 
@@ -180,10 +204,19 @@ class LibvirtBackend:
     def conn(self) -> libvirt_t.virConnect:
         with self._lock:
             if self._conn is None or not self._conn.isAlive():
+                opened: list[libvirt_t.virConnect] = []
                 try:
-                    self._conn = _lib().open(self.uri)
+                    bounded(
+                        lambda: opened.append(_lib().open(self.uri)),
+                        CONNECT_WAIT,
+                        f"{self.where}: connecting",
+                    )
+                    opened[0].setKeepAlive(KEEPALIVE_INTERVAL, KEEPALIVE_COUNT)
+                except UniklabError:
+                    raise
                 except Exception as exc:
                     raise explain(exc, self.where) from None
+                self._conn = opened[0]
             return self._conn
 
     def _domain(self, handle: Handle) -> libvirt_t.virDomain | None:
