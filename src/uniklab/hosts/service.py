@@ -6,7 +6,7 @@ import dataclasses
 from collections.abc import Sequence
 from pathlib import Path
 
-from uniklab.errors import ConflictError, NotFoundError, UsageError
+from uniklab.errors import ConflictError, NotFoundError, StoreError, UsageError
 from uniklab.executor import Executor, local
 from uniklab.hosts.inventory import Host, HostFieldError
 from uniklab.state.store import Store
@@ -58,7 +58,7 @@ class HostService:
         if name == LOCAL:
             try:  # its instance limit, if one was set
                 limit = Host.from_json(self.store.host_doc(LOCAL)).max_instances
-            except NotFoundError:
+            except (NotFoundError, StoreError):  # none; or a damaged store (said elsewhere)
                 return self.local()
             return dataclasses.replace(self.local(), max_instances=limit)
         return Host.from_json(self.store.host_doc(name))
