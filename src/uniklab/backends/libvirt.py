@@ -630,12 +630,15 @@ class LibvirtBackend:
 
     # -- networks on the host ------------------------------------------------------------
     def host_networks(self) -> dict[str, str]:
-        """The host's active libvirt networks (its own ``default`` included): name → bridge."""
+        """The host's active libvirt networks (its own ``default`` included): name → bridge;
+        none where its libvirtd has no network driver (the lab's dom0: bridges only)."""
         lib = _lib()
         try:
             active = self.conn().listAllNetworks(lib.VIR_CONNECT_LIST_NETWORKS_ACTIVE)
             return {n.name(): n.bridgeName() for n in active}
         except lib.libvirtError as exc:
+            if exc.get_error_code() == lib.VIR_ERR_NO_SUPPORT:
+                return {}
             raise explain(exc, self.where) from None
 
     def create_network(self, spec: libvirt_xml.NetworkSpec) -> str:
