@@ -122,7 +122,7 @@ def test_an_upload_to_a_daemon_that_stops_answering_is_bounded(
 
     image = tmp_path / "big.img"
     with image.open("wb") as f:
-        f.truncate(256 << 20)  # far more than the socket's buffers
+        f.truncate(1 << 30)  # far more than the socket's buffers
     backend = lv.LibvirtBackend(libvirtd, local, kvm=False)
     pool = backend._pool()
     name = f"sha256-{sha256_file(image)}-stopped"
@@ -149,7 +149,7 @@ def test_an_upload_to_a_daemon_that_stops_answering_is_bounded(
         os.kill(daemon, signal.SIGCONT)
     assert frozen, "the upload never started"
     assert str(err.value) == (
-        f"local (qemu:///system): the upload of big.img ({256 << 20} bytes) did not finish "
+        f"local (qemu:///system): the upload of big.img ({1 << 30} bytes) did not finish "
         "within 3 s (the host stopped answering)"
     )
     # Undone once the daemon answered again: no half volume stays in the pool.
@@ -161,7 +161,7 @@ def test_a_daemon_that_stops_answering_fails_the_calls_waiting_on_it(libvirtd: s
     import os
     import signal
 
-    backend = lv.LibvirtBackend(libvirtd, local, kvm=False)
+    backend = lv.LibvirtBackend(libvirtd, local, kvm=False, keepalive=(1, 2))
     assert backend.facts().free_memory_mb > 0  # the connection is open
     daemon = int(Path("/run/libvirtd.pid").read_text().split()[0])
     os.kill(daemon, signal.SIGSTOP)

@@ -69,8 +69,9 @@ STOP_POLL = 0.2
 POWEROFF_WAIT = 5.0  # after a stop's timeout: the init's SIGKILL, then its power-off
 CONNECT_WAIT = 30.0  # seconds a connection may take to open (ssh's connect, the daemon's hello)
 # Keepalive: a connection whose host says nothing for INTERVAL * (COUNT + 1) s is closed,
-# and the calls waiting on it fail (libvirt's default would take 30 s).
-KEEPALIVE_INTERVAL, KEEPALIVE_COUNT = 5, 2
+# and the calls waiting on it fail.  Not short: a dom0 under TCG that is busy writing an
+# upload left 15 s unanswered (5 s x 2 closed it mid-upload on the virtual Xen host).
+KEEPALIVE = (10, 5)
 UPLOAD_WAIT = 60.0  # seconds to wait for another command's upload of the same volume
 # An upload's bound: this much, plus its size at this rate (a remote host over a slow link).
 UPLOAD_BASE = 60.0
@@ -188,8 +189,11 @@ def driver_of(uri: str) -> str:
 class LibvirtBackend:
     name = "libvirt"
 
-    def __init__(self, uri: str, executor: Executor, *, kvm: bool) -> None:
+    def __init__(
+        self, uri: str, executor: Executor, *, kvm: bool, keepalive: tuple[int, int] = KEEPALIVE
+    ) -> None:
         self.uri = uri
+        self.keepalive = keepalive  # (interval, count): libvirt's setKeepAlive
         self.ex = executor  # the host's shell: reads console logs libvirt has no API for
         self.kvm = kvm
         self.xen = driver_of(uri) == "xen"
@@ -211,7 +215,7 @@ class LibvirtBackend:
                         CONNECT_WAIT,
                         f"{self.where}: connecting",
                     )
-                    opened[0].setKeepAlive(KEEPALIVE_INTERVAL, KEEPALIVE_COUNT)
+                    opened[0].setKeepAlive(*self.keepalive)
                 except UniklabError:
                     raise
                 except Exception as exc:
@@ -315,10 +319,16 @@ class LibvirtBackend:
             # Undone once the host answers again (libvirt keeps a volume being written).
             stopped.set()
             upload.thread.join(CLEANUP_WAIT)
-            try:
-                bounded(lambda: vol.delete(0), CLEANUP_WAIT, f"{self.where}: removing {name}")
-            except Exception as exc:  # the upload's own error is the one raised
-                log.info("%s", exc)
+            deadline = time.monotonic() + CLEANUP_WAIT
+            while True:  # refused while the daemon still finishes the aborted stream
+                try:
+                    bounded(lambda: vol.delete(0), CLEANUP_WAIT, f"{self.where}: removing {name}")
+                    break
+                except Exception as exc:  # the upload's own error is the one raised
+                    if time.monotonic() > deadline:
+                        log.info("%s", exc)
+                        break
+                time.sleep(1)
             raise
         return vol
 
