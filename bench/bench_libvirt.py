@@ -230,7 +230,7 @@ def write(sections: dict[str, list[str]]) -> str:
         kept[title] = ["", *lines, ""]
     order = [t for t in TITLES.values() if t in kept]
     text = "# The libvirt engine against uniklab's direct engines\n"
-    text += "".join(f"\n## {t}\n" + "\n".join(kept[t]).strip("\n") + "\n" for t in order)
+    text += "".join(f"\n## {t}\n\n" + "\n".join(kept[t]).strip("\n") + "\n" for t in order)
     path.write_text(text)
     return text
 
