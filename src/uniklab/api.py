@@ -509,7 +509,8 @@ def run(
     The options (a ``RunOptions``, or its fields as keywords): ``memory`` "128M", "1G" or
     MB; ``publish`` (host, guest) port pairs on 127.0.0.1 (default: every port of the image
     on a free port); ``net`` NICs on networks instead of user-mode networking; ``args``
-    appended to the app's command line; ``host`` an inventory host (or "auto");
+    appended to the app's command line; ``host`` an inventory host, "auto" or a pool
+    "a,b" (placed by free memory and each host's instance limit);
     ``restart`` "on-failure".
     """
     client = Client(home)

@@ -33,6 +33,10 @@ class ConflictError(UniklabError):
     exit_code = 4
 
 
+class HostFullError(ConflictError):
+    """A host already runs as many instances as its limit allows (``--max-instances``)."""
+
+
 class BakeError(UniklabError):
     """An image could not be baked (missing binary, unresolvable library, bad recipe)."""
 

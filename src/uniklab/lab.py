@@ -7,12 +7,13 @@ first reconciles the state store with what really runs.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import os
 import secrets
 import shutil
 import time
-from collections.abc import Generator, Mapping
+from collections.abc import Generator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -21,12 +22,15 @@ from uniklab import events, faults, signals, validate
 from uniklab.backends import registry
 from uniklab.errors import (
     ConflictError,
+    HostFullError,
+    HostUnreachableError,
     NotFoundError,
     ProbeTimeoutError,
     UniklabError,
     UsageError,
 )
 from uniklab.guest import console as guest_console
+from uniklab.hosts import placement
 from uniklab.paths import Paths, default_paths
 from uniklab.ports import free_port, port_free
 
@@ -39,6 +43,7 @@ if TYPE_CHECKING:
     from uniklab.buildcache import Progress
     from uniklab.channels import ChannelSpec
     from uniklab.hosts.inventory import Host
+    from uniklab.net.attach import NicRequest
     from uniklab.net.attachment import Attachment
     from uniklab.options import DEFAULT_WAIT as DEFAULT_WAIT
     from uniklab.options import RunOptions as RunOptions  # part of the Lab API
@@ -196,6 +201,7 @@ class Lab:
         self._stack = contextlib.ExitStack()
         self.reach = Reach(self.store, self.hosts, self._stack)
         self._backends: dict[str, Backend] = {}
+        self.silent: set[str] = set()  # hosts that did not answer the last reconcile
 
     def close(self) -> None:
         self._stack.close()
@@ -237,12 +243,21 @@ class Lab:
         self.images.sweep_staging()
         self.networks.reconcile()
         seen: dict[int, Inspection] = {}
+        self.silent = set()
         for row in self.store.instances():
             if row.state == CREATING:
                 self._reconcile_creating(row)
             elif row.state in (RUNNING, PAUSED):
+                if row.host in self.silent:
+                    continue
                 backend = self.backend_of(row)
-                insp = backend.inspect(self.handle(row))
+                try:
+                    insp = backend.inspect(self.handle(row))
+                except HostUnreachableError as exc:
+                    # Its instances stay as last known (`ps` lists them, on that host).
+                    log.warning("host %s skipped: %s", row.host, exc)
+                    self.silent.add(row.host)
+                    continue
                 if insp.alive:
                     seen[row.id] = insp
                 else:
@@ -449,7 +464,9 @@ class Lab:
         self.reconcile()
         if o.name and any(r.name == o.name for r in self.store.instances()):
             raise ConflictError(f"an instance named {o.name!r} already exists")
-        host = self.hosts.get(self.place() if o.host == "auto" else o.host)
+        placing = placement.pool(o.host) is not None
+        m = self.image(image_ref, bake_missing=True) if placing else None
+        host = self.place(o, m) if m else self.hosts.get(o.host)
         engine = registry.for_host(host)
         backend_name = engine.name
         nets = o.nets
@@ -461,7 +478,7 @@ class Lab:
                 )
             # Like xl, whose vif without bridge= joins xenbr0.
             nets = nets or (attach.NicRequest(HOST_BRIDGE),)
-        m = self.image(image_ref, bake_missing=True)
+        m = m or self.image(image_ref, bake_missing=True)
         if engine.image_platform not in m.platforms:
             raise UsageError(
                 f"image {m.ref} runs on {', '.join(m.platforms)}, not {backend_name} "
@@ -484,26 +501,35 @@ class Lab:
         wanted = [] if nets or o.offline else (list(o.publish) or [(0, p) for p in m.ports])
         if len({h for h, _ in wanted if h}) != len([h for h, _ in wanted if h]):
             raise ConflictError("a host port is published twice")
-        row = self.store.reserve(
-            name=name,
-            image=m.ref,
-            digest=m.digest,
-            backend=backend_name,
-            host=host.name,
-            memory_mb=memory,
-            vcpus=o.vcpus,
-            owner_pid=os.getpid(),
-            spec={"args": app_args, "env": env, "publish": [], "restart": o.restart},
-            labels=dict(o.labels or {}),
-        )
+        try:
+            row = self.store.reserve(
+                name=name,
+                image=m.ref,
+                digest=m.digest,
+                backend=backend_name,
+                host=host.name,
+                memory_mb=memory,
+                vcpus=o.vcpus,
+                owner_pid=os.getpid(),
+                spec={"args": app_args, "env": env, "publish": [], "restart": o.restart},
+                labels=dict(o.labels or {}),
+                limit=host.max_instances,
+            )
+        except HostFullError:
+            # Another run took its last place meanwhile: the rest of the pool, if any.
+            rest = placement.without(o.host, self, host.name) if placing else None
+            if rest is None:
+                raise
+            return self.run(image_ref, dataclasses.replace(o, host=rest))
         rundir = self.paths.run / str(row.id)
         handle: Handle | None = None
         try:
             # Claimed in the store, so two concurrent runs never pick the same free port.
             forwards = self.store.claim_ports(row.id, wanted, free_port, port_free)
             others = [r for r in self.store.instances() if r.id != row.id]
+            host_nets = self._host_networks(host, nets)
             nics = [] if o.offline else run_plan.plan_attachments(
-                engine, nets, name, row.id, self.networks, others, forwards, host.name
+                engine, nets, name, row.id, self.networks, others, forwards, host.name, host_nets
             )
             req = boot.BootRequest(
                 name=name,
@@ -646,6 +672,15 @@ class Lab:
             raise UniklabError(f"{name} is {row.state}: its channels are closed")
         return socket_path(Path(str(row.runtime["rundir"])), port)
 
+    def _host_networks(self, host: Host, nets: Sequence[NicRequest]) -> dict[str, str]:
+        """The networks of ``host``'s own engine that ``nets`` name (libvirt's networks
+        there: name → bridge)."""
+        if not nets or host.libvirt is None:
+            return {}
+        from uniklab.net import libvirt_net
+
+        return libvirt_net.named(self, host, [n.network for n in nets])
+
     def _time_source(self, nic: Attachment, engine: registry.BackendType) -> str | None:
         """Where the guest reads the host's clock: its user-mode network's time service,
         or its uniklab network's (a guest on a host's own bridge keeps its RTC)."""
@@ -662,7 +697,7 @@ class Lab:
         from uniklab.state.store import PAUSED, RUNNING
 
         insp = None
-        if row.state in (RUNNING, PAUSED):
+        if row.state in (RUNNING, PAUSED) and row.host not in self.silent:
             insp = inspection or self.backend_of(row).inspect(self.handle(row))
             first = self.reach.first(row)
             bridged = first is not None and first.kind != "user"
@@ -687,22 +722,12 @@ class Lab:
             rows = [r for r in rows if r.state in (RUNNING, PAUSED)]
         return [self.view(r, seen.get(r.id)) for r in rows]
 
-    def place(self) -> str:
-        """`--host auto`: the reachable host with the most free memory (local included)."""
-        best, best_free = "", -1
-        for h in [self.hosts.get("local"), *self.hosts.ls()]:
-            engine = registry.for_host(h)
-            if engine.local_only and not h.is_local:
-                continue
-            try:
-                free = self.backend_on(h).facts(timeout=20).free_memory_mb
-            except UniklabError as exc:
-                log.info("host %s not a candidate: %s", h.name, exc)
-                continue
-            if free > best_free:
-                best, best_free = h.name, free
-        log.info("placing on %s (%d MB free)", best, best_free)
-        return best or "local"
+    def place(self, o: RunOptions, m: Manifest) -> Host:
+        """The host of ``--host auto`` (or a pool ``a,b``) for a guest of image ``m``
+        (hosts/placement.py): of the hosts whose engine can run it and that are under their
+        instance limit, the one that answers with the most free memory."""
+        memory = o.memory_mb if o.memory_mb is not None else validate.memory_mb(m.memory)
+        return placement.place(self, o.host, memory_mb=memory, unfit=lambda h: unfit(h, o, m))
 
     def network_users(self) -> dict[str, list[str]]:
         users: dict[str, list[str]] = {}
@@ -873,8 +898,6 @@ class Lab:
     def _with_free_ports(self, row: InstanceRow, spec: InstanceSpec) -> InstanceSpec:
         """``spec`` with each published port that another program took meanwhile replaced
         by a free one (claimed in the store, as ``run`` claims them)."""
-        import dataclasses
-
         nics = list(spec.nics)
         for i, nic in enumerate(nics):
             if nic.kind != "user" or all(port_free(h) for h, _ in nic.forwards):
@@ -925,6 +948,23 @@ class Lab:
                 self.store.delete_instance(row.id)
                 events.emit(self.paths, "destroyed", row.name)
         return row
+
+
+def unfit(host: Host, o: RunOptions, m: Manifest) -> str | None:
+    """Why ``host``'s engine cannot run image ``m`` as ``o`` asks (None: it can): the
+    reasons ``run`` gives on a named host, asked before placing on one."""
+    engine = registry.for_host(host)
+    if engine.image_platform not in m.platforms:
+        return f"{engine.name} there runs {engine.image_platform} images, {m.ref} is not one"
+    microvm_kernel = engine.image_platform == "qemu" and not m.acpi  # no PCI
+    if engine.name == "libvirt" and (m.is_rumprun or m.block_root or microvm_kernel):
+        # Its create says the same, once planned (backends/libvirt.py).
+        return f"libvirt there boots Linux images with an initramfs, {m.ref} is not one"
+    if o.publish and not engine.user_networking:
+        return f"{engine.name} there has no user-mode network to publish ports from"
+    if not o.nets and engine.user_networking and not host.is_local:
+        return "its user-mode ports would not be on this machine (give --net BRIDGE)"
+    return None
 
 
 def tag_for_tests(digest: str) -> str:

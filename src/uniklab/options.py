@@ -16,6 +16,7 @@ from typing import TypedDict
 from uniklab import validate
 from uniklab.channels import Link, channel_ports, parse_link
 from uniklab.errors import UsageError
+from uniklab.hosts import placement
 from uniklab.net.attach import NicRequest, check_request, parse_net_option
 
 DEFAULT_WAIT = 120.0
@@ -97,7 +98,7 @@ class RunOptions:
     args: Sequence[str] = ()
     labels: Mapping[str, str] | None = field(default_factory=dict)
     net: NetArg | Sequence[NetArg] | None = ()
-    host: str = "local"  # an inventory host; on a Xen host --net names its bridges
+    host: str = "local"  # an inventory host, "auto" or a pool "a,b"; on Xen --net names bridges
     wait: bool = True
     timeout: float | None = DEFAULT_WAIT  # seconds to be ready (None: the default)
     restart: str = "no"  # or "on-failure": relaunched (up to MAX_RESTARTS) when it crashes
@@ -163,8 +164,7 @@ class RunOptions:
         put("links", tuple(parse_link(v) for v in self.links))
         if self.clone not in (True, False, None):
             raise UsageError(f"invalid clone {validate.short(self.clone)}: True, False or None")
-        if self.host != "auto":  # `--host auto` is placed by the lab
-            validate.name(self.host, "host name")
+        placement.check(self.host)  # a host, `auto` or a pool `a,b`: placed by the lab
 
     @property
     def link_requests(self) -> tuple[Link, ...]:

@@ -5,8 +5,9 @@
 - ``bridge``: the guest's address on a uniklab network (static, or found by MAC in the
   dnsmasq leases or the neighbour table), from inside the network's namespace.
 - ``host-bridge``: the guest's address on a bridge of its host (static, or found by MAC in
-  that host's leases or neighbour table), through the host's executor (an SSH tunnel for a
-  remote host; directly when this machine is the host).
+  that host's leases, libvirt's for a libvirt network, or its neighbour table), through
+  the host's executor (an SSH tunnel for a remote host; directly when this machine is the
+  host).
 
 Addresses found are kept in the instance's attachment, so they are looked up once.
 """
@@ -15,7 +16,9 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import time
+from collections.abc import Callable
 
 from uniklab.errors import NotFoundError
 from uniklab.hosts.service import HostService
@@ -87,9 +90,16 @@ class Reach:
         h = self.hosts.get(row.host)
         ex = self.hosts.executor(h)
         leases = [h.labels["leases"]] if "leases" in h.labels else list(remote.DEFAULT_LEASES)
+        look: Callable[[Attachment], discover.Found | None] = functools.partial(
+            remote.lookup_nic, ex, leases=leases
+        )
+        if a.net and h.libvirt:  # a libvirt network there: its leases, through libvirt
+            from uniklab.net import libvirt_net
+
+            look = libvirt_net.finder(h, ex)
         deadline = time.monotonic() + timeout
         while True:
-            found = remote.lookup(ex, a.mac, str(a.bridge), leases)
+            found = look(a)
             if found or time.monotonic() >= deadline:
                 break
             time.sleep(0.5)

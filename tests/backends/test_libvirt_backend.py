@@ -108,3 +108,71 @@ def test_an_image_libvirt_cannot_boot_is_refused_before_any_work(tmp_path: Path)
     )
     with pytest.raises(LaunchError, match="specialised for QEMU's microvm"):
         backend.create(spec)
+
+
+def test_an_upload_to_a_daemon_that_stops_answering_is_bounded(
+    libvirtd: str, tmp_path: Path
+) -> None:
+    import os
+    import signal
+    import threading
+    import time
+
+    from uniklab.digest import sha256_file
+
+    image = tmp_path / "big.img"
+    with image.open("wb") as f:
+        f.truncate(1 << 30)  # far more than the socket's buffers
+    backend = lv.LibvirtBackend(libvirtd, local, kvm=False)
+    pool = backend._pool()
+    name = f"sha256-{sha256_file(image)}-stopped"
+    daemon = int(Path("/run/libvirtd.pid").read_text().split()[0])
+    volume = Path(lv.POOL_DIR) / name
+    frozen: list[float] = []
+
+    def freeze_once_it_starts() -> None:
+        deadline = time.monotonic() + 30
+        while not volume.exists() and time.monotonic() < deadline:
+            time.sleep(0.005)
+        os.kill(daemon, signal.SIGSTOP)  # the host stops answering mid-upload
+        frozen.append(time.monotonic())
+        time.sleep(6)
+        os.kill(daemon, signal.SIGCONT)
+
+    watcher = threading.Thread(target=freeze_once_it_starts)
+    watcher.start()
+    try:
+        with pytest.raises(HostUnreachableError) as err:
+            backend._upload(pool, name, image, timeout=3)
+    finally:
+        watcher.join(40)
+        os.kill(daemon, signal.SIGCONT)
+    assert frozen, "the upload never started"
+    assert str(err.value) == (
+        f"local (qemu:///system): the upload of big.img ({1 << 30} bytes) did not finish "
+        "within 3 s (the host stopped answering)"
+    )
+    # Undone once the daemon answered again: no half volume stays in the pool.
+    pool.refresh(0)
+    assert backend._lookup(pool, name) is None and not volume.exists()
+
+
+def test_a_daemon_that_stops_answering_fails_the_calls_waiting_on_it(libvirtd: str) -> None:
+    import os
+    import signal
+
+    backend = lv.LibvirtBackend(libvirtd, local, kvm=False, keepalive=(1, 2))
+    assert backend.facts().free_memory_mb > 0  # the connection is open
+    daemon = int(Path("/run/libvirtd.pid").read_text().split()[0])
+    os.kill(daemon, signal.SIGSTOP)
+    try:
+        # libvirt's keepalive (its event loop runs in a thread) closes the connection.
+        with pytest.raises(HostUnreachableError, match=r"the host stopped answering\)$"):
+            backend.facts()
+        # A new connection to it is bounded too.
+        fresh = lv.LibvirtBackend(libvirtd, local, kvm=False)
+        with pytest.raises(HostUnreachableError, match="connecting did not finish within"):
+            fresh.conn()
+    finally:
+        os.kill(daemon, signal.SIGCONT)
+    assert backend.facts().free_memory_mb > 0  # a new connection once it answers again

@@ -16,6 +16,7 @@ from uniklab.net.attachment import Attachment
 USER = Attachment(kind="user", mac="52:54:00:12:34:56", forwards=((40001, 6379), (40002, 80)))
 BRIDGED = Attachment(kind="host-bridge", mac="00:11:22:33:44:55", bridge="xenbr0")
 TAP = Attachment(kind="bridge", mac="52:54:00:00:00:02", tap="ukt7", bridge="ukb1", net="lab")
+ON_NET = Attachment(kind="host-bridge", mac="52:54:00:00:00:03", bridge="virbr1", net="lvnet")
 
 
 def _spec(*nics: Attachment, kvm: bool = False) -> lx.DomainSpec:
@@ -33,16 +34,16 @@ def _spec(*nics: Attachment, kvm: bool = False) -> lx.DomainSpec:
     )
 
 
-def _valid(xml: str, tmp_path: Path) -> None:
+def _valid(xml: str, tmp_path: Path, schema: str = "domain") -> None:
     tool = shutil.which("virt-xml-validate")
     assert tool, "virt-xml-validate (libvirt-clients) is installed by `make deps`"
-    path = tmp_path / "domain.xml"
+    path = tmp_path / f"{schema}.xml"
     path.write_text(xml)
-    r = subprocess.run([tool, str(path), "domain"], capture_output=True, text=True, timeout=30)
+    r = subprocess.run([tool, str(path), schema], capture_output=True, text=True, timeout=30)
     assert r.returncode == 0, r.stdout + r.stderr
 
 
-@pytest.mark.parametrize("nics", [(USER,), (BRIDGED,), (TAP, BRIDGED), ()])
+@pytest.mark.parametrize("nics", [(USER,), (BRIDGED,), (TAP, BRIDGED), (ON_NET,), ()])
 @pytest.mark.parametrize("kvm", [False, True])
 def test_each_shape_is_valid_for_libvirt(
     nics: tuple[Attachment, ...], kvm: bool, tmp_path: Path
@@ -139,3 +140,37 @@ def test_a_xen_domain_boots_pv_on_the_dom0s_bridge() -> None:
 def test_a_xen_domain_has_no_user_or_tap_nics(nic: Attachment) -> None:
     with pytest.raises(ValueError, match="bridge of its dom0"):
         lx.render(_xen_spec(nic))
+
+
+def test_a_nic_on_a_libvirt_network_names_the_network(tmp_path: Path) -> None:
+    for xen in (False, True):
+        spec = _spec(ON_NET, BRIDGED) if not xen else _xen_of(_spec(ON_NET, BRIDGED))
+        root = ET.fromstring(lx.render(spec))
+        ifaces = root.findall("devices/interface")
+        assert [i.get("type") for i in ifaces] == ["network", "bridge"]
+        assert ifaces[0].find("source").get("network") == "lvnet"  # type: ignore[union-attr]
+        assert ifaces[0].find("mac").get("address") == ON_NET.mac  # type: ignore[union-attr]
+        _valid(lx.render(spec), tmp_path)
+
+
+def _xen_of(spec: lx.DomainSpec) -> lx.DomainSpec:
+    import dataclasses
+
+    return dataclasses.replace(spec, xen=True, cmdline="console=hvc0")
+
+
+def test_a_uniklab_network_as_a_libvirt_network(tmp_path: Path) -> None:
+    import ipaddress
+
+    spec = lx.NetworkSpec("lvnet", ipaddress.IPv4Network("10.78.0.0/24"), "0123456789abcdef")
+    xml = lx.render_network(spec)
+    _valid(xml, tmp_path, "network")
+    root = ET.fromstring(xml)
+    assert root.find("forward") is None  # isolated: its traffic stays on its host
+    ip = root.find("ip")
+    assert ip is not None and (ip.get("address"), ip.get("prefix")) == ("10.78.0.1", "24")
+    rng = root.find("ip/dhcp/range")
+    assert rng is not None and (rng.get("start"), rng.get("end")) == ("10.78.0.2", "10.78.0.254")
+    assert lx.network_owner(xml) == "0123456789abcdef"
+    assert lx.network_owner("<network><name>default</name></network>") is None
+    assert lx.network_owner("not xml") is None

@@ -80,6 +80,7 @@ def test_table_has_ports(instances: Store, capsys: pytest.CaptureFixture[str]) -
     lines = _out(capsys, "ps").splitlines()
     assert lines[0].split() == [
         "Name", "ID", "Mem", "VCPUs", "State", "Time(s)", "Address", "Ports", "Image", "Backend",
+        "Host",
     ]  # fmt: skip
     rows = {ln.split()[0]: ln for ln in lines[1:]}
     assert "127.0.0.1 " in rows["redis-a"] and "127.0.0.1:40001->6379" in rows["redis-a"]

@@ -241,3 +241,26 @@ def test_real_guests(pytester: pytest.Pytester, home: Path) -> None:
     assert store_names(home) == []
     ps = subprocess.run(["pgrep", "-af", "qemu-system"], capture_output=True, text=True)
     assert str(home) not in ps.stdout
+
+
+def test_a_host_pool_places_guests_that_name_no_host(inner: pytest.Pytester, home: Path) -> None:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        closed = s.getsockname()[1]  # a dead dom0: skipped with one line
+    lab = Lab(Paths(home))
+    lab.hosts.add(name="gone", ssh="root@127.0.0.1", port=closed)
+    lab.close()
+    inner.makepyfile(
+        """
+        def test_placed(unikernel):
+            vm = unikernel("redis")
+            assert vm.reload().row.host == "local"
+        """
+    )
+    result = run(inner, home, "--uniklab-hosts", "gone,local", "--log-cli-level=WARNING")
+    result.assert_outcomes(passed=1)
+    result.stdout.fnmatch_lines(["*host gone skipped: *"])
+    result = run(inner, home, "--uniklab-hosts", "gone,gone")
+    result.stderr.fnmatch_lines(["*--uniklab-hosts: host pool 'gone,gone,' names a host twice*"])

@@ -25,7 +25,7 @@ import time
 import xml.etree.ElementTree as ET
 from collections.abc import Callable, Generator, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, BinaryIO
 from urllib.parse import urlsplit
 
 from uniklab import consoles
@@ -68,7 +68,16 @@ XEN_CONSOLE_DIR = "/var/log/xen/console"  # xenconsoled --log=guest: guest-NAME.
 FOLLOW_POLL = 0.5  # seconds between two reads of a remote console log's new bytes
 STOP_POLL = 0.2
 POWEROFF_WAIT = 5.0  # after a stop's timeout: the init's SIGKILL, then its power-off
+CONNECT_WAIT = 30.0  # seconds a connection may take to open (ssh's connect, the daemon's hello)
+# Keepalive: a connection whose host says nothing for INTERVAL * (COUNT + 1) s is closed,
+# and the calls waiting on it fail.  Not short: a dom0 under TCG that is busy writing an
+# upload left 15 s unanswered (5 s x 2 closed it mid-upload on the virtual Xen host).
+KEEPALIVE = (10, 5)
 UPLOAD_WAIT = 60.0  # seconds to wait for another command's upload of the same volume
+# An upload's bound: this much, plus its size at this rate (a remote host over a slow link).
+UPLOAD_BASE = 60.0
+UPLOAD_RATE = 1 << 20  # bytes per second, at least
+CLEANUP_WAIT = 30.0  # for undoing a stopped upload (the host may still not answer)
 # QEMU's slirp addresses, as on the QEMU backend.  No time service: libvirt runs QEMU
 # under a seccomp sandbox that forbids guestfwd's `cmd:` (QEMU would be killed), so a
 # guest here keeps its RTC's time.
@@ -85,13 +94,29 @@ _STATES = {  # virDomainState
 }
 
 
+_EVENTS = threading.Lock()
+
+
 def _lib() -> Any:
     """The libvirt bindings, imported on first use (a command without libvirt hosts never
-    pays for them) with libvirt's own printing of errors to stderr turned off."""
+    pays for them) with libvirt's own printing of errors to stderr turned off, and its
+    event loop running in a daemon thread: without one, no keepalive runs, and a call to
+    a host that stopped answering would wait for ever."""
     import libvirt
 
-    libvirt.registerErrorHandler(lambda _ctx, _err: None, None)
+    with _EVENTS:
+        if not any(t.name == "libvirt-events" for t in threading.enumerate()):
+            libvirt.registerErrorHandler(lambda _ctx, _err: None, None)
+            libvirt.virEventRegisterDefaultImpl()
+            threading.Thread(target=_run_events, name="libvirt-events", daemon=True).start()
     return libvirt
+
+
+def _run_events() -> None:
+    import libvirt
+
+    while True:
+        libvirt.virEventRunDefaultImpl()
 
 
 def explain(exc: Exception, where: str) -> UniklabError:
@@ -112,7 +137,45 @@ def explain(exc: Exception, where: str) -> UniklabError:
         )
     if "Permission denied" in message:
         return LaunchError(f"{where}: {message} (libvirt's QEMU cannot read that file)")
+    lib = _lib()
+    if hasattr(exc, "get_error_domain") and exc.get_error_domain() == lib.VIR_FROM_RPC:
+        # The connection itself failed: keepalive's timeout, the host's end closed.
+        return HostUnreachableError(f"{where}: {message} (the host stopped answering)")
     return UniklabError(f"{where}: {message}")
+
+
+class Bounded:
+    """A call that may block in libvirt's C code for as long as its host does not answer
+    (no keepalive runs without an event loop), in a daemon thread of its own that a caller
+    waits for with a timeout; left behind if it does not end, it never holds up the
+    process's exit."""
+
+    def __init__(self, call: Callable[[], object]) -> None:
+        self.failed: list[BaseException] = []
+
+        def run() -> None:
+            try:
+                call()
+            except BaseException as exc:  # handed to the waiting thread
+                self.failed.append(exc)
+
+        self.thread = threading.Thread(target=run, name="libvirt-call", daemon=True)
+        self.thread.start()
+
+    def wait(self, timeout: float, what: str) -> None:
+        """Its end, or ``HostUnreachableError`` after ``timeout``; its error is raised here."""
+        self.thread.join(timeout)
+        if self.thread.is_alive():
+            raise HostUnreachableError(
+                f"{what} did not finish within {timeout:.0f} s (the host stopped answering)"
+            )
+        if self.failed:
+            raise self.failed[0]
+
+
+def bounded(call: Callable[[], object], timeout: float, what: str) -> None:
+    """``call()``, waited for at most ``timeout`` seconds (``Bounded``)."""
+    Bounded(call).wait(timeout, what)
 
 
 def is_remote(uri: str) -> bool:
@@ -127,8 +190,11 @@ def driver_of(uri: str) -> str:
 class LibvirtBackend(Backend):
     name = "libvirt"
 
-    def __init__(self, uri: str, executor: Executor, *, kvm: bool) -> None:
+    def __init__(
+        self, uri: str, executor: Executor, *, kvm: bool, keepalive: tuple[int, int] = KEEPALIVE
+    ) -> None:
         self.uri = uri
+        self.keepalive = keepalive  # (interval, count): libvirt's setKeepAlive
         self.ex = executor  # the host's shell: reads console logs libvirt has no API for
         self.kvm = kvm
         self.xen = driver_of(uri) == "xen"
@@ -143,10 +209,19 @@ class LibvirtBackend(Backend):
     def conn(self) -> libvirt_t.virConnect:
         with self._lock:
             if self._conn is None or not self._conn.isAlive():
+                opened: list[libvirt_t.virConnect] = []
                 try:
-                    self._conn = _lib().open(self.uri)
+                    bounded(
+                        lambda: opened.append(_lib().open(self.uri)),
+                        CONNECT_WAIT,
+                        f"{self.where}: connecting",
+                    )
+                    opened[0].setKeepAlive(*self.keepalive)
+                except UniklabError:
+                    raise
                 except Exception as exc:
                     raise explain(exc, self.where) from None
+                self._conn = opened[0]
             return self._conn
 
     def _domain(self, handle: Handle) -> libvirt_t.virDomain | None:
@@ -210,7 +285,12 @@ class LibvirtBackend(Backend):
         r = self.ex.run(["sha256sum", "--", vol.path()], timeout=120, check=False)
         return r.stdout.split()[0] if r.returncode == 0 and r.stdout else ""
 
-    def _upload(self, pool: libvirt_t.virStoragePool, name: str, path: Path) -> Any:
+    def _upload(
+        self, pool: libvirt_t.virStoragePool, name: str, path: Path, timeout: float | None = None
+    ) -> Any:
+        """``path`` as the new volume ``name``, within ``timeout`` (default: by its size,
+        ``UPLOAD_BASE`` + size at ``UPLOAD_RATE``); on any failure, the half-made volume
+        goes again."""
         size = path.stat().st_size
         xml = (
             f"<volume><name>{name}</name><capacity unit='bytes'>{size}</capacity>"
@@ -219,10 +299,38 @@ class LibvirtBackend(Backend):
         )
         vol = pool.createXML(xml, 0)
         stream = self.conn().newStream(0)
-        vol.upload(stream, 0, size, 0)
-        with path.open("rb") as f:
-            stream.sendAll(lambda _s, n, fh: fh.read(n), f)
-        stream.finish()
+        stopped = threading.Event()
+
+        def chunk(_stream: object, n: int, f: BinaryIO) -> bytes:
+            if stopped.is_set():  # sendAll then aborts the stream, in its own thread
+                raise UniklabError("upload stopped")
+            return f.read(n)
+
+        def send() -> None:
+            vol.upload(stream, 0, size, 0)
+            with path.open("rb") as f:
+                stream.sendAll(chunk, f)
+            stream.finish()
+
+        limit = timeout if timeout is not None else UPLOAD_BASE + size / UPLOAD_RATE
+        upload = Bounded(send)
+        try:
+            upload.wait(limit, f"{self.where}: the upload of {path.name} ({size} bytes)")
+        except BaseException:
+            # Undone once the host answers again (libvirt keeps a volume being written).
+            stopped.set()
+            upload.thread.join(CLEANUP_WAIT)
+            deadline = time.monotonic() + CLEANUP_WAIT
+            while True:  # refused while the daemon still finishes the aborted stream
+                try:
+                    bounded(lambda: vol.delete(0), CLEANUP_WAIT, f"{self.where}: removing {name}")
+                    break
+                except Exception as exc:  # the upload's own error is the one raised
+                    if time.monotonic() > deadline:
+                        log.info("%s", exc)
+                        break
+                time.sleep(1)
+            raise
         return vol
 
     def ensure_image(self, *files: Path) -> tuple[libvirt_xml.Volume, ...]:
@@ -530,6 +638,79 @@ class LibvirtBackend(Backend):
                 stream.abort()
             return None
         return stream
+
+    # -- networks on the host ------------------------------------------------------------
+    def host_networks(self) -> dict[str, str]:
+        """The host's active libvirt networks (its own ``default`` included): name → bridge;
+        none where its libvirtd has no network driver (the lab's dom0: bridges only)."""
+        lib = _lib()
+        try:
+            active = self.conn().listAllNetworks(lib.VIR_CONNECT_LIST_NETWORKS_ACTIVE)
+            return {n.name(): n.bridgeName() for n in active}
+        except lib.libvirtError as exc:
+            if exc.get_error_code() == lib.VIR_ERR_NO_SUPPORT:
+                return {}
+            raise explain(exc, self.where) from None
+
+    def create_network(self, spec: libvirt_xml.NetworkSpec) -> str:
+        """Network ``spec`` made and started there (transient: gone when removed, or when
+        the host restarts, like a uniklab bridge); its bridge's name."""
+        lib = _lib()
+        try:
+            self.conn().networkLookupByName(spec.name)
+        except lib.libvirtError as exc:
+            if exc.get_error_code() != lib.VIR_ERR_NO_NETWORK:
+                raise explain(exc, self.where) from None
+        else:
+            raise ConflictError(f"{self.where}: a libvirt network named {spec.name!r} exists")
+        try:
+            net = self.conn().networkCreateXML(libvirt_xml.render_network(spec))
+            return str(net.bridgeName())
+        except lib.libvirtError as exc:
+            raise explain(exc, f"network {spec.name} on {self.where}") from None
+
+    def _network(self, name: str) -> Any:
+        lib = _lib()
+        try:
+            return self.conn().networkLookupByName(name)
+        except lib.libvirtError as exc:
+            if exc.get_error_code() == lib.VIR_ERR_NO_NETWORK:
+                raise NotFoundError(f"no libvirt network {name} on {self.where}") from None
+            raise explain(exc, self.where) from None
+
+    def network_owner(self, name: str) -> str | None:
+        """The owner tag of network ``name`` (None: not uniklab's)."""
+        try:
+            return libvirt_xml.network_owner(self._network(name).XMLDesc(0))
+        except _lib().libvirtError as exc:
+            raise explain(exc, self.where) from None
+
+    def remove_network(self, name: str, owner: str) -> None:
+        """Network ``name``, if the home ``owner`` made it (never the host's own)."""
+        if self.network_owner(name) != owner:
+            raise ConflictError(
+                f"libvirt network {name} on {self.where} is not this home's: not removed"
+            )
+        net = self._network(name)
+        lib = _lib()
+        try:
+            if net.isActive():
+                net.destroy()
+            if net.isPersistent():
+                net.undefine()
+        except lib.libvirtError as exc:
+            if exc.get_error_code() != lib.VIR_ERR_NO_NETWORK:
+                raise explain(exc, self.where) from None
+
+    def lease(self, network: str, mac: str) -> str | None:
+        """The address libvirt's dnsmasq leased to ``mac`` on ``network`` (None: none)."""
+        lib = _lib()
+        try:
+            leases = self._network(network).DHCPLeases(mac.lower(), 0)
+        except lib.libvirtError as exc:
+            raise explain(exc, self.where) from None
+        ours = [x for x in leases if x.get("type") == lib.VIR_IP_ADDR_TYPE_IPV4]
+        return str(max(ours, key=lambda x: x.get("expirytime", 0))["ipaddr"]) if ours else None
 
     # -- what gc, placement and doctors ask --------------------------------------------
     def key(self, handle: Handle) -> str:

@@ -2,7 +2,10 @@
 machine with virtio-pci NICs (libvirt does not drive QEMU's microvm), the serial console
 on a pty that virtlogd also writes to a file.  The Xen (libxl) driver: a PV domain booted
 from the same kernel and initramfs, its console on hvc0 (xenconsoled logs it), each NIC a
-vif on a bridge of the dom0.  Both carry uniklab's labels in ``<metadata>``.
+vif on a bridge of the dom0.  Both carry uniklab's labels in ``<metadata>``.  A NIC joins a
+bridge of the host or a libvirt network there (``<interface type='network'>``).  A uniklab
+network made on a libvirt host is an isolated libvirt network: its bridge, the host's
+address on it, and libvirt's own dnsmasq for DHCP, with the owner's tag in ``<metadata>``.
 
 Pure: no connection, so every shape is checked by libvirt's own schema in the tests
 (``virt-xml-validate``).
@@ -10,12 +13,14 @@ Pure: no connection, so every shape is checked by libvirt's own schema in the te
 
 from __future__ import annotations
 
+import ipaddress
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 
 from uniklab.net.attachment import Attachment
 
 NS = "urn:uniklab:instance:1"  # uniklab's element in each domain's <metadata>
+NET_NS = "urn:uniklab:network:1"  # ... and in each network's
 NS_PREFIX = "uniklab"
 QEMU_NS = "http://libvirt.org/schemas/domain/qemu/1.0"
 # TCG lacks these (the QEMU backend's `-cpu max,-erms,-fsrm` for the same reason).
@@ -69,10 +74,20 @@ def _user_nic_args(index: int, nic: Attachment) -> list[str]:
     return ["-netdev", netdev, "-device", f"virtio-net-pci,netdev=ukn{index},mac={nic.mac}"]
 
 
-def _interface(devices: ET.Element, nic: Attachment) -> None:
-    if nic.kind == "host-bridge":
+def _host_nic(devices: ET.Element, nic: Attachment) -> ET.Element:
+    """A NIC on the host's libvirt network ``nic.net``, or else on its bridge."""
+    if nic.net:
+        iface = _sub(devices, "interface", type="network")
+        _sub(iface, "source", network=nic.net)
+    else:
         iface = _sub(devices, "interface", type="bridge")
         _sub(iface, "source", bridge=str(nic.bridge))
+    return iface
+
+
+def _interface(devices: ET.Element, nic: Attachment) -> None:
+    if nic.kind == "host-bridge":
+        iface = _host_nic(devices, nic)
     elif nic.kind == "bridge":
         # The tap uniklab made on its network's bridge: libvirt uses it as it is.
         iface = _sub(devices, "interface", type="ethernet")
@@ -114,8 +129,7 @@ def _render_xen(spec: DomainSpec) -> str:
     for nic in spec.nics:
         if nic.kind != "host-bridge":
             raise ValueError(f"a Xen domain's NIC joins a bridge of its dom0, not a {nic.kind} one")
-        iface = _sub(devices, "interface", type="bridge")
-        _sub(iface, "source", bridge=str(nic.bridge))
+        iface = _host_nic(devices, nic)
         _sub(iface, "mac", address=nic.mac)
     console = _sub(devices, "console", type="pty")
     _sub(console, "target", type="xen", port="0")
@@ -182,3 +196,41 @@ def labels_of(metadata_xml: str) -> Labels | None:
     if not owner or not key:
         return None
     return Labels(owner=owner, key=key, image=text("image"), digest=text("digest"))
+
+
+@dataclass(frozen=True)
+class NetworkSpec:
+    """A uniklab network as a libvirt network of its host."""
+
+    name: str
+    subnet: ipaddress.IPv4Network
+    owner: str  # base.owner_tag of the home that made it
+
+    @property
+    def gateway(self) -> ipaddress.IPv4Address:
+        """The host's address on it: the subnet's first."""
+        return next(self.subnet.hosts())
+
+
+def render_network(spec: NetworkSpec) -> str:
+    """An isolated network (no ``<forward>``: its traffic stays on its host), on a bridge
+    libvirt names, with libvirt's dnsmasq leasing the rest of the subnet."""
+    ET.register_namespace(NS_PREFIX, NET_NS)
+    net = ET.Element("network")
+    _sub(net, "name", spec.name)
+    _sub(_sub(_sub(net, "metadata"), f"{{{NET_NS}}}network"), f"{{{NET_NS}}}owner", spec.owner)
+    _sub(net, "bridge", stp="off", delay="0")
+    ip = _sub(net, "ip", address=str(spec.gateway), prefix=str(spec.subnet.prefixlen))
+    hosts = list(spec.subnet.hosts())
+    _sub(_sub(ip, "dhcp"), "range", start=str(hosts[1]), end=str(hosts[-1]))
+    ET.indent(net)
+    return ET.tostring(net, encoding="unicode")
+
+
+def network_owner(network_xml: str) -> str | None:
+    """The owner tag of a network uniklab made (as libvirt describes it), else None."""
+    try:
+        el = ET.fromstring(network_xml).find(f"metadata/{{{NET_NS}}}network/{{{NET_NS}}}owner")
+    except ET.ParseError:
+        return None
+    return el.text if el is not None and el.text else None

@@ -32,6 +32,12 @@ def host() -> None:
     help="Run guests through libvirt at URI (qemu:///system, qemu+ssh://root@h/system).",
 )
 @click.option("-l", "--label", "labels", multiple=True, metavar="KEY=VALUE")
+@click.option(
+    "--max-instances",
+    type=int,
+    metavar="N",
+    help="At most N live instances there (0: none; 'run --host auto' skips a full host).",
+)
 @click.option("--replace", is_flag=True, help="Replace an existing entry of that name.")
 @click.pass_context
 def add(
@@ -46,6 +52,7 @@ def add(
     hypervisor: str,
     libvirt_uri: str | None,
     labels: tuple[str, ...],
+    max_instances: int | None,
     replace: bool,
 ) -> None:
     """Add host NAME to the inventory.
@@ -72,10 +79,33 @@ def add(
         hypervisor="libvirt" if libvirt_uri else hypervisor,
         libvirt=libvirt_uri,
         labels=kv,
+        max_instances=max_instances,
         replace=replace,
     )
     reach = f"libvirt {h.libvirt}" if h.libvirt else f"ssh {h.ssh}:{h.port}"
     common.out.print(f"added host {h.name} ({h.hypervisor}, {reach})")
+
+
+@host.command("set")
+@click.argument("name", shell_complete=complete.hosts)
+@click.option("--max-instances", type=int, metavar="N", help="At most N live instances there.")
+@click.option("--no-limit", is_flag=True, help="No instance limit there.")
+@click.pass_context
+def set_(ctx: click.Context, name: str, max_instances: int | None, no_limit: bool) -> None:
+    """Change host NAME's instance limit (what 'run --host auto' respects, and 'run --host
+    NAME' too).
+
+    \b
+    Examples:
+      uniklab host set xd3 --max-instances 20
+      uniklab host set xd3 --max-instances 0     drain it: no new instances
+      uniklab host set xd3 --no-limit
+    """
+    if no_limit == (max_instances is not None):
+        raise UsageError("give --max-instances N or --no-limit")
+    h = common.lab(ctx).hosts.set(name, max_instances=None if no_limit else max_instances)
+    limit = "no limit" if h.max_instances is None else f"at most {h.max_instances} instance(s)"
+    common.out.print(f"host {h.name}: {limit}", markup=False)
 
 
 @host.command("ls")
@@ -88,7 +118,7 @@ def ls(ctx: click.Context, as_json: bool) -> None:
         common.print_json([h.as_dict() for h in hosts])
         return
     common.table(
-        ["NAME", "HYPERVISOR", "SSH", "DATA", "BMC", "LABELS"],
+        ["NAME", "HYPERVISOR", "SSH", "DATA", "BMC", "MAX", "LABELS"],
         [
             (
                 h.name,
@@ -96,6 +126,7 @@ def ls(ctx: click.Context, as_json: bool) -> None:
                 f"{h.ssh}:{h.port}" if h.ssh else "",
                 h.data or "",
                 h.bmc or "",
+                "" if h.max_instances is None else h.max_instances,
                 ",".join(f"{k}={v}" for k, v in h.labels.items()),
             )
             for h in hosts

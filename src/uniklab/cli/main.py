@@ -89,7 +89,7 @@ VERBS: dict[str, Verb] = {
     ),
     "ps": Verb(
         "uniklab.cli.ps:ps",
-        "List instances: Name ID Mem VCPUs State Time(s) Address Ports Image Backend.",
+        "List instances: Name ID Mem VCPUs State Time(s) Address Ports Image Backend Host.",
     ),
     "recipes": Verb(
         "uniklab.cli.recipes:recipes",

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import click
 
 from uniklab.cli import common, complete
+
+if TYPE_CHECKING:
+    from uniklab.lab import Lab
 
 
 def _lease_help() -> dict[str, object]:
@@ -32,6 +37,13 @@ def net() -> None:
 @click.option("--netns", help="Put the bridge (and dnsmasq) in this network namespace.")
 @click.option("--dhcp/--no-dhcp", default=True, show_default=True, help="Serve DHCP.")
 @click.option("--lease-time", cls=common.FilledLater, fill=_lease_help)
+@click.option(
+    "--libvirt",
+    "libvirt_host",
+    metavar="HOST",
+    shell_complete=complete.hosts,
+    help="On libvirt host HOST: a libvirt network there (its bridge, libvirt's DHCP).",
+)
 @common.json_option
 @click.pass_context
 def create(
@@ -42,6 +54,7 @@ def create(
     netns: str | None,
     dhcp: bool,
     lease_time: str | None,
+    libvirt_host: str | None,
     as_json: bool,
 ) -> None:
     """Create network NAME.
@@ -51,11 +64,16 @@ def create(
       uniklab net create lab --subnet 10.77.0.0/24
       uniklab net create lab --subnet 10.77.0.0/24 --netns uklab --lease-time 12h
       uniklab net create lan --bridge xenbr0 --no-dhcp     an existing bridge, as it is
+      uniklab net create lvnet --libvirt kvm1 --subnet 10.78.0.0/24
+      uniklab run redis --host kvm1 --net lvnet      (or a libvirt network of its own: default)
     """
     from uniklab.net.dnsmasq import LEASE_TIME
     from uniklab.net.service import NetworkSpec
 
     lab = common.lab(ctx)
+    if libvirt_host is not None:
+        _create_on_libvirt(lab, name, libvirt_host, subnet, (bridge, netns, lease_time), as_json)
+        return
     lab.reconcile()
     row = lab.networks.create(NetworkSpec(name, subnet, bridge, netns, dhcp, lease_time))
     if as_json:
@@ -70,12 +88,62 @@ def create(
     )
 
 
+def _create_on_libvirt(
+    lab: Lab,
+    name: str,
+    host: str,
+    subnet: str | None,
+    local_only: tuple[str | None, ...],
+    as_json: bool,
+) -> None:
+    from uniklab.errors import UsageError
+    from uniklab.net import libvirt_net
+
+    if any(v is not None for v in local_only):
+        raise UsageError("--bridge, --netns and --lease-time are for networks on this machine")
+    bridge, net = libvirt_net.create(lab, name, host, subnet)
+    if as_json:
+        common.print_json({"name": name, "host": host, "bridge": bridge, "subnet": net})
+        return
+    common.out.print(
+        f"network {name} on {host}: libvirt network, bridge {bridge}, {net}, DHCP by libvirt",
+        markup=False,
+    )
+
+
 @net.command("ls")
+@click.option(
+    "--libvirt",
+    "libvirt_host",
+    metavar="HOST",
+    shell_complete=complete.hosts,
+    help="On libvirt host HOST: a libvirt network there (its bridge, libvirt's DHCP).",
+)
 @common.json_option
 @click.pass_context
-def ls(ctx: click.Context, as_json: bool) -> None:
-    """List networks."""
+def ls(ctx: click.Context, libvirt_host: str | None, as_json: bool) -> None:
+    """List networks (of this machine, or of a libvirt host)."""
     lab = common.lab(ctx)
+    if libvirt_host is not None:
+        from uniklab.net import libvirt_net
+
+        found = libvirt_net.ls(lab, libvirt_host)
+        if as_json:
+            common.print_json([n.__dict__ for n in found])
+            return
+        common.table(
+            ["NAME", "BRIDGE", "OURS", "INSTANCES"],
+            [
+                (
+                    n.name,
+                    n.bridge,
+                    "yes" if n.mine else "no",
+                    ",".join(libvirt_net.users(lab, n.name, libvirt_host)),
+                )
+                for n in found
+            ],
+        )
+        return
     lab.reconcile()
     rows = lab.networks.store.networks()
     users = lab.network_users()
@@ -107,11 +175,23 @@ def ls(ctx: click.Context, as_json: bool) -> None:
 
 @net.command("rm")
 @click.argument("names", nargs=-1, required=True, shell_complete=complete.networks)
+@click.option(
+    "--libvirt",
+    "libvirt_host",
+    metavar="HOST",
+    shell_complete=complete.hosts,
+    help="On libvirt host HOST: a libvirt network there (its bridge, libvirt's DHCP).",
+)
 @click.pass_context
-def rm(ctx: click.Context, names: tuple[str, ...]) -> None:
+def rm(ctx: click.Context, names: tuple[str, ...], libvirt_host: str | None) -> None:
     """Remove networks (refused while instances use them)."""
     lab = common.lab(ctx)
     lab.reconcile()
     for name in names:
-        lab.networks.rm(name, lab.network_users().get(name, []))
+        if libvirt_host is not None:
+            from uniklab.net import libvirt_net
+
+            libvirt_net.remove(lab, name, libvirt_host)
+        else:
+            lab.networks.rm(name, lab.network_users().get(name, []))
         common.out.print(f"removed network {name}")

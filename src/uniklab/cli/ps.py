@@ -16,7 +16,10 @@ if TYPE_CHECKING:
 
     from uniklab.lab import InstanceView
 
-COLUMNS = ["Name", "ID", "Mem", "VCPUs", "State", "Time(s)", "Address", "Ports", "Image", "Backend"]
+COLUMNS = [
+    "Name", "ID", "Mem", "VCPUs", "State", "Time(s)", "Address", "Ports", "Image", "Backend",
+    "Host",
+]  # fmt: skip
 FILTER_KEYS = ("state", "label", "name")
 # The store's states (state/store.py), here so that completion need not import it.
 STATES = ("running", "paused", "stopped", "exited", "crashed", "creating")
@@ -124,7 +127,7 @@ def ps(
     quiet: bool,
     as_json: bool,
 ) -> None:
-    """List instances: Name ID Mem VCPUs State Time(s) Address Ports Image Backend.
+    """List instances: Name ID Mem VCPUs State Time(s) Address Ports Image Backend Host.
 
     A clone of a template (run --template) says "(clone)" after its backend.
 
@@ -168,6 +171,7 @@ def ps(
                 ports(v),
                 v.row.image,
                 v.row.backend + (" (clone)" if v.clone_of else ""),
+                v.row.host,
             )
         )
     common.table(COLUMNS, rows)

@@ -79,7 +79,8 @@ def _default_wait() -> dict[str, object]:
     "host",
     default="local",
     show_default=True,
-    help="Inventory host to run on (a Xen dom0), or 'auto': most free memory.",
+    help="Inventory host to run on, 'auto' (the one with most free memory, under its "
+    "instance limit) or a pool a,b (the same, among those).",
     shell_complete=complete.run_hosts,
 )
 @click.option("--mac", help="MAC of the first --net NIC.")
@@ -200,7 +201,7 @@ def run(
         common.print_json(view.as_dict())
         return
     common.out.print(
-        f"{view.name} running ({view.row.memory_mb}M, {view.row.vcpus} vCPU) "
+        f"{view.name} running on {view.row.host} ({view.row.memory_mb}M, {view.row.vcpus} vCPU) "
         f"at {view.address or 'no address'}" + (" (a clone)" if view.clone_of else "")
     )
 

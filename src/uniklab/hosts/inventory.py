@@ -108,6 +108,12 @@ def _libvirt(v: object) -> str:
     return uri
 
 
+def _limit(v: object) -> int:
+    if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+        raise ValueError(f"invalid instance limit {v!r}: a whole number, 0 or more")
+    return v
+
+
 def _labels(v: object) -> dict[str, str]:
     if not isinstance(v, dict) or not all(
         isinstance(k, str) and isinstance(x, str) for k, x in v.items()
@@ -131,6 +137,7 @@ _CHECKS: dict[str, Callable[[object], object]] = {
     "bmc": _optional(_address),
     "hypervisor": _hypervisor,
     "libvirt": _optional(_libvirt),
+    "max_instances": _optional(_limit),
     "labels": _labels,
 }
 
@@ -150,6 +157,8 @@ class Host:
     bmc: str | None = None  # BMC / iLO address (inventory data: never contacted)
     hypervisor: str = "xen"  # a backend's name (uniklab.backends.registry)
     libvirt: str | None = None  # the libvirt URI (hypervisor "libvirt")
+    # At most this many live instances (0: none; a drained host); None: no limit.
+    max_instances: int | None = None
     labels: dict[str, str] = dataclasses.field(default_factory=dict)
 
     def __post_init__(self) -> None:

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from pathlib import Path
 
-from uniklab.errors import ConflictError, UsageError
+from uniklab.errors import ConflictError, NotFoundError, StoreError, UsageError
 from uniklab.executor import Executor, local
 from uniklab.hosts.inventory import Host, HostFieldError
 from uniklab.state.store import Store
@@ -36,6 +37,18 @@ class HostService:
         self.store.put_host(host.name, host.to_json(), replace=replace)
         return host
 
+    def set(self, name: str, **changes: object) -> Host:
+        """Host ``name``'s entry with ``changes`` (fields), checked and stored.  Of
+        ``local`` (this machine, in no inventory), only its instance limit is kept."""
+        if name == LOCAL and changes.keys() - {"max_instances"}:
+            raise UsageError("'local' is this machine: only its --max-instances can be set")
+        try:
+            host = dataclasses.replace(self.get(name), **changes)  # type: ignore[arg-type]
+        except HostFieldError as exc:
+            raise UsageError(f"host {exc}") from None
+        self.store.put_host(host.name, host.to_json(), replace=True)
+        return host
+
     @staticmethod
     def local() -> Host:
         """This machine: a Xen host when it is a dom0, else a QEMU one."""
@@ -43,11 +56,16 @@ class HostService:
 
     def get(self, name: str) -> Host:
         if name == LOCAL:
-            return self.local()
+            try:  # its instance limit, if one was set
+                limit = Host.from_json(self.store.host_doc(LOCAL)).max_instances
+            except (NotFoundError, StoreError):  # none; or a damaged store (said elsewhere)
+                return self.local()
+            return dataclasses.replace(self.local(), max_instances=limit)
         return Host.from_json(self.store.host_doc(name))
 
     def ls(self) -> list[Host]:
-        return [Host.from_json(doc) for _, doc in self.store.hosts()]
+        """The inventory (``local``, this machine, is in none)."""
+        return [Host.from_json(doc) for name, doc in self.store.hosts() if name != LOCAL]
 
     def export(self, names: Sequence[str] = ()) -> str:
         """The inventory (or its hosts ``names``) as TOML, one ``[hosts.NAME]`` table each:

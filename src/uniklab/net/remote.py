@@ -7,6 +7,7 @@ import json
 from collections.abc import Sequence
 
 from uniklab.executor import Executor
+from uniklab.net.attachment import Attachment
 from uniklab.net.discover import Found
 from uniklab.net.dnsmasq import parse_leases
 
@@ -36,3 +37,10 @@ def lookup(
         ):
             return Found(str(e["dst"]), f"neighbour table on {ex.name}")
     return None
+
+
+def lookup_nic(
+    ex: Executor, nic: Attachment, leases: Sequence[str] = DEFAULT_LEASES
+) -> Found | None:
+    """``lookup`` of a NIC on a bridge of the host."""
+    return lookup(ex, nic.mac, str(nic.bridge), leases)

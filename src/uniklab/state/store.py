@@ -20,7 +20,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from uniklab.errors import ConflictError, NotFoundError, StoreDamagedError, StoreError
+from uniklab.errors import (
+    ConflictError,
+    HostFullError,
+    NotFoundError,
+    StoreDamagedError,
+    StoreError,
+)
 from uniklab.net import attachment
 from uniklab.net.attachment import Attachment
 from uniklab.state import migrations
@@ -30,6 +36,7 @@ from uniklab.state import migrations
 # by `pause`; "stopped": ended by `stop`, kept (spec, MAC, ports) for `start`.
 CREATING, RUNNING, EXITED, CRASHED = "creating", "running", "exited", "crashed"
 PAUSED, STOPPED = "paused", "stopped"
+LIVE = (CREATING, RUNNING, PAUSED)  # what occupies a host
 
 
 @dataclass
@@ -272,10 +279,23 @@ class Store:
         owner_pid: int,
         spec: dict[str, Any],
         labels: dict[str, str],
+        limit: int | None = None,
     ) -> InstanceRow:
-        """Insert a 'creating' row; the UNIQUE name makes this the point of no double-use."""
+        """Insert a 'creating' row; the UNIQUE name makes this the point of no double-use,
+        and, with ``limit``, of no host running more live instances than that (counted in
+        the same transaction: two runs never both take a host's last place)."""
         try:
             with self.transaction() as db:
+                if limit is not None:
+                    (live,) = db.execute(
+                        "SELECT COUNT(*) FROM instances WHERE host = ? AND state IN (?, ?, ?)",
+                        (host, *LIVE),
+                    ).fetchone()
+                    if live >= limit:
+                        raise HostFullError(
+                            f"host {host} runs {live} instance(s), its limit "
+                            f"(uniklab host set {host} --max-instances N)"
+                        )
                 cur = db.execute(
                     "INSERT INTO instances(name, image, digest, backend, host, state, owner_pid,"
                     " memory_mb, vcpus, created, spec, labels)"

@@ -69,6 +69,8 @@ class UniklabSession:
     def __init__(self, config: pytest.Config) -> None:
         self.backend: str = config.getoption("uniklab_backend")
         self.keep: bool = config.getoption("uniklab_keep")
+        # `--uniklab-hosts`: the pool a test's guest is placed in when it names no host.
+        self.hosts: str | None = config.getoption("uniklab_hosts")
         home: str | None = config.getoption("uniklab_home")
         self.home = Path(home).expanduser().resolve() if home else None
         self.id = secrets.token_hex(4)
@@ -180,6 +182,13 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         "'uniklab destroy').",
     )
     group.addoption(
+        "--uniklab-hosts",
+        default=None,
+        metavar="auto|HOST,HOST...",
+        help="Place each test's guest on one of these inventory hosts (or 'auto': any), by "
+        "free memory and each host's instance limit, unless the test names its host.",
+    )
+    group.addoption(
         "--uniklab-home",
         default=None,
         help="UNIKLAB_HOME for the session (images, state, runtime directories).",
@@ -196,6 +205,15 @@ def pytest_configure(config: pytest.Config) -> None:
         raise pytest.UsageError(
             f"--uniklab-backend {backend!r}: available: {', '.join(registry.names())}"
         )
+    hosts = config.getoption("uniklab_hosts")
+    if hosts is not None:
+        from uniklab.hosts import placement
+
+        try:  # one host is a pool of one (``a,``): placed, its limit respected
+            names = placement.pool(hosts if hosts == placement.AUTO else f"{hosts},")
+        except UsageError as exc:
+            raise pytest.UsageError(f"--uniklab-hosts: {exc}") from None
+        config.option.uniklab_hosts = ",".join(names or ()) + "," if names else placement.AUTO
     config.stash[SESSION_KEY] = UniklabSession(config)
 
 
@@ -309,8 +327,10 @@ def unikernel(
         if boot:
             opts = dataclasses.replace(opts, clone=False)
         ref = us.image(image)
+        named = "host" in fields or (options is not None and options.host != "local")
         opts = dataclasses.replace(
             opts,
+            host=opts.host if named or us.hosts is None else us.hosts,
             name=opts.name or us.new_name(ref),
             labels={**(opts.labels or {}), **us.labels(request.node.nodeid)},
         )
