@@ -297,8 +297,7 @@ class LibvirtBackend(Backend):
             "<target><format type='raw'/><permissions><mode>0644</mode></permissions>"
             "</target></volume>"
         )
-        vol = pool.createXML(xml, 0)
-        stream = self.conn().newStream(0)
+        made: list[Any] = []  # the volume, once the host has made it
         stopped = threading.Event()
 
         def chunk(_stream: object, n: int, f: BinaryIO) -> bytes:
@@ -306,8 +305,12 @@ class LibvirtBackend(Backend):
                 raise UniklabError("upload stopped")
             return f.read(n)
 
-        def send() -> None:
-            vol.upload(stream, 0, size, 0)
+        def send() -> None:  # every call to the host in here, bounded as one
+            made.append(pool.createXML(xml, 0))
+            if stopped.is_set():
+                return
+            stream = self.conn().newStream(0)
+            made[0].upload(stream, 0, size, 0)
             with path.open("rb") as f:
                 stream.sendAll(chunk, f)
             stream.finish()
@@ -320,6 +323,9 @@ class LibvirtBackend(Backend):
             # Undone once the host answers again (libvirt keeps a volume being written).
             stopped.set()
             upload.thread.join(CLEANUP_WAIT)
+            if not made:  # the host never made it (or has not answered since)
+                raise
+            vol = made[0]
             deadline = time.monotonic() + CLEANUP_WAIT
             while True:  # refused while the daemon still finishes the aborted stream
                 try:
@@ -331,7 +337,7 @@ class LibvirtBackend(Backend):
                         break
                 time.sleep(1)
             raise
-        return vol
+        return made[0]
 
     def ensure_image(self, *files: Path) -> tuple[libvirt_xml.Volume, ...]:
         """Each file as a volume of the pool named by its sha256, uploaded once and
