@@ -22,7 +22,7 @@ RUMPRUN_FATAL = ("PANIC:", "FATAL TRAP", "panic:")
 # What the host writes to the init on the console (guest/ctl.h): an escape-prefixed line.
 CONTROL_PREFIX = "\x1buniklab:"
 STOP_HEARD = f"{PREFIX} stop requested"  # the init's answer to a "stop" line
-RESTORED_HEARD = f"{PREFIX} restored: clock set"  # its answer to a clone's "restored"
+RESTORED_HEARD = f"{PREFIX} restored: clock"  # its answer to a clone's "restored" (set, kept)
 
 
 def control_line(verb: str, *args: str) -> bytes:

@@ -841,12 +841,27 @@ static const char *host_clock;
 /* A clone's first words from the host: its clock is its template's, minutes or days old.
  * The line's time is good to the console's latency; the time service, if any, refines it
  * (its round trip measured). */
+/* How far past the host's "restored" line a clone's clock may be and still be kept. */
+#define RESTORED_AHEAD_MAX_MS 2000LL
+
 static void restored(const struct ctl_cmd *cmd)
 {
-    struct timespec t = {.tv_sec = (time_t)cmd->sec, .tv_nsec = cmd->nsec};
-    if (clock_settime(CLOCK_REALTIME, &t) < 0)
-        say("warning: restored: clock_settime: %s", strerror(errno));
-    say("restored: clock set from the host's line");
+    /* The host wrote its time before this line arrived: a lower bound of the time now.
+     * A clock behind it is the template's (QEMU keeps the saved clock): set it forward.
+     * A clock at or past it, and not far past, is already right (Xen's PV clock follows
+     * the hypervisor's across a restore): setting it back to the line would make it late
+     * by the line's delivery time. */
+    struct timespec t = {.tv_sec = (time_t)cmd->sec, .tv_nsec = cmd->nsec}, now;
+    clock_gettime(CLOCK_REALTIME, &now);
+    long long ahead_ms = ((long long)now.tv_sec - (long long)t.tv_sec) * 1000LL +
+                         (now.tv_nsec - t.tv_nsec) / 1000000L;
+    if (ahead_ms >= 0 && ahead_ms <= RESTORED_AHEAD_MAX_MS) {
+        say("restored: clock kept (%lld ms past the host's line)", ahead_ms);
+    } else {
+        if (clock_settime(CLOCK_REALTIME, &t) < 0)
+            say("warning: restored: clock_settime: %s", strerror(errno));
+        say("restored: clock set from the host's line");
+    }
     if (host_clock && set_clock_from_host(host_clock) < 0)
         say("warning: no answer from the host clock at %s", host_clock);
 }
