@@ -301,7 +301,7 @@ def test_a_clone_gets_a_config_of_its_own_and_the_restored_line(tmp_path: Path) 
         "domain": "c1",
         "cfg": str(xen.cfg_path("c1")),
         "domid": 7,
-        "template": "k1",
+        "clone_of": "k1",
     }
     [call] = [c for c in host.calls if c[:3] == ["sh", "-c", xen._RESTORE]]
     assert call[4:6] == [str(xen.TEMPLATES / "k1"), "67253557 1796027674.617427515"]
@@ -404,3 +404,51 @@ def test_restore_scripts_are_posix_sh() -> None:
         r = subprocess.run([sh, "-n", "-c", script], capture_output=True, text=True, timeout=10)
         assert r.returncode == 0, r.stderr
     assert not re.search(r"\[\[|\$\{\w+/", xen._RESTORE)
+
+
+@pytest.mark.e2e
+@pytest.mark.root
+def test_run_template_on_a_xen_host_through_the_cli(
+    xlab: Lab, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`run --host LAB --template` twice: the first builds the template (on xenbr0, its
+    checkpoint on the dom0 in a directory named by the key), both are clones answering on
+    addresses of their own; `template rm` removes it there too."""
+    from tests.support.cli import cli_json
+    from uniklab.cli.main import main
+
+    dom0 = _dom0(xlab)
+    run = ["run", LINUX, "--host", XEN_LAB, "--template", "-m", "64M", "--wait", "--name"]
+    try:
+        for name in ("c1", "c2"):
+            assert main([*run, name]) == 0, capsys.readouterr().err
+        [t] = cli_json(capsys, "template", "ls")
+        assert isinstance(t, dict) and t["backend"] == "xen" and t["image"] == LINUX
+        key = str(t["key"])
+        assert dom0.run(["ls", str(xen.TEMPLATES)]).stdout.split() == [key]
+        rows = {r["name"]: r for r in cli_json(capsys, "ps")}  # type: ignore[union-attr]
+        assert rows["c1"]["clone_of"] == key and rows["c2"]["clone_of"] == key
+        ips = {}
+        for name in ("c1", "c2"):
+            row = xlab.store.instance(name)
+            found = xlab.reach.address(row, timeout=60)
+            assert found is not None
+            ips[name] = found.ip
+            assert _redis(dom0, found.ip, "ping") == "PONG"
+        assert ips["c1"] != ips["c2"], ips
+        domains = [ln.split()[0] for ln in dom0.run(["xl", "list"]).stdout.splitlines()[1:]]
+        assert sorted(domains) == ["Domain-0", "c1", "c2"]  # the template's domain is saved
+
+        capsys.readouterr()
+        assert main(["template", "rm", key[:12]]) == 0
+        assert cli_json(capsys, "template", "ls") == []
+        assert dom0.run(["ls", str(xen.TEMPLATES)]).stdout.split() == []
+        assert _redis(dom0, ips["c2"], "ping") == "PONG"  # its clones run on
+    finally:
+        for name in ("c1", "c2"):
+            main(["rm", "-f", name])
+    left = dom0.run(["sh", "-c", 'ls "$1" "$2"', "sh", str(xen.DOMAINS), str(xen.TEMPLATES)])
+    assert left.stdout.split() == [f"{xen.DOMAINS}:", f"{xen.TEMPLATES}:"]
+    domains = [ln.split()[0] for ln in dom0.run(["xl", "list"]).stdout.splitlines()[1:]]
+    assert domains == ["Domain-0"]
+    assert cli_json(capsys, "ps") == []
