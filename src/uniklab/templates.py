@@ -80,6 +80,7 @@ class Template:
             "image": self.image,
             "digest": self.digest,
             "backend": m.get("backend"),
+            "host": m.get("host") or "local",
             "memory_mb": m.get("memory_mb"),
             "vcpus": m.get("vcpus"),
             "args": m.get("args"),
@@ -305,7 +306,12 @@ class _Plan:
 
 
 def _plan(
-    lab: Lab, m: Manifest, engine: BackendType, backend: Backend, req: BootRequest, host: str
+    lab: Lab,
+    m: Manifest,
+    engine: BackendType,
+    backend: Backend,
+    req: BootRequest,
+    host: str = "local",
 ) -> _Plan:
     from uniklab import boot
 

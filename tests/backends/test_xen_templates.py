@@ -5,7 +5,10 @@ On the virtual Xen host (one lab for the module): two clones of a Redis template
 PING, get addresses of their own, do not see each other's writes, and have the host's
 clock right after the "restored" line; destroying one leaves the other and the template
 (a third clone, restored after the writes, starts from the template's empty Redis).  A
-rumprun guest, whose Mini-OS cannot suspend, is refused at once, nothing saved.
+rumprun guest, whose Mini-OS cannot suspend, is refused at once, nothing saved.  Through
+the CLI: `run --host LAB --template` twice makes the template on xenbr0 and two clones on
+addresses of their own (a checkpoint changed on the dom0 rebuilt once), `template rm`
+removes it on the dom0 too.
 
 Without the lab: the backend against what the lab's Xen 4.17 answered (what is refused
 before any command, what a damaged checkpoint becomes)."""
@@ -413,18 +416,26 @@ def test_run_template_on_a_xen_host_through_the_cli(
 ) -> None:
     """`run --host LAB --template` twice: the first builds the template (on xenbr0, its
     checkpoint on the dom0 in a directory named by the key), both are clones answering on
-    addresses of their own; `template rm` removes it there too."""
+    addresses of their own; a checkpoint changed on the dom0 between them is rebuilt once;
+    `template rm` removes it there too."""
     from tests.support.cli import cli_json
     from uniklab.cli.main import main
 
     dom0 = _dom0(xlab)
     run = ["run", LINUX, "--host", XEN_LAB, "--template", "-m", "64M", "--wait", "--name"]
     try:
-        for name in ("c1", "c2"):
-            assert main([*run, name]) == 0, capsys.readouterr().err
+        assert main([*run, "c1"]) == 0, capsys.readouterr().err
         [t] = cli_json(capsys, "template", "ls")
         assert isinstance(t, dict) and t["backend"] == "xen" and t["image"] == LINUX
         key = str(t["key"])
+        assert dom0.run(["ls", str(xen.TEMPLATES)]).stdout.split() == [key]
+        # The checkpoint changes on the dom0: the next clone's restore refuses it, the
+        # template is made again, and that clone restored from the new one.
+        state = str(xen.TEMPLATES / key / xen.STATE)
+        dom0.run(["sh", "-c", 'printf x >> "$1"', "sh", state])
+        assert main([*run, "c2"]) == 0, capsys.readouterr().err
+        [t2] = cli_json(capsys, "template", "ls")
+        assert isinstance(t2, dict) and t2["key"] == key and t2["created"] != t["created"]
         assert dom0.run(["ls", str(xen.TEMPLATES)]).stdout.split() == [key]
         rows = {r["name"]: r for r in cli_json(capsys, "ps")}  # type: ignore[union-attr]
         assert rows["c1"]["clone_of"] == key and rows["c2"]["clone_of"] == key
@@ -446,7 +457,8 @@ def test_run_template_on_a_xen_host_through_the_cli(
         assert _redis(dom0, ips["c2"], "ping") == "PONG"  # its clones run on
     finally:
         for name in ("c1", "c2"):
-            main(["rm", "-f", name])
+            if any(r.name == name for r in xlab.store.instances()):
+                assert main(["destroy", name]) == 0
     left = dom0.run(["sh", "-c", 'ls "$1" "$2"', "sh", str(xen.DOMAINS), str(xen.TEMPLATES)])
     assert left.stdout.split() == [f"{xen.DOMAINS}:", f"{xen.TEMPLATES}:"]
     domains = [ln.split()[0] for ln in dom0.run(["xl", "list"]).stdout.splitlines()[1:]]
