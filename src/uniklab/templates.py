@@ -322,9 +322,10 @@ def _plan(
     tspec = boot.instance_spec(m, lab.images, engine, template_request(m, req))
     k = key(m, tspec, backend)  # the build directory is not part of it
     # Built in STAGING/KEY, so that the backend sees the key as the name of its ``dest``
-    # (what it names its own files after: a checkpoint on a Xen host), then renamed.
-    build = base / f"{BUILD_PREFIX}{os.getpid()}-{k[:8]}" / k
-    tspec = replace(tspec, rundir=build / "r")
+    # (what it names its own files after: a checkpoint on a Xen host), then renamed; the
+    # guest's runtime directory is STAGING/r (short: QEMU's sockets are in it).
+    staging = base / f"{BUILD_PREFIX}{os.getpid()}-{k[:8]}"
+    tspec = replace(tspec, rundir=staging / "r")
     about: dict[str, object] = {"args": list(req.args), "env": dict(req.env), "host": host}
     return _Plan(tspec, k, base / k, host, about)
 
@@ -362,8 +363,8 @@ def _build(lab: Lab, m: Manifest, backend: Backend, plan: _Plan, *, timeout: flo
     from uniklab.probes.kinds import from_spec
 
     tspec, k, path = plan.spec, plan.key, plan.path
-    build = tspec.rundir.parent
-    staging = build.parent
+    staging = tspec.rundir.parent
+    build = staging / k
     shutil.rmtree(staging, ignore_errors=True)  # this pid's, left by an earlier failure
     staging.mkdir(mode=0o700, parents=True)
     build.mkdir(mode=0o700)
@@ -411,7 +412,6 @@ def _build(lab: Lab, m: Manifest, backend: Backend, plan: _Plan, *, timeout: flo
             "files": files,
         }
         (build / META).write_text(json.dumps(meta, indent=1))
-        shutil.rmtree(build / "r", ignore_errors=True)
         os.rename(build, path)
     except BaseException:
         if handle is not None:
