@@ -416,49 +416,57 @@ def test_run_template_on_a_xen_host_through_the_cli(
 ) -> None:
     """`run --host LAB --template` twice: the first builds the template (on xenbr0, its
     checkpoint on the dom0 in a directory named by the key), both are clones answering on
-    addresses of their own; a checkpoint changed on the dom0 between them is rebuilt once;
-    `template rm` removes it there too."""
+    addresses of their own; a checkpoint changed on the dom0 is rebuilt once for the next
+    clone; `template rm` removes it on the dom0 too, and that clone runs on."""
     from tests.support.cli import cli_json
     from uniklab.cli.main import main
 
     dom0 = _dom0(xlab)
-    run = ["run", LINUX, "--host", XEN_LAB, "--template", "-m", "64M", "--wait", "--name"]
+    run = ["run", LINUX, "--host", XEN_LAB, "--template", "-m", "64M", "--name"]
+    names = ("c1", "c2", "c3")
     try:
-        assert main([*run, "c1"]) == 0, capsys.readouterr().err
+        for name in ("c1", "c2"):
+            assert main([*run, name, "--wait"]) == 0, capsys.readouterr().err
         [t] = cli_json(capsys, "template", "ls")
         assert isinstance(t, dict) and t["backend"] == "xen" and t["image"] == LINUX
         key = str(t["key"])
-        assert dom0.run(["ls", str(xen.TEMPLATES)]).stdout.split() == [key]
-        # The checkpoint changes on the dom0: the next clone's restore refuses it, the
-        # template is made again, and that clone restored from the new one.
-        state = str(xen.TEMPLATES / key / xen.STATE)
-        dom0.run(["sh", "-c", 'printf x >> "$1"', "sh", state])
-        assert main([*run, "c2"]) == 0, capsys.readouterr().err
-        [t2] = cli_json(capsys, "template", "ls")
-        assert isinstance(t2, dict) and t2["key"] == key and t2["created"] != t["created"]
         assert dom0.run(["ls", str(xen.TEMPLATES)]).stdout.split() == [key]
         rows = {r["name"]: r for r in cli_json(capsys, "ps")}  # type: ignore[union-attr]
         assert rows["c1"]["clone_of"] == key and rows["c2"]["clone_of"] == key
         ips = {}
         for name in ("c1", "c2"):
-            row = xlab.store.instance(name)
-            found = xlab.reach.address(row, timeout=60)
+            found = xlab.reach.address(xlab.store.instance(name), timeout=60)
             assert found is not None
             ips[name] = found.ip
-            assert _redis(dom0, found.ip, "ping") == "PONG"
+            _ping(dom0, found.ip)
         assert ips["c1"] != ips["c2"], ips
         domains = [ln.split()[0] for ln in dom0.run(["xl", "list"]).stdout.splitlines()[1:]]
         assert sorted(domains) == ["Domain-0", "c1", "c2"]  # the template's domain is saved
+        assert main(["destroy", "c1"]) == 0
+        assert _redis(dom0, ips["c2"], "ping") == "PONG"  # one clone gone, the other on
+        assert main(["destroy", "c2"]) == 0
+
+        # The checkpoint changes on the dom0: the next clone's restore refuses it, the
+        # template is made again, and that clone restored from the new one.
+        state = str(xen.TEMPLATES / key / xen.STATE)
+        dom0.run(["sh", "-c", 'printf x >> "$1"', "sh", state])
+        assert main([*run, "c3", "--wait"]) == 0, capsys.readouterr().err
+        [t2] = cli_json(capsys, "template", "ls")
+        assert isinstance(t2, dict) and t2["key"] == key and t2["created"] != t["created"]
+        assert xlab.store.instance("c3").runtime.get("clone_of") == key
+        found = xlab.reach.address(xlab.store.instance("c3"), timeout=60)
+        assert found is not None
+        _ping(dom0, found.ip)
 
         capsys.readouterr()
         assert main(["template", "rm", key[:12]]) == 0
         assert cli_json(capsys, "template", "ls") == []
         assert dom0.run(["ls", str(xen.TEMPLATES)]).stdout.split() == []
-        assert _redis(dom0, ips["c2"], "ping") == "PONG"  # its clones run on
+        _ping(dom0, found.ip)  # a clone runs on without its template
     finally:
-        for name in ("c1", "c2"):
+        for name in names:
             if any(r.name == name for r in xlab.store.instances()):
-                assert main(["destroy", name]) == 0
+                main(["destroy", name])  # checked below: nothing left
     left = dom0.run(["sh", "-c", 'ls "$1" "$2"', "sh", str(xen.DOMAINS), str(xen.TEMPLATES)])
     assert left.stdout.split() == [f"{xen.DOMAINS}:", f"{xen.TEMPLATES}:"]
     domains = [ln.split()[0] for ln in dom0.run(["xl", "list"]).stdout.splitlines()[1:]]
