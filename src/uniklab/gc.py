@@ -235,7 +235,9 @@ def remove(
                 daemons.stop(int(item.name), item.marker, grace=3.0)
             elif item.kind == "staging" and templates.root(lab.paths) in Path(item.name).parents:
                 templates.sweep_build(Path(item.name))
-            elif item.kind in ("rundir", "staging", "image", "template"):
+            elif item.kind == "template":
+                templates.remove_dir(lab, Path(item.name))
+            elif item.kind in ("rundir", "staging", "image"):
                 shutil.rmtree(item.name, ignore_errors=True)
             elif item.kind == "socket":
                 Path(item.name).unlink(missing_ok=True)

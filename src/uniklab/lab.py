@@ -443,7 +443,7 @@ class Lab:
         if not self.store.digest_in_use(m.digest):
             from uniklab import templates
 
-            templates.remove_image(self.paths, m.digest)
+            templates.remove_image(self, m.digest)
             self.images.remove(m.digest)
         return m
 
@@ -552,7 +552,9 @@ class Lab:
             backend = self.backend(backend_name, spec.kernel, host.name)
             if cloned and (o.clone or templates.can(backend)):  # None: if it can
                 wait = o.timeout or DEFAULT_WAIT
-                handle = templates.clone(self, m, engine, backend, req, spec, timeout=wait)
+                handle = templates.clone(
+                    self, m, engine, backend, req, spec, timeout=wait, host=host.name
+                )
             else:
                 handle = backend.create(spec)
             faults.point("run.after_create")

@@ -107,6 +107,21 @@ class Reach:
             raise NotFoundError(f"no address for MAC {a.mac} on {row.host}")
         return found
 
+    def on_host(self, host: str, a: Attachment, guest_port: int | None) -> Endpoint:
+        """Where a client on this machine connects to ``guest_port`` of a guest with no row
+        (a template being built) whose NIC ``a`` is on a bridge of ``host``: its address
+        looked up once by MAC there, tunnelled; NotFoundError while it has none."""
+        h = self.hosts.get(host)
+        ex = self.hosts.executor(h)
+        leases = [h.labels["leases"]] if "leases" in h.labels else list(remote.DEFAULT_LEASES)
+        found = remote.lookup(ex, a.mac, str(a.bridge), leases)
+        if found is None or guest_port is None:
+            raise NotFoundError(f"no address for MAC {a.mac} on {host} yet")
+        key = (host, found.ip, guest_port)
+        if key not in self._tunnels:
+            self._tunnels[key] = self._stack.enter_context(ex.forward(found.ip, guest_port))
+        return Endpoint(*self._tunnels[key])
+
     def endpoint(self, row: InstanceRow, guest_port: int | None) -> Endpoint:
         """Where a client on this machine connects to ``guest_port`` of the guest."""
         a = self.first(row)

@@ -46,8 +46,10 @@ META = "meta.json"
 HASHED_MAX = 4 << 20  # files up to this size are hashed at each check; larger: size + mtime
 BUILD_PREFIX = ".b"
 LOCK_SUFFIX = ".lock"
-# The template guest's MAC: a template is the same guest for every clone.
+# The template guest's MAC (its first NIC's; the next ones count on): a template is the
+# same guest for every clone.
 TEMPLATE_MAC = "52:54:00:75:6b:01"
+DROP_TIMEOUT = 60.0  # for a backend to remove what a template keeps on its host
 LOCK_POLL = 0.05
 KEY_CHARS = 64
 
@@ -78,6 +80,7 @@ class Template:
             "image": self.image,
             "digest": self.digest,
             "backend": m.get("backend"),
+            "host": m.get("host") or "local",
             "memory_mb": m.get("memory_mb"),
             "vcpus": m.get("vcpus"),
             "args": m.get("args"),
@@ -100,8 +103,10 @@ def refusal(o: RunOptions, m: Manifest, engine: BackendType) -> str | None:
     if m.is_rumprun:
         # No init of ours hears "restored": its clock would stay the template's.
         return f"{m.ref} is a rumprun unikernel: its clock cannot be reset after a restore"
-    if o.nets or not engine.user_networking:
+    if (o.nets or not engine.user_networking) and not engine.clones_readdress:
         return "a clone joins the user-mode network only (each one the same MAC and address)"
+    if any(n.ip or n.gateway for n in o.nets):
+        return "a clone takes its address by DHCP (no ip= or gw= on --net)"
     if o.volumes:
         return "writable disks (--disk) cannot be shared between clones"
     if o.offline or o.channels or o.links:
@@ -131,15 +136,27 @@ def can(backend: Backend) -> bool:
 
 
 # -- the key ----------------------------------------------------------------------------
+def template_mac(index: int) -> str:
+    return TEMPLATE_MAC[:-2] + f"{int(TEMPLATE_MAC[-2:], 16) + index:02x}"
+
+
 def template_request(m: Manifest, req: BootRequest) -> BootRequest:
-    """The template's own boot: named after its image, one user-mode NIC with the fixed
-    MAC and the clone's guest ports (host ports picked when it boots); its runtime
-    directory is chosen once its key is known."""
+    """The template's own boot: named after its image, with fixed MACs.  A clone on the
+    user-mode network: one user-mode NIC with the clone's guest ports (host ports picked
+    when it boots).  A clone on bridges (an engine whose clones re-address): the clone's
+    NICs, by DHCP, each with the template's MAC.  Its runtime directory is chosen once its
+    key is known."""
     from uniklab.net.attachment import Attachment
 
-    guest_ports = tuple((0, g) for nic in req.nics for _, g in nic.forwards)
-    nic = Attachment(kind="user", mac=TEMPLATE_MAC, forwards=guest_ports)
-    return replace(req, name=m.name, nics=(nic,), rundir=Path("/template"))
+    if req.nics and all(n.kind != "user" for n in req.nics):
+        nics = tuple(
+            Attachment(kind=n.kind, mac=template_mac(i), net=n.net, bridge=n.bridge)
+            for i, n in enumerate(req.nics)
+        )
+    else:
+        guest_ports = tuple((0, g) for nic in req.nics for _, g in nic.forwards)
+        nics = (Attachment(kind="user", mac=TEMPLATE_MAC, forwards=guest_ports),)
+    return replace(req, name=m.name, nics=nics, rundir=Path("/template"))
 
 
 def neutral(spec: InstanceSpec) -> InstanceSpec:
@@ -231,23 +248,32 @@ def clone(
     spec: InstanceSpec,
     *,
     timeout: float,
+    host: str = "local",
 ) -> Handle:
-    """Start ``spec`` as a clone of its template, building the template first if it is
-    missing or damaged (``timeout``: for its guest to be ready)."""
-    plan = _plan(lab, m, engine, backend, req)
+    """Start ``spec`` as a clone of its template on ``host``, building the template first
+    if it is missing or damaged (``timeout``: for its guest to be ready).  A template the
+    backend finds gone or changed on its side (NotFoundError from ``restore_clone``: a
+    checkpoint on the host) is rebuilt once, and the clone restored from the new one."""
+    plan = _plan(lab, m, engine, backend, req, host)
     lock = _lock_path(root(lab.paths), plan.key)
     wait = timeout + 60.0
     why = ""
-    for _ in range(2):  # found, or built then found (unless removed at once again)
+    stale: Template | None = None  # the one restore_clone refused
+    for _ in range(3):  # found; or built, then found (unless removed at once again)
         with _locked(lock, fcntl.LOCK_SH, timeout=wait):  # held while the clone reads it
             try:
                 t = check(plan.path, plan.key)
             except NotFoundError as exc:
                 why = str(exc)
             else:
-                return backend.restore_clone(spec, t.path)
+                try:
+                    return backend.restore_clone(spec, t.path)
+                except NotFoundError as exc:
+                    if stale is not None:  # rebuilt once already
+                        raise
+                    why, stale = str(exc), t
         with _locked(lock, fcntl.LOCK_EX, timeout=wait):
-            _check_or_build(lab, m, backend, plan, why, timeout=timeout)
+            _check_or_build(lab, m, backend, plan, why, timeout=timeout, stale=stale)
     raise ConflictError(f"{why} (removed again as soon as it was built)")
 
 
@@ -259,9 +285,10 @@ def create(
     req: BootRequest,
     *,
     timeout: float,
+    host: str = "local",
 ) -> tuple[Template, bool]:
     """The template of ``req`` on ``m``, built if missing or damaged; and whether it was."""
-    plan = _plan(lab, m, engine, backend, req)
+    plan = _plan(lab, m, engine, backend, req, host)
     with _locked(_lock_path(root(lab.paths), plan.key), fcntl.LOCK_EX, timeout=timeout + 60.0):
         try:
             return check(plan.path, plan.key), False
@@ -274,10 +301,18 @@ class _Plan:
     spec: InstanceSpec  # the template's boot
     key: str
     path: Path
+    host: str  # the inventory host it runs on
     about: dict[str, object]  # for its meta: what a person asks of it
 
 
-def _plan(lab: Lab, m: Manifest, engine: BackendType, backend: Backend, req: BootRequest) -> _Plan:
+def _plan(
+    lab: Lab,
+    m: Manifest,
+    engine: BackendType,
+    backend: Backend,
+    req: BootRequest,
+    host: str = "local",
+) -> _Plan:
     from uniklab import boot
 
     if not can(backend):  # before a template guest boots for nothing
@@ -286,36 +321,53 @@ def _plan(lab: Lab, m: Manifest, engine: BackendType, backend: Backend, req: Boo
     base = root(lab.paths)
     tspec = boot.instance_spec(m, lab.images, engine, template_request(m, req))
     k = key(m, tspec, backend)  # the build directory is not part of it
-    build = base / f"{BUILD_PREFIX}{os.getpid()}-{k[:8]}"
-    tspec = replace(tspec, rundir=build / "r")
-    about: dict[str, object] = {"args": list(req.args), "env": dict(req.env)}
-    return _Plan(tspec, k, base / k, about)
+    # Built in STAGING/KEY, so that the backend sees the key as the name of its ``dest``
+    # (what it names its own files after: a checkpoint on a Xen host), then renamed; the
+    # guest's runtime directory is STAGING/r (short: QEMU's sockets are in it).
+    staging = base / f"{BUILD_PREFIX}{os.getpid()}-{k[:8]}"
+    tspec = replace(tspec, rundir=staging / "r")
+    about: dict[str, object] = {"args": list(req.args), "env": dict(req.env), "host": host}
+    return _Plan(tspec, k, base / k, host, about)
 
 
 def _check_or_build(
-    lab: Lab, m: Manifest, backend: Backend, plan: _Plan, why: str, *, timeout: float
+    lab: Lab,
+    m: Manifest,
+    backend: Backend,
+    plan: _Plan,
+    why: str,
+    *,
+    timeout: float,
+    stale: Template | None = None,
 ) -> Template:
     """Under the key's exclusive lock: the template if another command built it since it
-    was found missing, else built now (what was there removed first)."""
+    was found missing (or since ``stale``, refused by the backend, was found), else built
+    now (what was there removed first, on the backend's side too)."""
     try:
-        return check(plan.path, plan.key)
+        t = check(plan.path, plan.key)
     except NotFoundError:
         pass
+    else:
+        if stale is None or t.meta.get("created") != stale.meta.get("created"):
+            return t
     if plan.path.exists():
         log.warning("rebuilding %s", why)
+        _drop(lab, plan.path, backend)
         shutil.rmtree(plan.path)
-    return _build(m, backend, plan, timeout=timeout)
+    return _build(lab, m, backend, plan, timeout=timeout)
 
 
-def _build(m: Manifest, backend: Backend, plan: _Plan, *, timeout: float) -> Template:
+def _build(lab: Lab, m: Manifest, backend: Backend, plan: _Plan, *, timeout: float) -> Template:
     from uniklab.ports import free_port
     from uniklab.probes import base as probe_base
     from uniklab.probes.kinds import from_spec
 
     tspec, k, path = plan.spec, plan.key, plan.path
-    build = tspec.rundir.parent
-    shutil.rmtree(build, ignore_errors=True)  # this pid's, left by an earlier failure
-    build.mkdir(mode=0o700, parents=True)
+    staging = tspec.rundir.parent
+    build = staging / k
+    shutil.rmtree(staging, ignore_errors=True)  # this pid's, left by an earlier failure
+    staging.mkdir(mode=0o700, parents=True)
+    build.mkdir(mode=0o700)
     started = time.monotonic()
     nics = tuple(
         replace(n, forwards=tuple((free_port(), g) for _, g in n.forwards)) for n in tspec.nics
@@ -329,9 +381,15 @@ def _build(m: Manifest, backend: Backend, plan: _Plan, *, timeout: float) -> Tem
         probe = from_spec(m.probe, lambda: backend.console(h))
         port = m.probe.port or (m.ports[0] if m.ports else None)
         host_port = next((hp for n in nics for hp, g in n.forwards if g == port), None)
+
+        def endpoint() -> probe_base.Endpoint:
+            if nics and nics[0].kind == "host-bridge":  # found by MAC there, tunnelled
+                return lab.reach.on_host(plan.host, nics[0], port)
+            return probe_base.Endpoint("127.0.0.1", host_port)
+
         probe_base.wait(
             probe,
-            lambda: probe_base.Endpoint("127.0.0.1", host_port),
+            endpoint,
             timeout=timeout,
             alive=lambda: backend.inspect(h).alive,
             console_tail=lambda: "\n".join(backend.console(h).splitlines()[-15:]),
@@ -354,14 +412,36 @@ def _build(m: Manifest, backend: Backend, plan: _Plan, *, timeout: float) -> Tem
             "files": files,
         }
         (build / META).write_text(json.dumps(meta, indent=1))
-        shutil.rmtree(build / "r", ignore_errors=True)
         os.rename(build, path)
     except BaseException:
         if handle is not None:
             backend.destroy(handle)
-        shutil.rmtree(build, ignore_errors=True)
+        shutil.rmtree(staging, ignore_errors=True)
         raise
+    shutil.rmtree(staging, ignore_errors=True)
     return Template(k, path, meta)
+
+
+def _drop(lab: Lab, path: Path, backend: Backend | None = None) -> None:
+    """Have the backend of the template in ``path`` (its meta names it and its host)
+    remove what it keeps on its host, within DROP_TIMEOUT; a host that cannot be reached
+    (or a meta that cannot be read) is one warning line, and the caller still removes
+    ``path``."""
+    from uniklab.errors import UniklabError
+
+    if backend is None:
+        try:
+            meta = json.loads((path / META).read_text())
+            name, host = str(meta["backend"]), str(meta.get("host") or "local")
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            log.info("template %s: no backend to ask (%s)", path.name[:12], exc)
+            return
+    try:
+        if backend is None:
+            backend = lab.backend(name, host=host)
+        backend.drop_template(path, timeout=DROP_TIMEOUT)
+    except UniklabError as exc:
+        log.warning("template %s: its files on its host stay: %s", path.name[:12], exc)
 
 
 # -- listing, removal, gc -----------------------------------------------------------------
@@ -390,23 +470,33 @@ def find(paths: Paths, prefix: str) -> Template:
     return found[0]
 
 
-def remove(paths: Paths, key_: str, *, timeout: float = 30.0) -> None:
+def remove(lab: Lab, key_: str, *, timeout: float = 30.0) -> None:
     """Remove template ``key_`` once no clone is being restored from it (running clones
-    keep what they mapped)."""
-    base = root(paths)
+    keep what they mapped), its backend's files on its host first."""
+    base = root(lab.paths)
     with _locked(_lock_path(base, key_), fcntl.LOCK_EX, timeout=timeout):
+        if (base / key_).is_dir():
+            _drop(lab, base / key_)
         shutil.rmtree(base / key_, ignore_errors=True)
     _lock_path(base, key_).unlink(missing_ok=True)
 
 
-def remove_image(paths: Paths, digest: str) -> list[str]:
+def remove_image(lab: Lab, digest: str) -> list[str]:
     """Remove every template of image ``digest``; their keys."""
     gone = []
-    for t in ls(paths):
+    for t in ls(lab.paths):
         if t.digest == digest:
-            remove(paths, t.key)
+            remove(lab, t.key)
             gone.append(t.key)
     return gone
+
+
+def remove_dir(lab: Lab, path: Path) -> None:
+    """Remove what ``leftovers`` found as a "template" (maybe damaged)."""
+    if path.parent == root(lab.paths) and len(path.name) == KEY_CHARS:
+        remove(lab, path.name)
+    else:
+        shutil.rmtree(path, ignore_errors=True)
 
 
 def leftovers(paths: Paths, digests: set[str]) -> list[tuple[str, Path, str]]:
@@ -453,18 +543,28 @@ def create_for(lab: Lab, image_ref: str, o: RunOptions) -> tuple[Template, bool]
     why = refusal(o, m, engine)
     if why is not None:
         raise UsageError(f"cannot make a template of {m.ref}: {why}")
-    assert engine.user_net is not None  # refusal() says so
-    guest_ports = [g for _, g in o.publish] or list(m.ports)
+    if engine.user_net is not None:
+        guest_ports = [g for _, g in o.publish] or list(m.ports)
+        nics = [Attachment("user", TEMPLATE_MAC, tuple((0, g) for g in guest_ports))]
+    else:  # bridges of the host (refusal() allows them for this engine), as ``run`` plans
+        from uniklab.lab import HOST_BRIDGE
+        from uniklab.net.attach import NicRequest
+        from uniklab.run_plan import host_bridges
+
+        if o.publish:
+            raise UsageError(f"a {engine.name} guest joins a bridge of {host.name}: no -p")
+        nets = o.nets or (NicRequest(HOST_BRIDGE),)
+        nics = host_bridges(nets, [template_mac(i) for i in range(len(nets))], [])
     req = BootRequest(
         name=m.name,
         args=list(o.args),
         env=dict(o.env or {}),
         disks=(),
-        nics=(Attachment("user", TEMPLATE_MAC, tuple((0, g) for g in guest_ports)),),
-        time_source=engine.user_net.time_source,
+        nics=tuple(nics),
+        time_source=engine.user_net.time_source if engine.user_net else None,
         memory_mb=o.memory_mb if o.memory_mb is not None else validate.memory_mb(m.memory),
         vcpus=o.vcpus,
         rundir=root(lab.paths),
     )
     backend = lab.backend(engine.name, lab.images.kernel_path(m, engine.image_platform), host.name)
-    return create(lab, m, engine, backend, req, timeout=o.timeout or 120.0)
+    return create(lab, m, engine, backend, req, timeout=o.timeout or 120.0, host=host.name)

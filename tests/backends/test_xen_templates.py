@@ -5,7 +5,10 @@ On the virtual Xen host (one lab for the module): two clones of a Redis template
 PING, get addresses of their own, do not see each other's writes, and have the host's
 clock right after the "restored" line; destroying one leaves the other and the template
 (a third clone, restored after the writes, starts from the template's empty Redis).  A
-rumprun guest, whose Mini-OS cannot suspend, is refused at once, nothing saved.
+rumprun guest, whose Mini-OS cannot suspend, is refused at once, nothing saved.  Through
+the CLI: `run --host LAB --template` twice makes the template on xenbr0 and two clones on
+addresses of their own (a checkpoint changed on the dom0 rebuilt once), `template rm`
+removes it on the dom0 too.
 
 Without the lab: the backend against what the lab's Xen 4.17 answered (what is refused
 before any command, what a damaged checkpoint becomes)."""
@@ -301,7 +304,7 @@ def test_a_clone_gets_a_config_of_its_own_and_the_restored_line(tmp_path: Path) 
         "domain": "c1",
         "cfg": str(xen.cfg_path("c1")),
         "domid": 7,
-        "template": "k1",
+        "clone_of": "k1",
     }
     [call] = [c for c in host.calls if c[:3] == ["sh", "-c", xen._RESTORE]]
     assert call[4:6] == [str(xen.TEMPLATES / "k1"), "67253557 1796027674.617427515"]
@@ -404,3 +407,68 @@ def test_restore_scripts_are_posix_sh() -> None:
         r = subprocess.run([sh, "-n", "-c", script], capture_output=True, text=True, timeout=10)
         assert r.returncode == 0, r.stderr
     assert not re.search(r"\[\[|\$\{\w+/", xen._RESTORE)
+
+
+@pytest.mark.e2e
+@pytest.mark.root
+def test_run_template_on_a_xen_host_through_the_cli(
+    xlab: Lab, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`run --host LAB --template` twice: the first builds the template (on xenbr0, its
+    checkpoint on the dom0 in a directory named by the key), both are clones answering on
+    addresses of their own; a checkpoint changed on the dom0 is rebuilt once for the next
+    clone; `template rm` removes it on the dom0 too, and that clone runs on."""
+    from tests.support.cli import cli_json
+    from uniklab.cli.main import main
+
+    dom0 = _dom0(xlab)
+    run = ["run", LINUX, "--host", XEN_LAB, "--template", "-m", "64M", "--name"]
+    names = ("c1", "c2", "c3")
+    try:
+        for name in ("c1", "c2"):
+            assert main([*run, name, "--wait"]) == 0, capsys.readouterr().err
+        [t] = cli_json(capsys, "template", "ls")
+        assert isinstance(t, dict) and t["backend"] == "xen" and t["image"] == LINUX
+        key = str(t["key"])
+        assert dom0.run(["ls", str(xen.TEMPLATES)]).stdout.split() == [key]
+        rows = {r["name"]: r for r in cli_json(capsys, "ps")}  # type: ignore[union-attr]
+        assert rows["c1"]["clone_of"] == key and rows["c2"]["clone_of"] == key
+        ips = {}
+        for name in ("c1", "c2"):
+            found = xlab.reach.address(xlab.store.instance(name), timeout=60)
+            assert found is not None
+            ips[name] = found.ip
+            _ping(dom0, found.ip)
+        assert ips["c1"] != ips["c2"], ips
+        domains = [ln.split()[0] for ln in dom0.run(["xl", "list"]).stdout.splitlines()[1:]]
+        assert sorted(domains) == ["Domain-0", "c1", "c2"]  # the template's domain is saved
+        assert main(["destroy", "c1"]) == 0
+        assert _redis(dom0, ips["c2"], "ping") == "PONG"  # one clone gone, the other on
+        assert main(["destroy", "c2"]) == 0
+
+        # The checkpoint changes on the dom0: the next clone's restore refuses it, the
+        # template is made again, and that clone restored from the new one.
+        state = str(xen.TEMPLATES / key / xen.STATE)
+        dom0.run(["sh", "-c", 'printf x >> "$1"', "sh", state])
+        assert main([*run, "c3", "--wait"]) == 0, capsys.readouterr().err
+        [t2] = cli_json(capsys, "template", "ls")
+        assert isinstance(t2, dict) and t2["key"] == key and t2["created"] != t["created"]
+        assert xlab.store.instance("c3").runtime.get("clone_of") == key
+        found = xlab.reach.address(xlab.store.instance("c3"), timeout=60)
+        assert found is not None
+        _ping(dom0, found.ip)
+
+        capsys.readouterr()
+        assert main(["template", "rm", key[:12]]) == 0
+        assert cli_json(capsys, "template", "ls") == []
+        assert dom0.run(["ls", str(xen.TEMPLATES)]).stdout.split() == []
+        _ping(dom0, found.ip)  # a clone runs on without its template
+    finally:
+        for name in names:
+            if any(r.name == name for r in xlab.store.instances()):
+                main(["destroy", name])  # checked below: nothing left
+    left = dom0.run(["sh", "-c", 'ls "$1" "$2"', "sh", str(xen.DOMAINS), str(xen.TEMPLATES)])
+    assert left.stdout.split() == [f"{xen.DOMAINS}:", f"{xen.TEMPLATES}:"]
+    domains = [ln.split()[0] for ln in dom0.run(["xl", "list"]).stdout.splitlines()[1:]]
+    assert domains == ["Domain-0"]
+    assert cli_json(capsys, "ps") == []

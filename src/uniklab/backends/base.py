@@ -269,3 +269,9 @@ class Backend(Protocol):
         ``save_template`` wrote), with ``spec``'s name, runtime directory and NICs (its own
         forwarded ports), running, its clock set from the host's; return its handle."""
         raise UsageError(f"the {self.name} backend cannot make templates")
+
+    def drop_template(self, template: Path, *, timeout: float = 60.0) -> None:
+        """Remove what the template in the directory ``template`` keeps outside it (a
+        checkpoint on a remote host), within ``timeout``; the directory itself is the
+        caller's.  By default nothing: the backend keeps everything in that directory."""
+        return None

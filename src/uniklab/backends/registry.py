@@ -54,6 +54,9 @@ class BackendType:
     # An engine whose guests differ with the host (libvirt: the driver its URI names) says
     # which of its types serves that host.  None: this one, for every host.
     variant: Callable[[Host], BackendType] | None = None
+    # Its clones take an address of their own after a restore (each its own MAC, the
+    # guest's init told to ask DHCP again): a template may join a bridge (by DHCP).
+    clones_readdress: bool = False
 
     @property
     def user_networking(self) -> bool:

@@ -537,16 +537,23 @@ class XenBackend(Backend):
                 "domain": spec.name,
                 "cfg": str(cfg),
                 "domid": int(facts["domid"]),
-                "template": t.key,
+                "clone_of": t.key,  # what `ps` shows (Lab.clone_of)
             },
         )
 
-    def drop_template(self, template: Path) -> None:
+    def drop_template(self, template: Path, *, timeout: float = 60.0) -> None:
         """Remove the template's checkpoint and disk copies from the host (``template``'s
-        record names them); the record itself is the caller's."""
-        t = read_template(template)
-        if t.host == self.ex.name:
-            self.ex.run(["rm", "-rf", "--", str(TEMPLATES / t.key)], timeout=60)
+        record names them; without one, the directory named after ``template``, the key,
+        as a save cut short leaves it); the record itself is the caller's."""
+        try:
+            t = read_template(template)
+        except NotFoundError:
+            key = template_key(template)
+        else:
+            if t.host != self.ex.name:
+                return
+            key = t.key
+        self.ex.run(["rm", "-rf", "--", str(TEMPLATES / key)], timeout=timeout)
 
     # -- what gc, placement and doctors ask --------------------------------------------
     def key(self, handle: Handle) -> str:
@@ -735,4 +742,6 @@ def _create(ctx: BackendContext) -> XenBackend:
     return XenBackend(ctx.executor, vif_script=ctx.host.labels.get("vif-script"))
 
 
-BACKEND = BackendType(name="xen", factory=_create, user_net=None, local_only=False)
+BACKEND = BackendType(
+    name="xen", factory=_create, user_net=None, local_only=False, clones_readdress=True
+)

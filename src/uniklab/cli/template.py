@@ -123,8 +123,9 @@ def rm(ctx: click.Context, keys: tuple[str, ...], every: bool) -> None:
 
     if bool(keys) == every:
         raise UsageError("give template KEYs or --all (not both)")
-    paths = common.lab(ctx).paths
+    lab = common.lab(ctx)
+    paths = lab.paths
     chosen = templates.ls(paths) if every else [templates.find(paths, k) for k in keys]
     for t in chosen:
-        templates.remove(paths, t.key)
+        templates.remove(lab, t.key)
         common.out.print(f"removed template {t.key[:12]} of {t.image}", markup=False)
