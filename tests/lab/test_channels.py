@@ -296,3 +296,19 @@ def test_a_killed_run_leaves_no_proxy(lab_home: Path, point: str) -> None:
     assert main(["ps"]) == 0
     assert not _proxies(lab_home)
     assert_nothing_left(lab_home)
+
+
+@pytest.mark.timeout(45 * 60)  # the kernel's build, once per machine (tests/kernel's, in a run)
+def test_a_specialised_kernel_image_over_its_channel(lab: Lab, lab_home: Path) -> None:
+    """The specialised kernel builds virtio_console in, so the test faces' fast images
+    (and a user's specialised ones) take channels too."""
+    from uniklab.kernel import build as kbuild
+
+    assert kbuild.build("microvm").has("CONFIG_VIRTIO_CONSOLE")
+    lab.bake("redis", tag="chan", kernel="specialised", root="erofs")
+    view = lab.run("redis:chan", RunOptions(name="s1", net="none"))
+    assert view.address == "channel:6379"
+    with Client(lab_home) as client:
+        r = client.get("s1").redis(via="channel")
+        assert r.ping() is True and r.set("k", "v") and r.get("k") == b"v"
+    lab.destroy("s1")
