@@ -26,6 +26,15 @@ def net() -> None:
     """Create, list and remove bridged networks."""
 
 
+_libvirt_option = click.option(
+    "--libvirt",
+    "libvirt_host",
+    metavar="HOST",
+    shell_complete=complete.hosts,
+    help="On libvirt host HOST: a libvirt network there (its bridge, libvirt's DHCP).",
+)
+
+
 @net.command("create")
 @click.argument("name")
 @click.option("--subnet", help="IPv4 subnet, e.g. 10.77.0.0/24 (needed to create a bridge).")
@@ -37,13 +46,7 @@ def net() -> None:
 @click.option("--netns", help="Put the bridge (and dnsmasq) in this network namespace.")
 @click.option("--dhcp/--no-dhcp", default=True, show_default=True, help="Serve DHCP.")
 @click.option("--lease-time", cls=common.FilledLater, fill=_lease_help)
-@click.option(
-    "--libvirt",
-    "libvirt_host",
-    metavar="HOST",
-    shell_complete=complete.hosts,
-    help="On libvirt host HOST: a libvirt network there (its bridge, libvirt's DHCP).",
-)
+@_libvirt_option
 @common.json_option
 @click.pass_context
 def create(
@@ -112,13 +115,7 @@ def _create_on_libvirt(
 
 
 @net.command("ls")
-@click.option(
-    "--libvirt",
-    "libvirt_host",
-    metavar="HOST",
-    shell_complete=complete.hosts,
-    help="On libvirt host HOST: a libvirt network there (its bridge, libvirt's DHCP).",
-)
+@_libvirt_option
 @common.json_option
 @click.pass_context
 def ls(ctx: click.Context, libvirt_host: str | None, as_json: bool) -> None:
@@ -175,13 +172,7 @@ def ls(ctx: click.Context, libvirt_host: str | None, as_json: bool) -> None:
 
 @net.command("rm")
 @click.argument("names", nargs=-1, required=True, shell_complete=complete.networks)
-@click.option(
-    "--libvirt",
-    "libvirt_host",
-    metavar="HOST",
-    shell_complete=complete.hosts,
-    help="On libvirt host HOST: a libvirt network there (its bridge, libvirt's DHCP).",
-)
+@_libvirt_option
 @click.pass_context
 def rm(ctx: click.Context, names: tuple[str, ...], libvirt_host: str | None) -> None:
     """Remove networks (refused while instances use them)."""
