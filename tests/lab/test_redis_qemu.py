@@ -12,6 +12,7 @@ import pytest
 import redis
 
 from tests.support.cli import cli_json
+from tests.support.clock import clock_bound
 from tests.support.leaks import assert_nothing_left, qemu_processes
 from uniklab.cli.main import main
 from uniklab.errors import ProbeTimeoutError
@@ -54,16 +55,9 @@ def test_guest_clock_agrees_with_host(lab: Lab) -> None:
     window; the best of 20 samples must be under 50 ms (a loaded host only widens windows,
     it cannot make a wrong clock look right)."""
     lab.run("redis", RunOptions(name="clock"))
-    r = _client(lab, "clock")
-    bounds = []
-    for _ in range(20):
-        before = time.time()
-        sec, usec = r.time()
-        after = time.time()
-        guest = sec + usec / 1e6
-        bounds.append(max(0.0, guest - after, before - guest))
+    bound = clock_bound(_client(lab, "clock"))
     lab.destroy("clock")
-    assert min(bounds) < 0.050, f"guest clock off by at least {min(bounds) * 1000:.1f} ms"
+    assert bound < 0.050, f"guest clock off by at least {bound * 1000:.1f} ms"
 
 
 def test_cli_flow(lab_home: Path, capsys: pytest.CaptureFixture[str]) -> None:

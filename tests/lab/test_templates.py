@@ -14,6 +14,7 @@ import pytest
 import redis
 
 from tests.support.cli import cli_json
+from tests.support.clock import clock_bound
 from tests.support.leaks import assert_nothing_left, qemu_processes
 from uniklab import templates
 from uniklab.cli.main import main
@@ -42,20 +43,6 @@ def _create(capsys: pytest.CaptureFixture[str], *argv: str) -> dict[str, object]
     return made
 
 
-def _clock_bound(r: redis.Redis) -> float:
-    """How far Redis TIME is from the host's clock at least, in seconds: the server read
-    its clock between ``before`` and ``after``, so a sample allows no less than its
-    distance outside that window; the best of 20 samples."""
-    bounds = []
-    for _ in range(20):
-        before = time.time()
-        sec, usec = r.time()
-        after = time.time()
-        guest = sec + usec / 1e6
-        bounds.append(max(0.0, guest - after, before - guest))
-    return min(bounds)
-
-
 def test_clones_answer_with_the_hosts_clock_and_share_nothing(
     lab: Lab, lab_home: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -68,7 +55,7 @@ def test_clones_answer_with_the_hosts_clock_and_share_nothing(
     two = lab.run("redis", RunOptions(name="c2", clone=True))
     assert two.clone_of == t.key
     r1, r2 = _client(lab, "c1"), _client(lab, "c2")
-    bound = _clock_bound(r2)
+    bound = clock_bound(r2)
     assert bound < 0.050, f"clone clock off by at least {bound * 1000:.1f} ms"
     assert one.forwards[0][0] != two.forwards[0][0]
     assert r1.ping() and r2.ping()
