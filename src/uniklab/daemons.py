@@ -8,6 +8,7 @@ alone is not an identity (pids are reused), so every check also matches a marker
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import signal
 import time
@@ -17,6 +18,8 @@ from pathlib import Path
 
 from uniklab.errors import LaunchError
 from uniklab.executor import Executor, local, spawn_detached
+
+log = logging.getLogger(__name__)
 
 _CLK_TCK = os.sysconf("SC_CLK_TCK")
 _PAGE = os.sysconf("SC_PAGE_SIZE")
@@ -185,9 +188,15 @@ def stop(
     if not pid or not matches(pid, marker):
         return True
     if ask is not None:
-        ask()
-        if wait_gone(pid, marker, ask_wait):
-            return True
+        try:
+            ask()
+        except Exception as exc:  # asking is a courtesy: its failure leaves the signals
+            # (seen: an import of asyncio cut by a SIGTERM, unusable for the rest of the
+            # process, while `run` was cleaning up after that very signal)
+            log.info("asking pid %s to quit failed: %s", pid, exc)
+        else:
+            if wait_gone(pid, marker, ask_wait):
+                return True
     for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, _KILL_WAIT)):
         if not matches(pid, marker):
             return True

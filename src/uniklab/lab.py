@@ -574,6 +574,7 @@ class Lab:
             if o.wait:
                 self.wait_ready(view, m, timeout=o.timeout or DEFAULT_WAIT)
                 events.emit(self.paths, "ready", name)
+            signals.raise_pending()  # one swallowed where it landed: what was made goes
             return self.view(self.store.instance_by_id(row.id))
         except BaseException:
             # Whatever this command created, it removes: process, runtime dir, row; a second

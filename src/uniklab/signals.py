@@ -56,9 +56,23 @@ def _default_in_children(signum: int) -> bool:
     return True
 
 
+# The signals whose ``Interrupted`` was raised in this ``as_interrupts``: Python swallows an
+# exception raised where it cannot propagate (an import lock's weakref callback, a
+# ``__del__``), so a signal landing there would be lost; ``raise_pending`` raises it again.
+_pending: list[int] = []
+
+
 def _raise(signum: int, _frame: FrameType | None) -> None:
     if not _default_in_children(signum):
+        _pending.append(signum)
         raise Interrupted(signum)
+
+
+def raise_pending() -> None:
+    """Raise the interrupt of a signal that came in this ``as_interrupts`` (again, if it
+    was swallowed where it landed): called where a long wait may stop."""
+    if _pending:
+        raise Interrupted(_pending[0])
 
 
 def _on_main_thread() -> bool:
@@ -93,6 +107,8 @@ def as_interrupts(*, take_over: bool = False) -> Iterator[None]:
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
+        if previous:
+            _pending.clear()
 
 
 @contextlib.contextmanager

@@ -152,3 +152,22 @@ def test_plugin_session_killed_destroys_its_instances(
         assert store_names(home) == []
     finally:
         assert kill_leftovers(home) == []
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+def test_a_signal_swallowed_where_it_landed_is_raised_again() -> None:
+    """Python ignores an exception raised where it cannot propagate (a ``__del__``, an
+    import lock's weakref callback: seen with a SIGTERM during ``run --wait``'s imports);
+    the next wait point raises it again, and the scope's end forgets it."""
+    from uniklab import signals
+
+    class Dies:
+        def __del__(self) -> None:
+            signals._raise(signal.SIGTERM, None)  # as the handler does, where it is lost
+
+    with signals.as_interrupts(take_over=True):
+        Dies()  # collected at once: its Interrupted is swallowed
+        with pytest.raises(signals.Interrupted) as err:
+            signals.raise_pending()
+        assert err.value.signum == signal.SIGTERM
+    signals.raise_pending()  # nothing pending any more

@@ -13,6 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
+from uniklab import signals
 from uniklab.errors import ProbeTimeoutError
 from uniklab.net import netns
 
@@ -95,6 +96,7 @@ def wait(
     deadline = start + timeout
     last = "not tried"
     while True:
+        signals.raise_pending()  # a SIGTERM swallowed where it landed (an import) stops here
         # Short attempts: QEMU's user-mode forwarder accepts before the guest listens, and
         # an attempt stuck on such a connection would hold readiness back by its timeout.
         attempt_timeout = max(0.2, min(1.0, deadline - time.monotonic()))
