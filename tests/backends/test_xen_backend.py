@@ -19,13 +19,12 @@ import redis
 
 from tests.backends.contract import BackendContract, Target
 from tests.support.terminal import Terminal
-from tests.support.xenlab import emptied_after, virtual_xen_home
+from tests.support.xenlab import bake_redis_for_xen, emptied_after, virtual_xen_home
 from uniklab.backends import xen
 from uniklab.cli.main import main
 from uniklab.executor import Executor
 from uniklab.lab import Lab, RunOptions
 from uniklab.net.attach import NicRequest
-from uniklab.paths import Paths
 from uniklab.state.store import InstanceRow
 
 pytestmark = [pytest.mark.e2e, pytest.mark.root]
@@ -36,19 +35,7 @@ XEN_LAB = "xenlab"
 @pytest.fixture(scope="module")
 def xen_home(image_home: Path) -> Iterator[Path]:
     """A home with the virtual Xen host up (registered as host XEN_LAB), for the module."""
-
-    def bake(path: Path) -> None:
-        # Baked before the lab boots: on a fresh machine that builds the rumprun
-        # toolchains and the Xen kernel profile (minutes), faster without the lab's TCG
-        # dom0 on the same CPUs.
-        baker = Lab(Paths(path))
-        try:
-            baker.bake("rumprun-redis")
-            baker.bake("redis-static", tag="xen", kernel="specialised:xen", root="initramfs")
-        finally:
-            baker.close()
-
-    with virtual_xen_home(image_home, XEN_LAB, before=bake) as path:
+    with virtual_xen_home(image_home, XEN_LAB, before=bake_redis_for_xen) as path:
         yield path
 
 

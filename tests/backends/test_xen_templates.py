@@ -27,7 +27,7 @@ from pathlib import Path
 import pytest
 
 from tests.backends.test_xen_recorded import FIX, RecordedXenHost
-from tests.support.xenlab import emptied_after, virtual_xen_home
+from tests.support.xenlab import bake_redis_for_xen, emptied_after, virtual_xen_home
 from uniklab.backends import xen, xl_parse
 from uniklab.backends.base import Handle, InstanceSpec, spec_from_json
 from uniklab.backends.xen import XenBackend, XenTemplate
@@ -51,15 +51,7 @@ NET_RE = guest_console.NET_RE
 
 @pytest.fixture(scope="module")
 def xen_home(image_home: Path) -> Iterator[Path]:
-    def bake(path: Path) -> None:
-        baker = Lab(Paths(path))
-        try:
-            baker.bake("redis-static", tag="xen", kernel="specialised:xen", root="initramfs")
-            baker.bake("rumprun-redis")
-        finally:
-            baker.close()
-
-    with virtual_xen_home(image_home, XEN_LAB, before=bake) as path:
+    with virtual_xen_home(image_home, XEN_LAB, before=bake_redis_for_xen) as path:
         yield path
 
 

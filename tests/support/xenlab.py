@@ -47,6 +47,22 @@ def virtual_xen_home(
             assert left == [], f"the lab's QEMU outlived `lab down`: {left}"
 
 
+def bake_redis_for_xen(path: Path) -> None:
+    """``virtual_xen_home``'s ``before`` for the Xen modules: the rumprun Redis and the
+    Linux one that fits 64 MB (``redis-static:xen``), baked before the lab boots: on a fresh
+    machine that builds the rumprun toolchains and the Xen kernel profile (minutes), faster
+    without the lab's TCG dom0 on the same CPUs."""
+    from uniklab.lab import Lab
+    from uniklab.paths import Paths
+
+    baker = Lab(Paths(path))
+    try:
+        baker.bake("rumprun-redis")
+        baker.bake("redis-static", tag="xen", kernel="specialised:xen", root="initramfs")
+    finally:
+        baker.close()
+
+
 @contextlib.contextmanager
 def emptied_after(home: Path) -> Iterator[Path]:
     """``home`` for one test; the instances a failed test left on the lab go after it."""
