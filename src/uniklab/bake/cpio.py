@@ -26,6 +26,7 @@ __all__ = [
     "Compression",
     "CpioArchive",
     "compress",
+    "compression_of",
     "decompress",
     "members",
     "read_file",
@@ -231,6 +232,13 @@ def _lz4(data: bytes, flag: str, what: str) -> bytes:
         except CommandError as exc:
             raise BakeError(f"lz4 {what} failed: {exc}") from exc
         return dst.read_bytes()
+
+
+def compression_of(data: bytes) -> Compression:
+    """How an initramfs is compressed, as ``compress`` names it."""
+    if data[:4] == _LZ4_LEGACY:
+        return "lz4"
+    return "gzip" if data[:2] == _GZIP else "none"
 
 
 def decompress(data: bytes) -> bytes:
