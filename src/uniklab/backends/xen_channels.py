@@ -1,0 +1,242 @@
+"""Channels on Xen (issue 18): a guest's TCP port reached over vchan, with no NIC.
+
+Three hops per channel, each one byte stream per connection:
+
+* the guest: ``uniklab-vchan`` (``uniklab.bake.vchan`` puts it in front of the app) reads
+  the list this module writes to the domain's xenstore (``uniklab/vchan``: ``PORT:PEER``
+  words) and serves, per port, a vchan (a ring in granted pages and an event channel; its
+  ring refs under ``/local/domain/DOMID/data/vchan/PORT``, which the guest owns) to dom0,
+  joining each vchan to ``127.0.0.1:PORT`` inside the guest;
+* the dom0: Xen's ``vchan-socket-proxy`` (client mode) listens on a UNIX socket
+  (``/run/uniklab/channels/OWNER/NAME/PORT.sock``) and opens a vchan per connection; one
+  that comes while the guest still boots waits for the guest's server;
+* this machine: ``ssh -N -L`` (OpenSSH's streamlocal forwarding, a connection of its own)
+  puts each dom0 socket at ``<rundir>/chan-PORT.sock``; on a local dom0 the proxy listens
+  there itself.
+
+A vchan carries one connection: a channel serves its connections one after the other (a
+second client waits until the first closes), and either end closing gives the other EOF.
+``destroy`` (and ``stop``) end the proxies and the forward; ``gc`` finds the ones no
+instance explains (``owned``).  Only ``uniklab.backends.xen`` calls this module.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path, PurePosixPath
+
+from uniklab import daemons
+from uniklab.backends.base import Owned
+from uniklab.errors import LaunchError, UniklabError
+from uniklab.executor import Executor
+from uniklab.hosts.ssh import SshExecutor
+
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "CHANNEL_LIST",
+    "DOM0_ROOT",
+    "PROXY",
+    "forward_pidfile",
+    "local_socket",
+    "owned",
+    "remove",
+    "start",
+    "stop",
+    "vchan_path",
+]
+
+CHANNEL_LIST = "uniklab/vchan"  # in the domain's xenstore directory; uniklab-vchan reads it
+PROXY = "vchan-socket-proxy"  # Xen's (xen-utils), on the dom0's PATH
+DOM0_ROOT = PurePosixPath("/run/uniklab/channels")
+DOM0_PEER = 0  # the guest serves its vchans to dom0
+FORWARD_START_TIMEOUT = 20.0
+PROXY_START_TIMEOUT = 15  # seconds for a dom0 proxy's socket to appear
+
+# $1 domid, $2 the guest's vchan path, $3 the socket, $4 its log: a proxy in the
+# background (its stdio off ssh's pipes), its pid once its socket listens.
+_START_PROXY = f"""\
+mkdir -p "${{3%/*}}" || exit 1
+rm -f "$3"
+{PROXY} "$1" "$2" "$3" </dev/null >>"$4" 2>&1 &
+p=$!
+n=0
+while [ ! -S "$3" ]; do
+  kill -0 "$p" 2>/dev/null || {{ tail -n 3 "$4" >&2; exit 1; }}
+  n=$((n + 1))
+  [ "$n" -le {PROXY_START_TIMEOUT * 10} ] || {{ kill "$p"; echo "no socket after \
+{PROXY_START_TIMEOUT}s" >&2; exit 1; }}
+  sleep 0.1
+done
+echo "$p"
+"""
+# $1 a directory (with its trailing slash): "PID<TAB>COMMAND LINE" of each proxy whose
+# command line names it (a proxy's starts with its name, as _START_PROXY runs it; this
+# script's own names both too, but later).
+_LIST_PROXIES = f"""\
+for d in /proc/[0-9]*; do
+  c=$(cat "$d/cmdline" 2>/dev/null | tr '\\0' ' ' 2>/dev/null) || continue
+  case "$c" in
+    "{PROXY} "*"$1"*) printf '%s\\t%s\\n' "${{d#/proc/}}" "$c" ;;
+  esac
+done
+"""
+# $1 a directory (with its trailing slash): its proxies stopped, the directory removed.
+_STOP_PROXIES = f"""\
+for d in /proc/[0-9]*; do
+  c=$(cat "$d/cmdline" 2>/dev/null | tr '\\0' ' ' 2>/dev/null) || continue
+  case "$c" in
+    "{PROXY} "*"$1"*) kill "${{d#/proc/}}" 2>/dev/null ;;
+  esac
+done
+rm -rf -- "$1"
+"""
+
+# $1 a pid, $2 its socket: the proxy stopped if it still serves that socket; the socket,
+# its log and (once empty) its directory removed.
+_REMOVE_PROXY = f"""\
+c=$(cat "/proc/$1/cmdline" 2>/dev/null | tr '\\0' ' ' 2>/dev/null)
+case "$c" in "{PROXY} "*"$2"*) kill "$1" ;; esac
+d=${{2%/*}} b=${{2##*/}}
+rm -f -- "$2" "$d/vchan-${{b%.sock}}.log"
+rm -d -- "$d" 2>/dev/null
+exit 0
+"""
+
+
+def vchan_path(domid: int, port: int) -> str:
+    """Where the guest's server for ``port`` publishes its ring refs (uniklab-vchan's
+    ``data/vchan/PORT``, relative to its own domain's directory)."""
+    return f"/local/domain/{domid}/data/vchan/{port}"
+
+
+def channel_list(ports: Sequence[int]) -> str:
+    """The value of ``CHANNEL_LIST`` for ``ports`` (uniklab-vchan's format)."""
+    return " ".join(f"{p}:{DOM0_PEER}" for p in ports)
+
+
+def dom0_dir(owner: str, name: str) -> PurePosixPath:
+    return DOM0_ROOT / owner / name
+
+
+def local_socket(rundir: Path, port: int) -> Path:
+    """The channel's socket on this machine (``uniklab.channels.socket_path``'s name)."""
+    return rundir / f"chan-{port}.sock"
+
+
+def forward_pidfile(rundir: Path) -> Path:
+    return rundir / "vchan-forward.pid"
+
+
+def _is_local(ex: Executor) -> bool:
+    return not isinstance(ex, SshExecutor)
+
+
+def start(
+    ex: Executor, *, owner: str, name: str, domid: int, ports: Sequence[int], rundir: Path
+) -> None:
+    """The dom0 proxies of domain ``domid``'s channels and, for a remote dom0, the forward
+    of their sockets to ``rundir``; the domain is still paused (its list is written).  A
+    failure leaves nothing of them behind."""
+    ex.run(["xenstore-write", f"/local/domain/{domid}/{CHANNEL_LIST}", channel_list(ports)])
+    home = dom0_dir(owner, name)
+    try:
+        pairs = []
+        for port in ports:
+            sock = local_socket(rundir, port) if _is_local(ex) else home / f"{port}.sock"
+            log_file = PurePosixPath(sock).parent / f"vchan-{port}.log"
+            argv = ["sh", "-c", _START_PROXY, "sh", str(domid), vchan_path(domid, port)]
+            ex.run([*argv, str(sock), str(log_file)], timeout=PROXY_START_TIMEOUT + 15)
+            pairs.append((str(local_socket(rundir, port)), str(sock)))
+        if isinstance(ex, SshExecutor):
+            _start_forward(ex, pairs, rundir)
+    except BaseException:
+        stop(ex, owner=owner, name=name, rundir=rundir)
+        raise
+
+
+def _start_forward(ex: SshExecutor, pairs: Sequence[tuple[str, str]], rundir: Path) -> None:
+    sockets = [Path(local) for local, _ in pairs]
+
+    def ready(pid: int) -> bool:
+        return all(s.is_socket() for s in sockets)
+
+    try:
+        daemons.spawn(
+            ex.unix_forward_argv(pairs),
+            log_path=rundir / "vchan-forward.log",
+            pidfile=forward_pidfile(rundir),
+            marker=str(sockets[0]),
+            ready=ready,
+            timeout=FORWARD_START_TIMEOUT,
+        )
+    except LaunchError as exc:
+        raise LaunchError(
+            f"{ex.name}: cannot forward the channel sockets here: {exc.output or exc}"
+        ) from exc
+
+
+def stop(ex: Executor, *, owner: str, name: str, rundir: Path | None) -> None:
+    """End the forward and the dom0 proxies of domain ``name``'s channels; remove their
+    sockets.  Safe to call twice, and with none running."""
+    if rundir is not None:
+        pid = daemons.read_pid(forward_pidfile(rundir))
+        daemons.stop(pid, str(rundir / "chan-"), grace=2.0)
+        forward_pidfile(rundir).unlink(missing_ok=True)
+        for sock in rundir.glob("chan-*.sock"):
+            sock.unlink(missing_ok=True)
+    where = f"{dom0_dir(owner, name)}/"
+    r = ex.run(["sh", "-c", _STOP_PROXIES, "sh", where], check=False)
+    if r.returncode != 0:
+        log.warning("%s: stopping %s's channel proxies: %s", ex.name, name, r.stderr.strip())
+
+
+def owned(ex: Executor, owner: str, run_root: Path, *, timeout: float) -> list[Owned]:
+    """The dom0 proxies of home ``owner`` and, for a remote dom0, the forwards of that
+    home's runtime root ``run_root`` that reach this host: keyed by domain name."""
+    out = []
+    root = dom0_dir(owner, "")
+    r = ex.run(["sh", "-c", _LIST_PROXIES, "sh", f"{root}/"], timeout=timeout, check=False)
+    for line in r.stdout.splitlines():
+        pid, _, cmd = line.partition("\t")
+        at = cmd.find(f"{root}/")
+        if not pid.isdigit() or at < 0:
+            continue
+        sock = cmd[at:].split()[0]
+        name = sock[len(str(root)) + 1 :].split("/")[0]
+        detail = f"{PROXY} {pid} for domain {name} on {ex.name}"
+        out.append(Owned("vchan-proxy", sock, name, detail, ident=int(pid)))
+    if isinstance(ex, SshExecutor):
+        out += _owned_forwards(ex, run_root)
+    return out
+
+
+def _owned_forwards(ex: SshExecutor, run_root: Path) -> list[Owned]:
+    """This machine's channel forwards to ``ex``'s host from runtime root ``run_root``."""
+    target = ex.unix_forward_argv([])[-1]
+    out = []
+    for pid, cmd in daemons.scan("ssh", "StreamLocalBindUnlink=yes", f"{run_root}/"):
+        words = cmd.split()
+        if not words or words[-1] != target or f"-p {ex.host.port} " not in cmd:
+            continue
+        at = cmd.find(f"{run_root}/")
+        name = cmd[at + len(str(run_root)) + 1 :].split("/")[0]
+        detail = f"ssh forward {pid} of {name}'s channels to {ex.name}"
+        out.append(Owned("vchan-forward", str(pid), name, detail, ident=pid))
+    return out
+
+
+def remove(ex: Executor, item: Owned, *, timeout: float) -> bool:
+    """Remove one of ``owned``'s items (False: not one of them)."""
+    if item.kind == "vchan-forward":
+        if not daemons.stop(item.ident, "StreamLocalBindUnlink=yes", grace=2.0):
+            raise UniklabError(f"ssh forward {item.ident} did not stop")
+        return True
+    if item.kind == "vchan-proxy":
+        # Its pid, if still the proxy of that socket; then the socket, and its directory
+        # once empty.
+        argv = ["sh", "-c", _REMOVE_PROXY, "sh", str(item.ident), item.name]
+        ex.run(argv, timeout=timeout, check=False)
+        return True
+    return False

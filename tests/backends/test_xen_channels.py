@@ -1,0 +1,146 @@
+"""Channels on Xen (issue 18) on the virtual Xen host: Redis in a PV domU with no NIC at
+all, reached from this machine over a vchan (guest: uniklab-vchan; dom0: Xen's
+vchan-socket-proxy; here: an ssh streamlocal forward) at ``<rundir>/chan-6379.sock``;
+PING/SET/GET; ``destroy`` leaves no proxy in the dom0, no forward and no socket here; the
+parts of an instance the store forgot are what ``owned`` reports, and ``remove`` ends them.
+
+The lab boots once for the module (the slow part under TCG); each test leaves it empty."""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Iterator
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import redis
+
+from tests.support.xen_channels import Chan, SpecWithChannels, channel_spec
+from tests.support.xenlab import emptied_after, virtual_xen_home
+from uniklab import daemons
+from uniklab.backends import xen, xen_channels
+from uniklab.backends.base import Handle, InstanceSpec
+from uniklab.executor import Executor
+from uniklab.lab import Lab
+from uniklab.paths import Paths
+
+pytestmark = [pytest.mark.e2e, pytest.mark.root]
+
+XEN_LAB = "xenlab-chan"
+PORT = 6379
+READY_TIMEOUT = 120.0  # a PV domU booting under TCG, nested
+
+
+@pytest.fixture(scope="module")
+def xen_home(image_home: Path) -> Iterator[Path]:
+    with virtual_xen_home(image_home, XEN_LAB) as path:
+        yield path
+
+
+@pytest.fixture
+def lab(xen_home: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Lab]:
+    monkeypatch.setenv("UNIKLAB_HOME", str(xen_home))
+    with emptied_after(xen_home):
+        lab = Lab(Paths(xen_home))
+        try:
+            yield lab
+        finally:
+            lab.close()
+
+
+@pytest.fixture
+def dom0(lab: Lab) -> Executor:
+    return lab.hosts.executor(lab.hosts.get(XEN_LAB))
+
+
+def _spec(lab: Lab, name: str) -> SpecWithChannels:
+    """The Redis image as a Xen guest with no NIC and a channel to its port."""
+    return channel_spec(lab, name, [Chan(PORT)])
+
+
+def _redis(sock: Path, timeout: float) -> redis.Redis:
+    """A client once PING answers over ``sock`` (the guest boots meanwhile)."""
+    deadline = time.monotonic() + timeout
+    last: Exception | None = None
+    while time.monotonic() < deadline:
+        client = redis.Redis(unix_socket_path=str(sock), socket_timeout=10)
+        try:
+            if client.ping():
+                return client
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            last = exc
+        client.close()
+        time.sleep(1)
+    raise AssertionError(f"no PONG over {sock} within {timeout:.0f}s: {last}")
+
+
+def _proxies(dom0: Executor) -> list[str]:
+    r = dom0.run(["sh", "-c", xen_channels._LIST_PROXIES, "sh", f"{xen_channels.DOM0_ROOT}/"])
+    return r.stdout.splitlines()
+
+
+def _forwards(rundir: Path) -> list[tuple[int, str]]:
+    return daemons.scan("ssh", "StreamLocalBindUnlink=yes", f"{rundir}/")
+
+
+@contextlib.contextmanager
+def _guest(backend: xen.XenBackend, spec: InstanceSpec) -> Iterator[Handle]:
+    handle = backend.create(spec)
+    try:
+        yield handle
+    finally:
+        backend.destroy(handle)
+
+
+def test_redis_over_vchan_without_a_nic(lab: Lab, dom0: Executor) -> None:
+    backend = xen.XenBackend(dom0)
+    spec = _spec(lab, "vch")
+    sock = xen_channels.local_socket(spec.rundir, PORT)
+    with _guest(backend, spec) as handle:
+        cfg = dom0.run(["cat", str(xen.cfg_path("vch"))]).stdout
+        assert "mac=" not in cfg, cfg  # no NIC at all
+        client = _redis(sock, READY_TIMEOUT)
+        assert client.set("k", "v" * 100_000)
+        assert client.get("k") == b"v" * 100_000
+        client.close()
+        # One connection after another, each its own vchan.
+        for i in range(3):
+            c = redis.Redis(unix_socket_path=str(sock), socket_timeout=10)
+            assert c.incr("n") == i + 1
+            c.close()
+        assert _proxies(dom0), "no vchan-socket-proxy in the dom0"
+        assert _forwards(spec.rundir), "no forward here"
+        console = backend.console(handle)
+        assert "uniklab-vchan: port 6379: vchan for domain 0" in console
+    assert _proxies(dom0) == []
+    assert _forwards(spec.rundir) == []
+    assert not sock.exists()
+    left = dom0.run(["ls", "-R", str(xen_channels.DOM0_ROOT)], check=False).stdout
+    assert "vch" not in left, left
+    assert "vch" not in dom0.run(["xl", "list"]).stdout
+
+
+def test_gc_finds_a_forgotten_instances_channels(lab: Lab, dom0: Executor) -> None:
+    backend = xen.XenBackend(dom0)
+    spec = _spec(lab, "lost")
+    backend.create(spec)  # its handle forgotten, as by a CLI killed after create
+    mine = backend.owned(lab.paths.run)
+    kinds = sorted(o.kind for o in mine if o.key == "lost")
+    assert kinds == ["domain", "vchan-forward", "vchan-proxy"], mine
+    for item in sorted(mine, key=lambda o: o.kind != "domain"):
+        backend.remove(item)
+    assert backend.owned(lab.paths.run) == []
+    assert _proxies(dom0) == []
+    assert _forwards(spec.rundir) == []
+
+
+def test_links_are_refused_with_one_line(lab: Lab) -> None:
+    from uniklab.errors import LaunchError
+
+    backend = xen.XenBackend(lab.hosts.executor(lab.hosts.get(XEN_LAB)))
+    spec = _spec(lab, "linked")
+    with pytest.raises(LaunchError, match="links"):
+        backend.create(replace(spec, channels=(Chan(16379, "out"),)))
+    assert "linked" not in backend.ex.run(["xl", "list"]).stdout
