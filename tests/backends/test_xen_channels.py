@@ -2,7 +2,8 @@
 all, reached from this machine over a vchan (guest: uniklab-vchan; dom0: Xen's
 vchan-socket-proxy; here: an ssh streamlocal forward) at ``<rundir>/chan-6379.sock``;
 PING/SET/GET; ``destroy`` leaves no proxy in the dom0, no forward and no socket here; the
-parts of an instance the store forgot are what ``owned`` reports, and ``remove`` ends them.
+parts of an instance the store forgot are what ``owned`` reports, and ``remove`` ends them;
+Redis replication between two such domUs over a vchan link (no dom0 hop).
 
 The lab boots once for the module (the slow part under TCG); each test leaves it empty."""
 
@@ -11,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import Iterator
-from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -77,8 +77,7 @@ def _redis(sock: Path, timeout: float) -> redis.Redis:
 
 
 def _proxies(dom0: Executor) -> list[str]:
-    r = dom0.run(["sh", "-c", xen_channels._LIST_PROXIES, "sh", f"{xen_channels.DOM0_ROOT}/"])
-    return r.stdout.splitlines()
+    return [sock for _, sock in xen_channels.list_proxies(dom0, f"{xen_channels.DOM0_ROOT}/")]
 
 
 def _forwards(rundir: Path) -> list[tuple[int, str]]:
@@ -136,11 +135,46 @@ def test_gc_finds_a_forgotten_instances_channels(lab: Lab, dom0: Executor) -> No
     assert _forwards(spec.rundir) == []
 
 
-def test_links_are_refused_with_one_line(lab: Lab) -> None:
+def test_redis_replication_guest_to_guest_over_vchan(lab: Lab, dom0: Executor) -> None:
+    """A replica syncing from its master, neither with a NIC: the replica's link
+    (127.0.0.1:16379 in it) is a vchan the master's domain serves it directly."""
+    backend = xen.XenBackend(dom0)
+    master = _spec(lab, "master")
+    msock = xen_channels.local_socket(master.rundir, PORT)
+    with _guest(backend, master):
+        link = Chan(16379, "out", str(msock))
+        replica = channel_spec(
+            lab,
+            "replica",
+            [Chan(PORT), link],
+            args=["--replicaof", "127.0.0.1", "16379"],
+        )
+        with _guest(backend, replica) as handle:
+            m = _redis(msock, READY_TIMEOUT)
+            r = _redis(xen_channels.local_socket(replica.rundir, PORT), READY_TIMEOUT)
+            assert m.set("greeting", "over shared memory")
+            m.close()
+            deadline = time.monotonic() + READY_TIMEOUT
+            while r.get("greeting") is None and time.monotonic() < deadline:
+                time.sleep(1)
+            info = r.info("replication")
+            r.close()
+            assert r.get("greeting") == b"over shared memory", info
+            assert info["role"] == "slave" and info["master_link_status"] == "up", info
+            console = backend.console(handle)
+            assert "link 127.0.0.1:16379: domain" in console, console
+            # Only the host channels have dom0 proxies: the link has none.
+            assert all("/replica/" in p or "/master/" in p for p in _proxies(dom0))
+            assert len(_proxies(dom0)) == 2
+    assert _proxies(dom0) == []
+
+
+def test_a_link_to_a_missing_domain_is_one_line(lab: Lab, dom0: Executor) -> None:
     from uniklab.errors import LaunchError
 
-    backend = xen.XenBackend(lab.hosts.executor(lab.hosts.get(XEN_LAB)))
-    spec = _spec(lab, "linked")
-    with pytest.raises(LaunchError, match="links"):
-        backend.create(replace(spec, channels=(Chan(16379, "out"),)))
-    assert "linked" not in backend.ex.run(["xl", "list"]).stdout
+    backend = xen.XenBackend(dom0)
+    gone = str(xen_channels.local_socket(lab.paths.run / "nobody", PORT))
+    spec = channel_spec(lab, "linked", [Chan(16379, "out", gone)])
+    with pytest.raises(LaunchError, match="link to nobody: no such domain"):
+        backend.create(spec)
+    assert "linked" not in dom0.run(["xl", "list"]).stdout

@@ -22,6 +22,7 @@ class Chan:
 
     port: int
     dir: Literal["in", "out"] = "in"
+    target: str | None = None  # "out" (a link): the other instance's channel socket
 
 
 @dataclass(frozen=True)
@@ -38,16 +39,17 @@ def channel_spec(
     *,
     image: str = "redis",
     nics: Sequence[Attachment] = (),
+    args: Sequence[str] = (),
     memory_mb: int = 128,
 ) -> SpecWithChannels:
     """``image`` as a Xen guest named ``name`` with ``channels`` (and ``nics``: none by
-    default), its runtime directory made."""
+    default; ``args`` after the image's), its runtime directory made."""
     m = lab.image(image)
     rundir = lab.paths.run / name
     rundir.mkdir(parents=True)
     req = boot.BootRequest(
         name=name,
-        args=[],
+        args=list(args),
         env={},
         disks=[],
         nics=list(nics),

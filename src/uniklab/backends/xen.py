@@ -141,8 +141,8 @@ class XenBackend:
                 raise LaunchError("a Xen guest's NIC joins a bridge of its host (--net BRIDGE)")
             vifs.append(XenVif(nic.mac, nic.bridge, self.vif_script))
         rumprun_cfg = _rumprun_config(spec)
-        ports = _channel_ports(spec)
-        initrd = _channel_initrd(spec, ports) if ports else spec.initrd
+        ports, links = _channels(spec)
+        initrd = _channel_initrd(spec) if ports or links else spec.initrd
         uploads = [spec.kernel, *([initrd] if initrd else []), *spec.disks]
         kernel, *rest = self.ensure_image(*uploads)
         ramdisk = rest.pop(0) if spec.initrd else None
@@ -174,7 +174,7 @@ class XenBackend:
         self.ex.run(["sh", "-c", 'cat > "$1"', "sh", str(cfg)], input=owner + cfg_text, timeout=30)
         # rumprun's launcher and channels: create paused, give the guest its config in
         # its xenstore directory (it reads rumprun/cfg, uniklab/vchan at boot), unpause.
-        paused = rumprun_cfg is not None or bool(ports)
+        paused = rumprun_cfg is not None or bool(ports or links)
         try:
             self.ex.run(["xl", "create", *(["-p"] if paused else []), str(cfg)], timeout=120)
         except CommandError as exc:
@@ -196,7 +196,7 @@ class XenBackend:
             "cfg": str(cfg),
             "domid": domid,
         }
-        if ports:
+        if ports or links:
             runtime.update(channels=list(ports), rundir=str(spec.rundir))
         handle = Handle(pid=None, runtime=runtime)
         if paused:
@@ -206,8 +206,8 @@ class XenBackend:
                 if rumprun_cfg is not None:
                     key = f"/local/domain/{domid}/rumprun/cfg"
                     self.ex.run(["xenstore-write", key, rumprun_cfg], timeout=30)
-                if ports:
-                    self._start_channels(handle, domid, ports)
+                if ports or links:
+                    self._start_channels(handle, domid, ports, links)
                 self.ex.run(["xl", "unpause", str(domid)], timeout=60)
             except BaseException:
                 self.destroy(handle)
@@ -387,11 +387,29 @@ class XenBackend:
         self.ex.run(["sh", "-c", _RM_FILES, str(DOMAINS / name), *paths], timeout=30, check=False)
 
     # -- channels (issue 18: uniklab.backends.xen_channels) -------------------------------
-    def _start_channels(self, handle: Handle, domid: int, ports: Sequence[int]) -> None:
+    def _start_channels(
+        self,
+        handle: Handle,
+        domid: int,
+        ports: Sequence[int],
+        links: Sequence[xen_channels.XenLink],
+    ) -> None:
         rundir = Path(str(handle.runtime["rundir"]))
-        owner = owner_tag(rundir.parent)
-        name = self.key(handle)
-        xen_channels.start(self.ex, owner=owner, name=name, domid=domid, ports=ports, rundir=rundir)
+        peers = []
+        for lk in links:
+            other = self._domid(lk.other)
+            if other is None:
+                raise LaunchError(f"link to {lk.other}: no such domain on {self.ex.name}")
+            peers.append((lk, other))
+        xen_channels.start(
+            self.ex,
+            owner=owner_tag(rundir.parent),
+            name=self.key(handle),
+            domid=domid,
+            ports=ports,
+            rundir=rundir,
+            links=peers,
+        )
 
     def _stop_channels(self, handle: Handle) -> None:
         if not handle.runtime.get("channels"):
@@ -455,21 +473,20 @@ def _create(ctx: BackendContext) -> XenBackend:
 BACKEND = BackendType(name="xen", factory=_create, user_net=None, local_only=False)
 
 
-def _channel_ports(spec: InstanceSpec) -> tuple[int, ...]:
-    """The guest ports of the spec's channels (``InstanceSpec.channels``): served over
-    vchan.  Links (guest to guest) are refused for now, as are channels of a guest that
-    has no init of ours."""
+def _channels(spec: InstanceSpec) -> tuple[tuple[int, ...], tuple[xen_channels.XenLink, ...]]:
+    """The spec's channels (``InstanceSpec.channels``) on Xen: the guest ports served to
+    the host, and the links to other guests; refused for a guest with no init of ours."""
     chans = getattr(spec, "channels", ())
     if not chans:
-        return ()
+        return (), ()
     if spec.rumprun is not None or spec.initrd is None:
         raise LaunchError("channels on Xen need a Linux image with an initramfs (uniklab's init)")
-    if any(c.dir != "in" for c in chans):
-        raise LaunchError("links (--link) between Xen guests are not supported yet")
-    return tuple(int(c.port) for c in chans)
+    ports = tuple(int(c.port) for c in chans if c.dir == "in")
+    links = tuple(xen_channels.link_of(int(c.port), str(c.target)) for c in chans if c.dir != "in")
+    return ports, links
 
 
-def _channel_initrd(spec: InstanceSpec, ports: Sequence[int]) -> Path:
+def _channel_initrd(spec: InstanceSpec) -> Path:
     """The image's initramfs with the vchan helper, written to the instance's runtime
     directory (the same bytes for the same image: uploaded to the host once)."""
     from uniklab.bake.vchan import channel_initrd  # the bakers: not on `ps`'s path

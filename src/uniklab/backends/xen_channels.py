@@ -14,8 +14,13 @@ Three hops per channel, each one byte stream per connection:
   puts each dom0 socket at ``<rundir>/chan-PORT.sock``; on a local dom0 the proxy listens
   there itself.
 
+A link (``--link OTHER:PORT[:LOCAL]``, guest to guest) needs no dom0 hop: the new guest's
+uniklab-vchan listens on ``127.0.0.1:LOCAL`` and opens, per connection, a vchan that the
+other guest serves it (its list gains ``PORT:NEWDOMID``): the two domains share the ring.
+
 A vchan carries one connection: a channel serves its connections one after the other (a
-second client waits until the first closes), and either end closing gives the other EOF.
+client that comes while another is connected is closed at once by the dom0 proxy), and
+either end closing gives the other EOF.
 ``destroy`` (and ``stop``) end the proxies and the forward; ``gc`` finds the ones no
 instance explains (``owned``).  Only ``uniklab.backends.xen`` calls this module.
 """
@@ -23,12 +28,14 @@ instance explains (``owned``).  Only ``uniklab.backends.xen`` calls this module.
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from uniklab import daemons
 from uniklab.backends.base import Owned
-from uniklab.errors import LaunchError, UniklabError
+from uniklab.errors import LaunchError, UniklabError, UsageError
 from uniklab.executor import Executor
 from uniklab.hosts.ssh import SshExecutor
 
@@ -38,7 +45,10 @@ __all__ = [
     "CHANNEL_LIST",
     "DOM0_ROOT",
     "PROXY",
+    "XenLink",
     "forward_pidfile",
+    "link_of",
+    "list_proxies",
     "local_socket",
     "owned",
     "remove",
@@ -54,8 +64,8 @@ DOM0_PEER = 0  # the guest serves its vchans to dom0
 FORWARD_START_TIMEOUT = 20.0
 PROXY_START_TIMEOUT = 15  # seconds for a dom0 proxy's socket to appear
 
-# $1 domid, $2 the guest's vchan path, $3 the socket, $4 its log: a proxy in the
-# background (its stdio off ssh's pipes), its pid once its socket listens.
+# $1 domid, $2 the guest's vchan path, $3 the socket (NAME.sock), $4 its log: a proxy in
+# the background (its stdio off ssh's pipes), its pid in NAME.pid once its socket listens.
 _START_PROXY = f"""\
 mkdir -p "${{3%/*}}" || exit 1
 rm -f "$3"
@@ -69,51 +79,85 @@ while [ ! -S "$3" ]; do
 {PROXY_START_TIMEOUT}s" >&2; exit 1; }}
   sleep 0.1
 done
+echo "$p" > "${{3%.sock}}.pid"
 echo "$p"
 """
-# $1 a directory (with its trailing slash): "PID<TAB>COMMAND LINE" of each proxy whose
-# command line names it (a proxy's starts with its name, as _START_PROXY runs it; this
-# script's own names both too, but later).
-_LIST_PROXIES = f"""\
-for d in /proc/[0-9]*; do
-  c=$(cat "$d/cmdline" 2>/dev/null | tr '\\0' ' ' 2>/dev/null) || continue
-  case "$c" in
-    "{PROXY} "*"$1"*) printf '%s\\t%s\\n' "${{d#/proc/}}" "$c" ;;
-  esac
+# Runs $1 (a shell command) for each proxy whose pid file is in $2 (a directory, with its
+# trailing slash) or below, up to three levels (DOM0_ROOT/OWNER/NAME/PORT.pid), with
+# $p its pid, $s its socket, $c its command line: only a pid whose command line is still
+# that proxy's (a pid file outlives its process).  One read per proxy, not a walk of /proc
+# (slow on a dom0 starved by TCG).
+_EACH_PROXY = f"""\
+for f in "$2"*.pid "$2"*/*.pid "$2"*/*/*.pid; do
+  [ -f "$f" ] || continue
+  read -r p < "$f" || continue
+  s=${{f%.pid}}.sock
+  c=$(tr '\\0' ' ' < "/proc/$p/cmdline" 2>/dev/null) || continue
+  case "$c" in "{PROXY} "*"$s"*) eval "$1" ;; esac
 done
 """
-# $1 a directory (with its trailing slash): its proxies stopped, the directory removed.
-_STOP_PROXIES = f"""\
-for d in /proc/[0-9]*; do
-  c=$(cat "$d/cmdline" 2>/dev/null | tr '\\0' ' ' 2>/dev/null) || continue
-  case "$c" in
-    "{PROXY} "*"$1"*) kill "${{d#/proc/}}" 2>/dev/null ;;
-  esac
-done
-rm -rf -- "$1"
-"""
-
+_LIST = 'printf \'%s\\t%s\\n\' "$p" "$s"'
+_STOP = 'kill "$p" 2>/dev/null'
 # $1 a pid, $2 its socket: the proxy stopped if it still serves that socket; the socket,
-# its log and (once empty) its directory removed.
+# its pid file, its log and (once empty) its directory removed.
 _REMOVE_PROXY = f"""\
-c=$(cat "/proc/$1/cmdline" 2>/dev/null | tr '\\0' ' ' 2>/dev/null)
+c=$(tr '\\0' ' ' < "/proc/$1/cmdline" 2>/dev/null)
 case "$c" in "{PROXY} "*"$2"*) kill "$1" ;; esac
 d=${{2%/*}} b=${{2##*/}}
-rm -f -- "$2" "$d/vchan-${{b%.sock}}.log"
+rm -f -- "$2" "${{2%.sock}}.pid" "$d/vchan-${{b%.sock}}.log"
 rm -d -- "$d" 2>/dev/null
 exit 0
 """
 
 
-def vchan_path(domid: int, port: int) -> str:
-    """Where the guest's server for ``port`` publishes its ring refs (uniklab-vchan's
-    ``data/vchan/PORT``, relative to its own domain's directory)."""
-    return f"/local/domain/{domid}/data/vchan/{port}"
+def _each_proxy(action: str, where: str) -> list[str]:
+    """``sh -c`` running ``action`` for each proxy under ``where`` (``_EACH_PROXY``)."""
+    return ["sh", "-c", _EACH_PROXY, "sh", action, where]
 
 
-def channel_list(ports: Sequence[int]) -> str:
-    """The value of ``CHANNEL_LIST`` for ``ports`` (uniklab-vchan's format)."""
-    return " ".join(f"{p}:{DOM0_PEER}" for p in ports)
+def list_proxies(ex: Executor, where: str, *, timeout: float = 30) -> list[tuple[int, str]]:
+    """The dom0 proxies under directory ``where`` (a trailing slash): (pid, socket)."""
+    r = ex.run(_each_proxy(_LIST, where), timeout=timeout, check=False)
+    out = []
+    for line in r.stdout.splitlines():
+        pid, _, sock = line.partition("\t")
+        if pid.isdigit() and sock.startswith(where):
+            out.append((int(pid), sock))
+    return out
+
+
+def vchan_path(domid: int, port: int, peer: int = DOM0_PEER) -> str:
+    """Where the guest's server of ``port`` for domain ``peer`` publishes its ring refs
+    (uniklab-vchan's ``data/vchan/PORT/PEER``, in its own domain's directory)."""
+    return f"/local/domain/{domid}/data/vchan/{port}/{peer}"
+
+
+@dataclass(frozen=True)
+class XenLink:
+    """``--link OTHER:PORT[:LOCAL]`` on Xen: ``127.0.0.1:LOCAL`` in the new guest reaches
+    ``PORT`` of the domain ``other`` (an instance on the same host), vchan to vchan."""
+
+    local: int
+    other: str
+    port: int
+
+
+def link_of(local: int, target: str) -> XenLink:
+    """The link whose host-side target is ``target``, another instance's channel socket
+    (``<its rundir>/chan-PORT.sock``): on Xen the two domains meet without the host."""
+    sock = Path(target)
+    m = re.fullmatch(r"chan-(\d+)\.sock", sock.name)
+    if m is None:
+        raise UsageError(f"link to {target}: not an instance's channel socket")
+    return XenLink(local, sock.parent.name, int(m.group(1)))
+
+
+def channel_list(ports: Sequence[int], links: Sequence[tuple[XenLink, int]] = ()) -> str:
+    """The value of ``CHANNEL_LIST`` (uniklab-vchan's words): a server to dom0 for each
+    of ``ports``, a listener for each link (with the other domain's id)."""
+    words = [f"{p}:{DOM0_PEER}" for p in ports]
+    words += [f"{lk.local}>{domid}/{lk.port}" for lk, domid in links]
+    return " ".join(words)
 
 
 def dom0_dir(owner: str, name: str) -> PurePosixPath:
@@ -134,12 +178,25 @@ def _is_local(ex: Executor) -> bool:
 
 
 def start(
-    ex: Executor, *, owner: str, name: str, domid: int, ports: Sequence[int], rundir: Path
+    ex: Executor,
+    *,
+    owner: str,
+    name: str,
+    domid: int,
+    ports: Sequence[int],
+    rundir: Path,
+    links: Sequence[tuple[XenLink, int]] = (),
 ) -> None:
-    """The dom0 proxies of domain ``domid``'s channels and, for a remote dom0, the forward
-    of their sockets to ``rundir``; the domain is still paused (its list is written).  A
-    failure leaves nothing of them behind."""
-    ex.run(["xenstore-write", f"/local/domain/{domid}/{CHANNEL_LIST}", channel_list(ports)])
+    """Domain ``domid``'s channels, while it is still paused: its list; for each link
+    (with the other domain's id) a server there for this domain; the dom0 proxies of its
+    ports and, for a remote dom0, the forward of their sockets to ``rundir``.  A failure
+    leaves no proxy or forward behind."""
+    for lk, other in links:
+        _add_word(ex, other, f"{lk.port}:{domid}")
+    own = channel_list(ports, links)
+    ex.run(["xenstore-write", f"/local/domain/{domid}/{CHANNEL_LIST}", own])
+    if not ports:
+        return
     home = dom0_dir(owner, name)
     try:
         pairs = []
@@ -154,6 +211,17 @@ def start(
     except BaseException:
         stop(ex, owner=owner, name=name, rundir=rundir)
         raise
+
+
+def _add_word(ex: Executor, domid: int, word: str) -> None:
+    """``word`` added to domain ``domid``'s channel list (its uniklab-vchan watches it)."""
+    key = f"/local/domain/{domid}/{CHANNEL_LIST}"
+    r = ex.run(["xenstore-read", key], check=False)
+    if r.returncode != 0:
+        raise LaunchError(f"domain {domid} has no channels on {ex.name} (no {key})")
+    words = r.stdout.split()
+    if word not in words:
+        ex.run(["xenstore-write", key, " ".join([*words, word])])
 
 
 def _start_forward(ex: SshExecutor, pairs: Sequence[tuple[str, str]], rundir: Path) -> None:
@@ -187,7 +255,10 @@ def stop(ex: Executor, *, owner: str, name: str, rundir: Path | None) -> None:
         for sock in rundir.glob("chan-*.sock"):
             sock.unlink(missing_ok=True)
     where = f"{dom0_dir(owner, name)}/"
-    r = ex.run(["sh", "-c", _STOP_PROXIES, "sh", where], check=False)
+    if _is_local(ex) and rundir is not None:
+        ex.run(_each_proxy(_STOP, f"{rundir}/"), check=False)  # a local dom0's proxies
+    r = ex.run(_each_proxy(_STOP, where), check=False)
+    ex.run(["rm", "-rf", "--", where], check=False)
     if r.returncode != 0:
         log.warning("%s: stopping %s's channel proxies: %s", ex.name, name, r.stderr.strip())
 
@@ -197,16 +268,10 @@ def owned(ex: Executor, owner: str, run_root: Path, *, timeout: float) -> list[O
     home's runtime root ``run_root`` that reach this host: keyed by domain name."""
     out = []
     root = dom0_dir(owner, "")
-    r = ex.run(["sh", "-c", _LIST_PROXIES, "sh", f"{root}/"], timeout=timeout, check=False)
-    for line in r.stdout.splitlines():
-        pid, _, cmd = line.partition("\t")
-        at = cmd.find(f"{root}/")
-        if not pid.isdigit() or at < 0:
-            continue
-        sock = cmd[at:].split()[0]
+    for pid, sock in list_proxies(ex, f"{root}/", timeout=timeout):
         name = sock[len(str(root)) + 1 :].split("/")[0]
         detail = f"{PROXY} {pid} for domain {name} on {ex.name}"
-        out.append(Owned("vchan-proxy", sock, name, detail, ident=int(pid)))
+        out.append(Owned("vchan-proxy", sock, name, detail, ident=pid))
     if isinstance(ex, SshExecutor):
         out += _owned_forwards(ex, run_root)
     return out

@@ -1,17 +1,21 @@
 /* uniklab-vchan: the guest side of uniklab's Xen channels (issue 18).
  *
- * Baked by the Xen backend in front of an image's entrypoint: it reads the domain's
- * channel list from xenstore (uniklab/vchan, written by the backend before the domain
- * is unpaused), forks one server per channel, then execs the app, so the init still
- * supervises the app itself.  A channel "PORT:PEER" serves a vchan (libxenvchan: a ring
- * in granted pages and an event channel, its ring refs under data/vchan/PORT in this
- * domain's xenstore directory) to domain PEER, and bridges each connection to
- * 127.0.0.1:PORT inside the guest.  A vchan carries one connection: when either end
- * closes, the other gets EOF and the server offers a fresh vchan for the next one.
- * Without a channel list it only execs the app.
+ * The Xen backend puts it in front of an image's entrypoint: it forks a watcher of the
+ * domain's channel list in xenstore (uniklab/vchan, written by the backend: before the
+ * domain is unpaused, and later for a new peer), then execs the app, so the init still
+ * supervises the app itself.  The list's words:
  *
- * Needs /dev/xen/{xenbus,evtchn,gntalloc} (xen-evtchn and xen-gntalloc: built in, or
- * loaded by the init from the image's module list). */
+ *   PORT:PEER          serve a vchan (libxenvchan: a ring in granted pages and an event
+ *                      channel; its ring refs under data/vchan/PORT/PEER in this domain's
+ *                      xenstore directory) to domain PEER (0: dom0), and join each of its
+ *                      connections to 127.0.0.1:PORT inside the guest;
+ *   LOCAL>DOMID/PORT   a link: listen on 127.0.0.1:LOCAL and join each connection to the
+ *                      vchan that domain DOMID serves this domain for its PORT (directly
+ *                      between the two domains' memory: no dom0 copy).
+ *
+ * A vchan carries one connection: when either end closes, the other gets EOF and the
+ * server offers a fresh vchan for the next one.  Without a list it only execs the app.
+ * Needs /dev/xen/{xenbus,evtchn,gntalloc,gntdev} (built in, or modules the init loads). */
 #define _GNU_SOURCE
 #include <errno.h>
 #include <stdarg.h>
@@ -31,7 +35,8 @@
 
 #define LIST_KEY "uniklab/vchan"
 #define RING_BYTES 65536 /* each direction: 16 granted pages */
-#define MAX_CHANNELS 16
+#define MAX_CHANNELS 32
+#define CONNECT_TRIES 30 /* a link: seconds for the peer's server to appear */
 #define RETRY_SECONDS 1
 
 static void say(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
@@ -114,7 +119,7 @@ static void pump(struct libxenvchan *v, int s)
 static void serve(int port, int peer)
 {
     char path[64];
-    snprintf(path, sizeof path, "data/vchan/%d", port);
+    snprintf(path, sizeof path, "data/vchan/%d/%d", port, peer);
     for (;;) {
         struct libxenvchan *v = libxenvchan_server_init(NULL, peer, path, RING_BYTES, RING_BYTES);
         if (!v) {
@@ -137,65 +142,137 @@ static void serve(int port, int peer)
     }
 }
 
-/* "PORT:PEER PORT:PEER ...": the channels to serve. */
-static int parse(const char *list, int ports[], int peers[])
+/* A link: 127.0.0.1:local in this guest, each connection joined to domain peer's vchan
+ * for its port (the peer serves it to this domain). */
+static void link_out(int local, int peer, int port, int self)
 {
-    int n = 0;
-    const char *p = list;
-    while (*p) {
-        while (*p == ' ')
-            p++;
-        if (!*p)
-            break;
-        char *end;
-        long port = strtol(p, &end, 10);
-        if (end == p || *end != ':' || port < 1 || port > 65535)
-            return -1;
-        p = end + 1;
-        long peer = strtol(p, &end, 10);
-        if (end == p || (*end && *end != ' ') || peer < 0 || peer > 0x7ff0)
-            return -1;
-        p = end;
-        if (n == MAX_CHANNELS)
-            return -1;
-        ports[n] = (int)port;
-        peers[n++] = (int)peer;
+    char path[96];
+    snprintf(path, sizeof path, "/local/domain/%d/data/vchan/%d/%d", peer, port, self);
+    int l = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    int one = 1;
+    setsockopt(l, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+    struct sockaddr_in a = { .sin_family = AF_INET, .sin_port = htons((uint16_t)local) };
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    if (l < 0 || bind(l, (struct sockaddr *)&a, sizeof a) < 0 || listen(l, 8) < 0) {
+        say("link %d: listening on 127.0.0.1:%d: %s", local, local, strerror(errno));
+        return;
     }
-    return n;
+    for (;;) {
+        int s = accept4(l, NULL, NULL, SOCK_CLOEXEC);
+        if (s < 0) {
+            if (errno != EINTR)
+                sleep(RETRY_SECONDS);
+            continue;
+        }
+        setsockopt(s, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+        struct libxenvchan *v = NULL;
+        for (int i = 0; !v && i < CONNECT_TRIES; i++) {
+            v = libxenvchan_client_init(NULL, peer, path);
+            if (!v)
+                sleep(RETRY_SECONDS); /* the peer's server is not there (yet) */
+        }
+        if (!v)
+            say("link %d: no vchan at %s: %s", local, path, strerror(errno));
+        else {
+            v->blocking = 0;
+            pump(v, s);
+            libxenvchan_close(v);
+        }
+        close(s);
+    }
 }
 
-static void start_servers(void)
+/* Start what one word of the list asks for, in a process of its own. */
+static void start_word(const char *w, int self)
+{
+    int port = 0, peer = -1, local = 0;
+    char tail;
+    int server = sscanf(w, "%d:%d%c", &port, &peer, &tail) == 2;
+    int link = !server && sscanf(w, "%d>%d/%d%c", &local, &peer, &port, &tail) == 3;
+    if ((!server && !link) || port < 1 || port > 65535 || peer < 0 || peer > 0x7ff0 ||
+        (link && (local < 1 || local > 65535))) {
+        say("bad channel %.40s: ignored", w);
+        return;
+    }
+    pid_t pid = fork();
+    if (pid < 0) {
+        say("fork: %s", strerror(errno));
+        return;
+    }
+    if (pid > 0) {
+        if (server)
+            say("port %d: vchan for domain %d", port, peer);
+        else
+            say("link 127.0.0.1:%d: domain %d's port %d", local, peer, port);
+        return;
+    }
+    signal(SIGPIPE, SIG_IGN);
+    signal(SIGCHLD, SIG_DFL);
+    if (server)
+        serve(port, peer);
+    else
+        link_out(local, peer, port, self);
+    _exit(1);
+}
+
+/* Watch the channel list; start each word once (the first read is at the watch's
+ * registration, which xenstore reports at once). */
+static void watch_list(void)
 {
     struct xs_handle *xs = xs_open(0);
     if (!xs) {
         say("no xenstore (%s): no channels", strerror(errno));
-        return;
+        _exit(0);
     }
+    unsigned int len = 0;
+    char *id = xs_read(xs, XBT_NULL, "domid", &len);
+    int self = id ? atoi(id) : -1;
+    free(id);
+    if (!xs_watch(xs, LIST_KEY, "l")) {
+        say("watching %s: %s", LIST_KEY, strerror(errno));
+        _exit(0);
+    }
+    static char started[MAX_CHANNELS][48];
+    int nstarted = 0;
+    for (;;) {
+        unsigned int n = 0;
+        char **ev = xs_read_watch(xs, &n);
+        if (!ev)
+            _exit(0);
+        free(ev);
+        char *list = xs_read(xs, XBT_NULL, LIST_KEY, &len);
+        for (char *save = NULL, *w = list ? strtok_r(list, " ", &save) : NULL; w;
+             w = strtok_r(NULL, " ", &save)) {
+            int seen = strlen(w) >= sizeof started[0];
+            for (int i = 0; i < nstarted && !seen; i++)
+                seen = strcmp(started[i], w) == 0;
+            if (seen || nstarted == MAX_CHANNELS)
+                continue;
+            strcpy(started[nstarted++], w);
+            start_word(w, self);
+        }
+        free(list);
+    }
+}
+
+static void start_watcher(void)
+{
+    struct xs_handle *xs = xs_open(0);
+    if (!xs)
+        return; /* not on Xen, or no xenbus: nothing to serve */
     unsigned int len = 0;
     char *list = xs_read(xs, XBT_NULL, LIST_KEY, &len);
     xs_close(xs);
     if (!list)
         return;
-    int ports[MAX_CHANNELS], peers[MAX_CHANNELS];
-    int n = parse(list, ports, peers);
-    if (n < 0)
-        say("bad channel list %.80s: no channels", list);
-    for (int i = 0; i < n; i++) {
-        pid_t pid = fork();
-        if (pid < 0) {
-            say("fork: %s", strerror(errno));
-            break;
-        }
-        if (pid == 0) {
-            /* A server outlives nothing: it goes with the app's end (the init then
-             * kills everything) or when the app's session goes. */
-            signal(SIGPIPE, SIG_IGN);
-            serve(ports[i], peers[i]);
-            _exit(1);
-        }
-        say("port %d: vchan for domain %d", ports[i], peers[i]);
-    }
     free(list);
+    pid_t pid = fork();
+    if (pid < 0)
+        say("fork: %s", strerror(errno));
+    if (pid == 0) {
+        signal(SIGCHLD, SIG_IGN); /* its servers are reaped by the kernel */
+        watch_list();
+    }
 }
 
 int main(int argc, char **argv)
@@ -207,7 +284,7 @@ int main(int argc, char **argv)
         say("usage: uniklab-vchan [--] APP [ARG...]");
         return 2;
     }
-    start_servers();
+    start_watcher();
     execvp(argv[first], argv + first);
     say("exec %s: %s", argv[first], strerror(errno));
     return 127;
