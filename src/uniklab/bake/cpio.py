@@ -251,11 +251,15 @@ def decompress(data: bytes) -> bytes:
     return data
 
 
-def members(newc: bytes) -> Iterator[tuple[PurePosixPath, int, bytes]]:
+def members(newc: bytes, *, every: bool = False) -> Iterator[tuple[PurePosixPath, int, bytes]]:
     """(relative path, st_mode, content or symlink target) of each entry of an
-    uncompressed newc archive, in archive order, up to its first trailer."""
+    uncompressed newc archive, in archive order, up to its first trailer; with ``every``,
+    of each archive of a concatenation too (as the kernel unpacks an initramfs)."""
     off = 0
     while off + _HEADER <= len(newc):
+        if every and newc[off : off + 4] == b"\0\0\0\0":
+            off += 4  # the padding between two archives
+            continue
         if newc[off : off + 6] != _MAGIC:
             raise BakeError("initramfs: not a newc cpio archive")
         try:
@@ -266,18 +270,23 @@ def members(newc: bytes) -> Iterator[tuple[PurePosixPath, int, bytes]]:
         name = newc[off + _HEADER : off + _HEADER + nsize - 1].decode(errors="surrogateescape")
         data_off = off + _HEADER + nsize
         data_off += -data_off % 4
-        if name == _TRAILER:
+        if name == _TRAILER and not every:
             return
-        yield PurePosixPath(name), mode, newc[data_off : data_off + fsize]
+        if name != _TRAILER:
+            yield PurePosixPath(name), mode, newc[data_off : data_off + fsize]
         off = data_off + fsize
         off += -off % 4
 
 
-def read_file(newc: bytes, path: str | PurePosixPath) -> bytes | None:
+def read_file(newc: bytes, path: str | PurePosixPath, *, every: bool = False) -> bytes | None:
     """The content of ``path`` (absolute in the image) in an uncompressed newc archive,
-    or None if the archive has no such entry."""
+    or None if the archive has no such entry; with ``every``, as the kernel leaves it
+    after a concatenation of archives (a later entry replaces an earlier one)."""
     want = _image_path(path)
-    for name, _mode, data in members(newc):
+    found = None
+    for name, _mode, data in members(newc, every=every):
         if name == want:
-            return data
-    return None
+            found = data
+            if not every:
+                break
+    return found

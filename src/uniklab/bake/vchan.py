@@ -34,7 +34,7 @@ def channel_initrd(image_initrd: Path, kernel: Path) -> bytes:
     image was.  Deterministic: the same image gives the same bytes (uploaded once)."""
     raw = image_initrd.read_bytes()
     data = cpio.decompress(raw)
-    found = cpio.read_file(data, IMAGE_JSON)
+    found = cpio.read_file(data, IMAGE_JSON, every=True)
     if found is None:
         raise BakeError(f"{image_initrd}: no {IMAGE_JSON}: not a uniklab Linux image")
     doc = json.loads(found)

@@ -1,0 +1,27 @@
+"""What the Xen backend tells a guest's uniklab-vchan (its channel list) and how a link's
+host-side target names the other domain (uniklab.backends.xen_channels)."""
+
+from __future__ import annotations
+
+import pytest
+
+from uniklab.backends.xen_channels import XenLink, channel_list, link_of, vchan_path
+from uniklab.errors import UsageError
+
+
+def test_channel_list_serves_ports_to_dom0_and_listens_for_links() -> None:
+    assert channel_list([6379, 80]) == "6379:0 80:0"
+    link = XenLink(16379, "master", 6379)
+    assert channel_list([6379], [(link, 7)]) == "6379:0 16379>7/6379"
+    assert channel_list([]) == ""
+
+
+def test_vchan_path_is_per_port_and_peer() -> None:
+    assert vchan_path(5, 6379) == "/local/domain/5/data/vchan/6379/0"
+    assert vchan_path(5, 6379, 9) == "/local/domain/5/data/vchan/6379/9"
+
+
+def test_link_target_names_the_other_instance_and_its_port() -> None:
+    assert link_of(16379, "/home/u/run/master/chan-6379.sock") == XenLink(16379, "master", 6379)
+    with pytest.raises(UsageError, match="not an instance's channel socket"):
+        link_of(16379, "/home/u/run/master/qmp.sock")
