@@ -482,7 +482,11 @@ def _channels(spec: InstanceSpec) -> tuple[tuple[int, ...], tuple[xen_channels.X
     if spec.rumprun is not None or spec.initrd is None:
         raise LaunchError("channels on Xen need a Linux image with an initramfs (uniklab's init)")
     ports = tuple(int(c.port) for c in chans if c.dir == "in")
-    links = tuple(xen_channels.link_of(int(c.port), str(c.target)) for c in chans if c.dir != "in")
+    links = tuple(
+        xen_channels.link_of(int(c.port), c.target, getattr(c, "peer", None))
+        for c in chans
+        if c.dir != "in"
+    )
     return ports, links
 
 

@@ -142,10 +142,16 @@ class XenLink:
     port: int
 
 
-def link_of(local: int, target: str) -> XenLink:
-    """The link whose host-side target is ``target``, another instance's channel socket
-    (``<its rundir>/chan-PORT.sock``): on Xen the two domains meet without the host."""
-    sock = Path(target)
+def link_of(local: int, target: str | None, peer: str | None = None) -> XenLink:
+    """The link to ``peer`` ("OTHER:PORT", ``ChannelSpec.peer``), or, without one, to the
+    instance whose channel socket is ``target`` (``<its rundir>/chan-PORT.sock``): on Xen
+    the two domains meet without the host."""
+    if peer is not None:
+        other, _, port = peer.rpartition(":")
+        if other and port.isdigit():
+            return XenLink(local, other, int(port))
+        raise UsageError(f"link to {peer}: not OTHER:PORT")
+    sock = Path(target or "")
     m = re.fullmatch(r"chan-(\d+)\.sock", sock.name)
     if m is None:
         raise UsageError(f"link to {target}: not an instance's channel socket")
