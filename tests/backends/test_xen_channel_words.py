@@ -32,3 +32,16 @@ def test_a_links_peer_names_the_other_instance_first() -> None:
     assert link_of(16379, sock, "master:6379") == XenLink(16379, "master", 6379)
     with pytest.raises(UsageError, match="not OTHER:PORT"):
         link_of(16379, None, "master")
+
+
+def test_a_guest_with_channels_keeps_its_config_but_for_channels() -> None:
+    from uniklab.backends.xen import _guest_cmdline
+    from uniklab.guest.config import GuestConfig
+
+    line = f"console=hvc0 quiet {GuestConfig(name='g', args=['--x']).encode()}"
+    assert _guest_cmdline(line, ()) == line
+    kept = _guest_cmdline(line, (6379,)).split(" ")
+    assert kept[:2] == ["console=hvc0", "quiet"]
+    cfg = GuestConfig.decode(kept[2])
+    assert cfg.name == "g" and cfg.args == ["--x"]
+    assert not getattr(cfg, "channels", None)

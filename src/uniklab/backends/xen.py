@@ -159,7 +159,7 @@ class XenBackend:
                 name=spec.name,
                 kernel=str(kernel),
                 ramdisk=None if ramdisk is None else str(ramdisk),
-                cmdline=None if rumprun_cfg else spec.cmdline,
+                cmdline=None if rumprun_cfg else _guest_cmdline(spec.cmdline, ports or links),
                 memory_mb=spec.memory_mb,
                 vcpus=spec.vcpus,
                 vifs=vifs,
@@ -488,6 +488,23 @@ def _channels(spec: InstanceSpec) -> tuple[tuple[int, ...], tuple[xen_channels.X
         if c.dir != "in"
     )
     return ports, links
+
+
+def _guest_cmdline(cmdline: str, channels: object) -> str:
+    """``cmdline`` as a Xen guest with channels gets it: its channels travel in xenstore to
+    uniklab-vchan, so the guest config's "channels" (the init's virtio-serial helper, which
+    would look for ports Xen has not and bind a link's 127.0.0.1:LOCAL first) go."""
+    if not channels:
+        return cmdline
+    from uniklab.guest.config import CMDLINE_KEY, GuestConfig
+
+    words = cmdline.split(" ")
+    for i, word in enumerate(words):
+        if word.startswith(f"{CMDLINE_KEY}="):
+            cfg = GuestConfig.decode(word)
+            if getattr(cfg, "channels", None):
+                words[i] = cfg.model_copy(update={"channels": []}).encode()
+    return " ".join(words)
 
 
 def _channel_initrd(spec: InstanceSpec) -> Path:
