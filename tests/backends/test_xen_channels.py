@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -30,7 +30,7 @@ pytestmark = [pytest.mark.e2e, pytest.mark.root]
 
 XEN_LAB = "xenlab-chan"
 PORT = 6379
-READY_TIMEOUT = 120.0  # a PV domU booting under TCG, nested
+READY_TIMEOUT = 300.0  # a PV domU booting under TCG, nested, on a loaded machine
 
 
 @pytest.fixture(scope="module")
@@ -60,8 +60,9 @@ def _spec(lab: Lab, name: str) -> SpecWithChannels:
     return channel_spec(lab, name, [Chan(PORT)])
 
 
-def _redis(sock: Path, timeout: float) -> redis.Redis:
-    """A client once PING answers over ``sock`` (the guest boots meanwhile)."""
+def _redis(sock: Path, timeout: float, evidence: Callable[[], str] = str) -> redis.Redis:
+    """A client once PING answers over ``sock`` (the guest boots meanwhile); on timeout
+    the error carries ``evidence()`` (the console's tail)."""
     deadline = time.monotonic() + timeout
     last: Exception | None = None
     while time.monotonic() < deadline:
@@ -73,7 +74,11 @@ def _redis(sock: Path, timeout: float) -> redis.Redis:
             last = exc
         client.close()
         time.sleep(1)
-    raise AssertionError(f"no PONG over {sock} within {timeout:.0f}s: {last}")
+    forward = (sock.parent / "vchan-forward.log").read_text(errors="replace")[-500:]
+    raise AssertionError(
+        f"no PONG over {sock} within {timeout:.0f}s: {last}\n"
+        f"forward log: {forward}\nconsole: {evidence()[-1500:]}"
+    )
 
 
 def _proxies(dom0: Executor) -> list[str]:
@@ -100,7 +105,7 @@ def test_redis_over_vchan_without_a_nic(lab: Lab, dom0: Executor) -> None:
     with _guest(backend, spec) as handle:
         cfg = dom0.run(["cat", str(xen.cfg_path("vch"))]).stdout
         assert "mac=" not in cfg, cfg  # no NIC at all
-        client = _redis(sock, READY_TIMEOUT)
+        client = _redis(sock, READY_TIMEOUT, lambda: backend.console(handle))
         assert client.set("k", "v" * 100_000)
         assert client.get("k") == b"v" * 100_000
         client.close()
@@ -141,7 +146,7 @@ def test_redis_replication_guest_to_guest_over_vchan(lab: Lab, dom0: Executor) -
     backend = xen.XenBackend(dom0)
     master = _spec(lab, "master")
     msock = xen_channels.local_socket(master.rundir, PORT)
-    with _guest(backend, master):
+    with _guest(backend, master) as mhandle:
         link = Chan(16379, "out", str(msock))
         replica = channel_spec(
             lab,
@@ -150,8 +155,9 @@ def test_redis_replication_guest_to_guest_over_vchan(lab: Lab, dom0: Executor) -
             args=["--replicaof", "127.0.0.1", "16379"],
         )
         with _guest(backend, replica) as handle:
-            m = _redis(msock, READY_TIMEOUT)
-            r = _redis(xen_channels.local_socket(replica.rundir, PORT), READY_TIMEOUT)
+            m = _redis(msock, READY_TIMEOUT, lambda: backend.console(mhandle))
+            rsock = xen_channels.local_socket(replica.rundir, PORT)
+            r = _redis(rsock, READY_TIMEOUT, lambda: backend.console(handle))
             assert m.set("greeting", "over shared memory")
             m.close()
             deadline = time.monotonic() + READY_TIMEOUT
