@@ -87,7 +87,12 @@ def instance_spec(
         net=guest_nics,
         dns=dns,
         timesrc=req.time_source,
-        channels=[Channel(name=c.name, port=c.port, dir=c.dir) for c in req.channels],
+        # The init's channel helper speaks virtio-serial; another transport brings its own.
+        channels=[
+            Channel(name=c.name, port=c.port, dir=c.dir)
+            for c in req.channels
+            if engine.channels == "virtio-serial"
+        ],
     )
     try:
         encoded = gcfg.encode()

@@ -69,7 +69,7 @@ removes its sockets and exits; ``destroy`` also stops it.  A peer guest that die
 gives the other side EOF: its proxy closes the link's connection, whose proxy sends
 CLOSE into the linked guest.
 
-A backend that renders channels (QEMU's does; add its name to ``BACKENDS``): one transport
+A backend that renders channels over virtio-serial (QEMU's, ``BackendType.channels``): one transport
 per channel, reachable on this machine as a UNIX socket that carries the channel's byte
 stream (QEMU: the virtserialport's chardev); after the guest starts,
 ``start_proxy(rundir, spec.channels, transport)`` (``transport(name)`` -> that socket's
@@ -110,7 +110,11 @@ HEADER = struct.Struct(">BBHI")  # kind, pad (0), payload length, connection id
 # A frame fits one virtio-serial buffer write (the guest driver takes up to 32 KiB a write).
 MAX_PAYLOAD = 16384
 NAME_PREFIX = "uniklab."
-BACKENDS = ("qemu",)  # the backends that render channels
+# A transport's (``BackendType.channels``) guest driver, and the kernel option that builds it in.
+GUEST_DRIVERS = {
+    "virtio-serial": ("virtio_console", "CONFIG_VIRTIO_CONSOLE"),
+    "vchan": ("Xen's grant device", "CONFIG_XEN_GNTDEV"),
+}
 MAX_CHANNELS = 16  # per guest, links included (chan.h's CHAN_MAX)
 
 
@@ -255,8 +259,6 @@ READY_LINE = "uniklab-channels: ready"
 PROXY_START_TIMEOUT = 15.0
 TRANSPORT_WAIT = 10.0  # for the transport's socket to accept (QEMU made it before)
 PROXY_MODULE = "uniklab.channel_proxy"
-
-
 
 
 def proxy_argv(rundir: Path) -> list[str]:

@@ -495,7 +495,7 @@ class Lab:
         if m.is_rumprun and len(nets) > 1:
             # rumprun's config.c: 'currently only 1 "net" configuration is supported'
             raise UsageError(f"{m.ref} is a rumprun unikernel: it takes one NIC (one --net)")
-        chans = self._plan_channels(m, o, engine.name)
+        chans = self._plan_channels(m, o, engine, host.name)
         name = o.name or self._new_name(m.name)
         memory = o.memory_mb if o.memory_mb is not None else validate.memory_mb(m.memory)
         wanted = [] if nets or o.offline else (list(o.publish) or [(0, p) for p in m.ports])
@@ -528,8 +528,20 @@ class Lab:
             forwards = self.store.claim_ports(row.id, wanted, free_port, port_free)
             others = [r for r in self.store.instances() if r.id != row.id]
             host_nets = self._host_networks(host, nets)
-            nics = [] if o.offline else run_plan.plan_attachments(
-                engine, nets, name, row.id, self.networks, others, forwards, host.name, host_nets
+            nics = (
+                []
+                if o.offline
+                else run_plan.plan_attachments(
+                    engine,
+                    nets,
+                    name,
+                    row.id,
+                    self.networks,
+                    others,
+                    forwards,
+                    host.name,
+                    host_nets,
+                )
             )
             req = boot.BootRequest(
                 name=name,
@@ -588,11 +600,13 @@ class Lab:
                         events.emit(self.paths, "destroyed", name, reason="run failed")
             raise
 
-    def _plan_channels(self, m: Manifest, o: RunOptions, backend: str) -> list[ChannelSpec]:
+    def _plan_channels(
+        self, m: Manifest, o: RunOptions, engine: registry.BackendType, host: str
+    ) -> list[ChannelSpec]:
         """The channels of a new guest: its ``--channel`` ports (with ``--net none``, by
         default the image's), then its links, each joined to a running instance's channel."""
         from uniklab.bake import kernel_choice
-        from uniklab.channels import BACKENDS, MAX_CHANNELS, ChannelSpec, socket_path
+        from uniklab.channels import GUEST_DRIVERS, MAX_CHANNELS, ChannelSpec, socket_path
         from uniklab.state.store import RUNNING
 
         ports = list(o.channels) or (list(m.ports) if o.offline else [])
@@ -601,15 +615,16 @@ class Lab:
             return []
         if len(ports) + len(links) > MAX_CHANNELS:
             raise UsageError(f"at most {MAX_CHANNELS} channels and links per guest")
-        if backend not in BACKENDS:
-            raise UsageError(f"channels are not available on the {backend} backend yet")
+        if engine.channels is None:
+            raise UsageError(f"channels are not available on the {engine.name} backend yet")
         if m.is_rumprun:
             raise UsageError(f"{m.ref} is a rumprun unikernel: no channels (no init of ours)")
+        driver, symbol = GUEST_DRIVERS[engine.channels]
         if m.kernel.choice.startswith("specialised") and not kernel_choice.built_with(
-            m.kernel.choice, "CONFIG_VIRTIO_CONSOLE"
+            m.kernel.choice, symbol
         ):
             raise UsageError(
-                f"{m.ref} boots a specialised kernel without virtio_console (built before "
+                f"{m.ref} boots a specialised kernel without {driver} (built before "
                 "channels): rebuild it (uniklab kernel build) and bake the image again"
             )
         out = [ChannelSpec(p) for p in ports]
@@ -629,6 +644,13 @@ class Lab:
                 raise UsageError(
                     f"link {lk.other}:{lk.port}: {lk.other} has no channel to port {lk.port} "
                     f"(run it with --channel {lk.port})"
+                )
+            if engine.channels == "vchan" and (other.backend, other.host) != (engine.name, host):
+                # Two domains share a vchan only on one Xen host.
+                raise UsageError(
+                    f"link {lk.other}:{lk.port}: {lk.other} runs on {other.host} "
+                    f"({other.backend}), not on Xen host {host}: a Xen guest links to guests "
+                    "of its own host"
                 )
             target = socket_path(Path(str(other.runtime["rundir"])), lk.port)
             out.append(ChannelSpec(lk.local, "out", str(target), f"{lk.other}:{lk.port}"))

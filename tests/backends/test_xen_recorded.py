@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from uniklab.backends import xen
+from uniklab.backends import xen, xen_channels
 from uniklab.backends.base import Handle, InstanceSpec
 from uniklab.backends.xen import XenBackend
 from uniklab.digest import sha256_file
@@ -105,6 +105,8 @@ class RecordedXenHost:
             out = self.console
         elif args[0] == "xenstore-write":
             self.xenstore[args[1]] = args[2]
+        elif args[:3] == ["sh", "-c", xen_channels._EACH_PROXY]:
+            pass  # the recorded dom0 ran no channel proxies (issue 18)
         else:
             raise AssertionError(f"not recorded: {args}")
         if check and rc:

@@ -461,4 +461,5 @@ BACKEND = BackendType(
     local_only=True,
     unavailable=_unavailable,
     aliases=("kvm",),
+    channels="virtio-serial",
 )

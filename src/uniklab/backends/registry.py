@@ -11,7 +11,7 @@ import importlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 from uniklab.errors import NotFoundError
 
@@ -57,6 +57,10 @@ class BackendType:
     # Its clones take an address of their own after a restore (each its own MAC, the
     # guest's init told to ask DHCP again): a template may join a bridge (by DHCP).
     clones_readdress: bool = False
+    # How it renders channels (uniklab.channels): "virtio-serial" (the guest's init runs the
+    # frame protocol over a port each), "vchan" (the backend's own guest helper; the guest
+    # config names none); None: no channels.
+    channels: Literal["virtio-serial", "vchan"] | None = None
 
     @property
     def user_networking(self) -> bool:

@@ -16,12 +16,12 @@ import json
 import logging
 import re
 import time
-from collections.abc import Generator
+from collections.abc import Generator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path, PurePosixPath
 
 from uniklab import consoles, executor
-from uniklab.backends import netdev, xen_doctor, xl_errors, xl_parse
+from uniklab.backends import netdev, xen_channels, xen_doctor, xl_errors, xl_parse
 from uniklab.backends.base import (
     Backend,
     Check,
@@ -200,7 +200,9 @@ class XenBackend(Backend):
             raise LaunchError("writable disks (--disk, rumprun's -b) go with QEMU guests for now")
         vifs = self._vifs(spec)
         rumprun_cfg = _rumprun_config(spec)
-        uploads = [spec.kernel, *([spec.initrd] if spec.initrd else []), *spec.disks]
+        ports, links = _channels(spec)
+        initrd = _channel_initrd(spec) if ports or links else spec.initrd
+        uploads = [spec.kernel, *([initrd] if initrd else []), *spec.disks]
         kernel, *rest = self.ensure_image(*uploads)
         ramdisk = rest.pop(0) if spec.initrd else None
         # rumprun's etfs opens its disks read-write (a read-only vbd: "etfs register
@@ -228,13 +230,11 @@ class XenBackend(Backend):
         self.ex.run(
             ["sh", "-c", 'cat > "$1"', "sh", str(cfg)], input=_owned(spec, cfg_text), timeout=30
         )
+        # rumprun's launcher and channels: create paused, give the guest its config in
+        # its xenstore directory (it reads rumprun/cfg, uniklab/vchan at boot), unpause.
+        paused = rumprun_cfg is not None or bool(ports or links)
         try:
-            if rumprun_cfg is None:
-                self.ex.run(["xl", "create", str(cfg)], timeout=120)
-            else:
-                # rumprun's launcher: create paused, give the config in the domain's
-                # xenstore directory (the guest reads rumprun/cfg at boot), unpause.
-                self.ex.run(["xl", "create", "-p", str(cfg)], timeout=120)
+            self.ex.run(["xl", "create", *(["-p"] if paused else []), str(cfg)], timeout=120)
         except CommandError as exc:
             self.ex.run(["rm", "-f", str(cfg)], timeout=30, check=False)
             said = exc.stderr.strip() and not exc.timed_out
@@ -248,16 +248,24 @@ class XenBackend(Backend):
                 output="" if known else exc.stderr,
             ) from exc
         domid = self._domid(spec.name)
-        handle = Handle(
-            pid=None,
-            runtime={"host": self.ex.name, "domain": spec.name, "cfg": str(cfg), "domid": domid},
-        )
-        if rumprun_cfg is not None:
+        runtime: dict[str, object] = {
+            "host": self.ex.name,
+            "domain": spec.name,
+            "cfg": str(cfg),
+            "domid": domid,
+        }
+        if ports or links:
+            runtime.update(channels=list(ports), rundir=str(spec.rundir))
+        handle = Handle(pid=None, runtime=runtime)
+        if paused:
             try:
                 if domid is None:
                     raise LaunchError(f"domain {spec.name} vanished after xl create -p")
-                key = f"/local/domain/{domid}/rumprun/cfg"
-                self.ex.run(["xenstore-write", key, rumprun_cfg], timeout=30)
+                if rumprun_cfg is not None:
+                    key = f"/local/domain/{domid}/rumprun/cfg"
+                    self.ex.run(["xenstore-write", key, rumprun_cfg], timeout=30)
+                if ports or links:
+                    self._start_channels(handle, domid, ports, links)
                 self.ex.run(["xl", "unpause", str(domid)], timeout=60)
             except BaseException:
                 self.destroy(handle)
@@ -340,6 +348,7 @@ class XenBackend(Backend):
         domid = self._own_domid(handle)
         if domid is not None:
             self._xl_destroy(domid, timeout=max(timeout, 30))
+        self._stop_channels(handle)
         cfg = handle.runtime.get("cfg")
         self._remove_files(name, str(cfg) if cfg else None)
 
@@ -385,6 +394,7 @@ class XenBackend(Backend):
                 self._xl_destroy(domid, timeout=max(timeout, 30))
                 break
             time.sleep(STOP_POLL)
+        self._stop_channels(handle)
         return app_exit_status(self.console(handle)[seen:])
 
     # -- templates and clones: xl save / xl restore ------------------------------------
@@ -575,10 +585,13 @@ class XenBackend(Backend):
                 out.append(Owned("domain", name, name, detail, ident=domid))
             else:
                 out.append(Owned("domain-cfg", name, name, f"{cfg_path(name)} of no instance"))
-        return out
+        return out + xen_channels.owned(self.ex, owner, run_root, timeout=timeout)
 
     def remove(self, item: Owned, *, timeout: float = 30) -> None:
-        """Remove one leftover of ``owned``: that very domain (by id), its config, its log."""
+        """Remove one leftover of ``owned``: that very domain (by id), its config, its log;
+        or a channel's proxy or forward."""
+        if xen_channels.remove(self.ex, item, timeout=timeout):
+            return
         if item.ident is not None:
             self._xl_destroy(item.ident, timeout=timeout)
         self._remove_files(item.key, str(cfg_path(item.key)))
@@ -606,6 +619,38 @@ class XenBackend(Backend):
         """The domain's config, console log and disk copies (``NAME.xvd?``)."""
         paths = [p for p in (cfg, str(console_path(name))) if p]
         self.ex.run(["sh", "-c", _RM_FILES, str(DOMAINS / name), *paths], timeout=30, check=False)
+
+    # -- channels (issue 18: uniklab.backends.xen_channels) -------------------------------
+    def _start_channels(
+        self,
+        handle: Handle,
+        domid: int,
+        ports: Sequence[int],
+        links: Sequence[xen_channels.XenLink],
+    ) -> None:
+        rundir = Path(str(handle.runtime["rundir"]))
+        peers = []
+        for lk in links:
+            other = self._domid(lk.other)
+            if other is None:
+                raise LaunchError(f"link to {lk.other}: no such domain on {self.ex.name}")
+            peers.append((lk, other))
+        xen_channels.start(
+            self.ex,
+            owner=owner_tag(rundir.parent),
+            name=self.key(handle),
+            domid=domid,
+            ports=ports,
+            rundir=rundir,
+            links=peers,
+        )
+
+    def _stop_channels(self, handle: Handle) -> None:
+        if not handle.runtime.get("channels"):
+            return
+        rundir = Path(str(handle.runtime["rundir"]))
+        owner = owner_tag(rundir.parent)
+        xen_channels.stop(self.ex, owner=owner, name=self.key(handle), rundir=rundir)
 
     # Last: the method's name shadows the builtin in annotations below it.
     def list(self) -> list[xl_parse.Domain]:
@@ -743,5 +788,36 @@ def _create(ctx: BackendContext) -> XenBackend:
 
 
 BACKEND = BackendType(
-    name="xen", factory=_create, user_net=None, local_only=False, clones_readdress=True
+    name="xen",
+    factory=_create,
+    user_net=None,
+    local_only=False,
+    clones_readdress=True,
+    channels="vchan",
 )
+
+
+def _channels(spec: InstanceSpec) -> tuple[tuple[int, ...], tuple[xen_channels.XenLink, ...]]:
+    """The spec's channels on Xen: the guest ports served to the host, and the links to
+    other guests; refused for a guest with no init of ours."""
+    if not spec.channels:
+        return (), ()
+    if spec.rumprun is not None or spec.initrd is None:
+        raise LaunchError("channels on Xen need a Linux image with an initramfs (uniklab's init)")
+    ports = tuple(c.port for c in spec.channels if c.dir == "in")
+    links = tuple(
+        xen_channels.link_of(c.port, c.target, c.peer) for c in spec.channels if c.dir != "in"
+    )
+    return ports, links
+
+
+def _channel_initrd(spec: InstanceSpec) -> Path:
+    """The image's initramfs with the vchan helper, written to the instance's runtime
+    directory (the same bytes for the same image: uploaded to the host once)."""
+    from uniklab.bake.vchan import channel_initrd  # the bakers: not on `ps`'s path
+
+    assert spec.initrd is not None
+    spec.rundir.mkdir(parents=True, exist_ok=True)
+    out = spec.rundir / "initrd.vchan"
+    out.write_bytes(channel_initrd(spec.initrd, spec.kernel))
+    return out

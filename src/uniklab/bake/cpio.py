@@ -26,6 +26,7 @@ __all__ = [
     "Compression",
     "CpioArchive",
     "compress",
+    "compression_of",
     "decompress",
     "members",
     "read_file",
@@ -233,6 +234,13 @@ def _lz4(data: bytes, flag: str, what: str) -> bytes:
         return dst.read_bytes()
 
 
+def compression_of(data: bytes) -> Compression:
+    """How an initramfs is compressed, as ``compress`` names it."""
+    if data[:4] == _LZ4_LEGACY:
+        return "lz4"
+    return "gzip" if data[:2] == _GZIP else "none"
+
+
 def decompress(data: bytes) -> bytes:
     """An initramfs as the kernel reads it: an lz4 legacy frame or gzip undone; anything
     else is taken as an uncompressed archive and returned as it is."""
@@ -243,11 +251,15 @@ def decompress(data: bytes) -> bytes:
     return data
 
 
-def members(newc: bytes) -> Iterator[tuple[PurePosixPath, int, bytes]]:
+def members(newc: bytes, *, every: bool = False) -> Iterator[tuple[PurePosixPath, int, bytes]]:
     """(relative path, st_mode, content or symlink target) of each entry of an
-    uncompressed newc archive, in archive order, up to its first trailer."""
+    uncompressed newc archive, in archive order, up to its first trailer; with ``every``,
+    of each archive of a concatenation too (as the kernel unpacks an initramfs)."""
     off = 0
     while off + _HEADER <= len(newc):
+        if every and newc[off : off + 4] == b"\0\0\0\0":
+            off += 4  # the padding between two archives
+            continue
         if newc[off : off + 6] != _MAGIC:
             raise BakeError("initramfs: not a newc cpio archive")
         try:
@@ -258,18 +270,23 @@ def members(newc: bytes) -> Iterator[tuple[PurePosixPath, int, bytes]]:
         name = newc[off + _HEADER : off + _HEADER + nsize - 1].decode(errors="surrogateescape")
         data_off = off + _HEADER + nsize
         data_off += -data_off % 4
-        if name == _TRAILER:
+        if name == _TRAILER and not every:
             return
-        yield PurePosixPath(name), mode, newc[data_off : data_off + fsize]
+        if name != _TRAILER:
+            yield PurePosixPath(name), mode, newc[data_off : data_off + fsize]
         off = data_off + fsize
         off += -off % 4
 
 
-def read_file(newc: bytes, path: str | PurePosixPath) -> bytes | None:
+def read_file(newc: bytes, path: str | PurePosixPath, *, every: bool = False) -> bytes | None:
     """The content of ``path`` (absolute in the image) in an uncompressed newc archive,
-    or None if the archive has no such entry."""
+    or None if the archive has no such entry; with ``every``, as the kernel leaves it
+    after a concatenation of archives (a later entry replaces an earlier one)."""
     want = _image_path(path)
-    for name, _mode, data in members(newc):
+    found = None
+    for name, _mode, data in members(newc, every=every):
         if name == want:
-            return data
-    return None
+            found = data
+            if not every:
+                break
+    return found

@@ -135,7 +135,8 @@ class SshExecutor:
         ident = f"{h.ssh}|{h.port}|{h.identity}|{h.known_hosts}"
         return hashlib.sha256(ident.encode()).hexdigest()[:20]
 
-    def _options(self) -> list[str]:
+    def _options(self, *, shared: bool = True) -> list[str]:
+        """ssh's options for this host; ``shared``: over the shared master connection."""
         opts = [
             "-o",
             "BatchMode=yes",
@@ -149,15 +150,21 @@ class SshExecutor:
             "ServerAliveInterval=5",
             "-o",
             f"ServerAliveCountMax={SERVER_ALIVE_COUNT}",
-            # One connection per host serves a burst of commands (a `ps` runs several): the
-            # master lingers CONTROL_PERSIST seconds after the last one, then exits.
-            "-o",
-            "ControlMaster=auto",
-            "-o",
-            f"ControlPath={_control_dir()}/{self._control_key()}",
-            "-o",
-            f"ControlPersist={CONTROL_PERSIST}",
         ]
+        # One connection per host serves a burst of commands (a `ps` runs several): the
+        # master lingers CONTROL_PERSIST seconds after the last one, then exits.
+        opts += (
+            [
+                "-o",
+                "ControlMaster=auto",
+                "-o",
+                f"ControlPath={_control_dir()}/{self._control_key()}",
+                "-o",
+                f"ControlPersist={CONTROL_PERSIST}",
+            ]
+            if shared
+            else ["-o", "ControlMaster=no", "-o", "ControlPath=none"]
+        )
         if self.host.known_hosts:
             opts += [
                 "-o",
@@ -278,6 +285,30 @@ class SshExecutor:
                 f"{self.name}: copying {source.name} failed: {r.stderr.strip()[:200]}"
             )
 
+    def unix_forward_argv(self, pairs: Sequence[tuple[str, str]]) -> list[str]:
+        """ssh holding OpenSSH's streamlocal forwards ``(local socket, host's socket)``,
+        in the foreground, for as long as it runs (the caller detaches it).  A connection
+        of its own, not the shared master, which ends CONTROL_PERSIST seconds after the
+        last command; it ends itself when the host stops answering (ServerAlive)."""
+        assert self.host.ssh is not None
+        forwards = [a for local_sock, remote in pairs for a in ("-L", f"{local_sock}:{remote}")]
+        return self._forward_argv(["-o", "StreamLocalBindUnlink=yes", *forwards], shared=False)
+
+    def _forward_argv(self, forwards: Sequence[str], *, shared: bool = True) -> list[str]:
+        """ssh holding ``forwards`` (its -L/-o words) and running no command."""
+        assert self.host.ssh is not None
+        return [
+            "ssh",
+            *self._options(shared=shared),
+            "-p",
+            str(self.host.port),
+            "-N",
+            "-o",
+            "ExitOnForwardFailure=yes",
+            *forwards,
+            self.host.ssh,
+        ]
+
     @contextlib.contextmanager
     def forward(
         self, dest: str, dest_port: int, *, timeout: float = 15.0
@@ -287,18 +318,7 @@ class SshExecutor:
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             local_port = int(s.getsockname()[1])
-        argv = [
-            "ssh",
-            *self._options(),
-            "-p",
-            str(self.host.port),
-            "-N",
-            "-o",
-            "ExitOnForwardFailure=yes",
-            "-L",
-            f"127.0.0.1:{local_port}:{dest}:{dest_port}",
-            self.host.ssh,
-        ]
+        argv = self._forward_argv(["-L", f"127.0.0.1:{local_port}:{dest}:{dest_port}"])
         log.debug("tunnel: %s", shlex.join(argv))
         proc = subprocess.Popen(
             argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
