@@ -241,7 +241,7 @@ def start(
 
 
 def _add_word(ex: Executor, domid: int, word: str) -> None:
-    """``word`` added to domain ``domid``'s channel list (its uniklab-vchan reads it every 0.5 s)."""
+    """``word`` added to domain ``domid``'s channel list (uniklab-vchan reads it twice a second)."""
     key = f"/local/domain/{domid}/{CHANNEL_LIST}"
     r = ex.run(["xenstore-read", key], check=False)
     if r.returncode != 0:
