@@ -284,14 +284,15 @@ def start_proxy(
             for ch in channels
         ]
     }
-    with _locked(rundir):
+    with locked(rundir):
         config_path(rundir).write_text(json.dumps(doc, indent=1))
         return _spawn(rundir)
 
 
 @contextlib.contextmanager
-def _locked(rundir: Path) -> Iterator[None]:
-    """One proxy start at a time per instance (a start, a reconcile's restart)."""
+def locked(rundir: Path) -> Iterator[None]:
+    """One start of an instance's channel plumbing at a time (a start, a reconcile's
+    restart): QEMU's proxy here, a Xen host's forward (``uniklab.backends.xen_channels``)."""
     with open(rundir / "channels.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         yield
@@ -329,7 +330,7 @@ def ensure_proxy(rundir: Path) -> int | None:
     pid = daemons.find(pid_path(rundir), str(config))
     if pid is not None:
         return pid
-    with _locked(rundir):
+    with locked(rundir):
         pid = daemons.find(pid_path(rundir), str(config))
         if pid is None and config.exists():
             log.info("channel proxy of %s was gone: starting it again", rundir)

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import os
+import signal
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -142,6 +144,16 @@ def test_redis_over_vchan_without_a_nic(
         assert c.incr("n") == i + 1
         c.close()
     assert lab.check("vch", timeout=30).ok
+    # A forward killed behind uniklab's back is started again by the next command that
+    # reconciles the instance (ps), as QEMU's channel proxy is.
+    ((killed, _),) = _forwards(sock.parent)
+    os.kill(killed, signal.SIGKILL)
+    _until("the killed forward is gone", lambda: not _forwards(sock.parent))
+    lab.ps()
+    assert [pid for pid, _ in _forwards(sock.parent)] not in ([], [killed])
+    c = redis.Redis(unix_socket_path=str(sock), socket_timeout=10)
+    assert c.get("n") == b"3"
+    c.close()
     assert _proxies(dom0), "no vchan-socket-proxy in the dom0"
     assert _forwards(sock.parent), "no forward here"
     assert "uniklab-vchan: port 6379: vchan for domain 0" in lab.logs("vch")

@@ -298,6 +298,8 @@ class XenBackend(Backend):
             if want is not None and d.domid != want:
                 break  # the name now belongs to another domain: ours is gone
             alive = _STATES[d.status] != "stopped"
+            if alive:
+                self._ensure_channels(handle)
             rx_tx = self._net_bytes(d.domid) if net and alive else None
             return Inspection(
                 alive=alive,
@@ -644,6 +646,24 @@ class XenBackend(Backend):
             rundir=rundir,
             links=peers,
         )
+
+    def _ensure_channels(self, handle: Handle) -> None:
+        """A live domain's channel forward started again if it died (inspect's part in
+        reconciling); a failure is a warning: the domain itself is fine."""
+        ports = handle.runtime.get("channels")
+        if not ports or not isinstance(ports, list):
+            return
+        rundir = Path(str(handle.runtime["rundir"]))
+        try:
+            xen_channels.ensure_forward(
+                self.ex,
+                owner=owner_tag(rundir.parent),
+                name=self.key(handle),
+                ports=[int(p) for p in ports],
+                rundir=rundir,
+            )
+        except UniklabError as exc:
+            log.warning("%s: the channels of %s: %s", self.ex.name, self.key(handle), exc)
 
     def _stop_channels(self, handle: Handle) -> None:
         if not handle.runtime.get("channels"):

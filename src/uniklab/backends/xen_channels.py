@@ -33,7 +33,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from uniklab import daemons
+from uniklab import channels, daemons
 from uniklab.backends.base import Owned
 from uniklab.errors import LaunchError, UniklabError, UsageError
 from uniklab.executor import Executor
@@ -46,6 +46,7 @@ __all__ = [
     "DOM0_ROOT",
     "PROXY",
     "XenLink",
+    "ensure_forward",
     "forward_pidfile",
     "link_of",
     "list_proxies",
@@ -249,6 +250,33 @@ def _add_word(ex: Executor, domid: int, word: str) -> None:
     words = r.stdout.split()
     if word not in words:
         ex.run(["xenstore-write", key, " ".join([*words, word])])
+
+
+def ensure_forward(
+    ex: Executor, *, owner: str, name: str, ports: Sequence[int], rundir: Path
+) -> int | None:
+    """Start the forward of a live domain's channels again if it is gone (killed behind
+    uniklab's back, or its ssh connection dropped): the next command that reconciles the
+    instance mends it, as ``channels.ensure_proxy`` does QEMU's proxy.  None for a local
+    dom0 (its proxies listen here themselves) or no ports.  Cheap when it runs: a pid
+    file read here, no command on the host."""
+    if not isinstance(ex, SshExecutor) or not ports:
+        return None
+    pidfile, marker = forward_pidfile(rundir), str(rundir / "chan-")
+    pid = daemons.find(pidfile, marker)
+    if pid is not None:
+        return pid
+    with channels.locked(rundir):
+        pid = daemons.find(pidfile, marker)
+        if pid is None:
+            log.info("the channel forward of %s was gone: starting it again", name)
+            home = dom0_dir(owner, name)
+            pairs = [(str(local_socket(rundir, p)), str(home / f"{p}.sock")) for p in ports]
+            for local_sock, _ in pairs:  # a dead forward's: not "ready" before ssh binds
+                Path(local_sock).unlink(missing_ok=True)
+            _start_forward(ex, pairs, rundir)
+            pid = daemons.read_pid(pidfile)
+        return pid
 
 
 def _start_forward(ex: SshExecutor, pairs: Sequence[tuple[str, str]], rundir: Path) -> None:
