@@ -19,7 +19,7 @@ from uniklab.backends import xen, xen_channels
 from uniklab.backends.base import Handle, InstanceSpec
 from uniklab.backends.xen import XenBackend
 from uniklab.digest import sha256_file
-from uniklab.errors import CommandError, LaunchError, NotFoundError
+from uniklab.errors import CommandError, LaunchError, NotFoundError, UniklabError
 from uniklab.executor import DEFAULT_TIMEOUT, Result
 from uniklab.guest.rumprun import RumprunConfig, RumprunNet
 from uniklab.net.attachment import Attachment
@@ -319,3 +319,44 @@ def test_stop_leaves_a_domain_that_took_the_name_alone() -> None:
     host = RecordedXenHost()
     assert XenBackend(host).stop(_handle("keep", 5), timeout=0) is None
     assert not any(c[:2] in (["xl", "shutdown"], ["xl", "destroy"]) for c in host.calls)
+
+
+class CrashingXlHost(RecordedXenHost):
+    """A dom0 whose `xl list` segfaults (exit 139 through ssh) ``crashes`` times first."""
+
+    def __init__(self, crashes: int) -> None:
+        super().__init__()
+        self.crashes = crashes
+
+    def run(self, argv: Sequence[str | Path], **kw: object) -> Result:
+        args = [str(a) for a in argv]
+        if args[:2] == ["xl", "list"] and self.crashes:
+            self.crashes -= 1
+            self.calls.append(args)
+            return Result(args, 139, "", "")
+        return super().run(argv, **kw)  # type: ignore[arg-type]
+
+
+def test_an_xl_query_that_crashes_is_asked_again(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(xen, "XL_QUERY_PAUSE", 0.0)
+    host = CrashingXlHost(crashes=2)
+    assert [d.name for d in XenBackend(host).list()][:1] == ["Domain-0"]
+    assert [c for c in host.calls if c[:2] == ["xl", "list"]] == [["xl", "list"]] * 3
+    with pytest.raises(UniklabError) as exc:
+        XenBackend(CrashingXlHost(crashes=3)).list()
+    assert str(exc.value).startswith("xl list crashed 3 times on ")
+    assert "killed by signal 11" in str(exc.value) and "\n" not in str(exc.value)
+
+
+def test_an_xl_query_that_fails_by_itself_is_not_asked_again() -> None:
+    class Refusing(RecordedXenHost):
+        def run(self, argv: Sequence[str | Path], **kw: object) -> Result:
+            if [str(a) for a in argv][:2] == ["xl", "info"]:
+                self.calls.append([str(a) for a in argv])
+                return Result([str(a) for a in argv], 1, "", "xl: permission denied\n")
+            return super().run(argv, **kw)  # type: ignore[arg-type]
+
+    host = Refusing()
+    with pytest.raises(CommandError, match="permission denied"):
+        XenBackend(host).facts()
+    assert host.calls == [["xl", "info"]]

@@ -48,6 +48,8 @@ DOMAINS = REMOTE_ROOT / "domains"
 CONSOLE_DIR = PurePosixPath("/var/log/xen/console")
 OWNER_PREFIX = "# uniklab-owner: "
 STOP_POLL = 1.0  # seconds between `xl list`s while a domain shuts down
+XL_QUERY_TRIES = 3  # a read-only xl command that dies of a signal is asked again
+XL_QUERY_PAUSE = 0.5
 TEMPLATES = REMOTE_ROOT / "templates"  # a directory per template key: STATE, disk copies
 STATE = "state"  # xl save's checkpoint file in it
 TEMPLATE_RECORD = "xen.json"  # in the template's directory on this machine
@@ -281,7 +283,27 @@ class XenBackend(Backend):
         return vifs
 
     def _domains(self, timeout: float = 30) -> list[xl_parse.Domain]:
-        return xl_parse.parse_list(self.ex.run(["xl", "list"], timeout=timeout).stdout)
+        return xl_parse.parse_list(self._xl_query(["list"], timeout=timeout))
+
+    def _xl_query(self, args: list[str], *, timeout: float) -> str:
+        """The output of a read-only xl command (list, info): xl that dies of a signal
+        (it segfaults now and then on a busy dom0, e.g. while another domain is saved) is
+        asked again, up to XL_QUERY_TRIES times; then one line says what to look at."""
+        argv = ["xl", *args]
+        for attempt in range(1, XL_QUERY_TRIES + 1):
+            r = self.ex.run(argv, timeout=timeout, check=False)
+            if r.returncode == 0:
+                return r.stdout
+            sig = _killed_by(r.returncode)
+            if sig is None:  # xl said why: not ours to hide
+                raise CommandError(argv, r.returncode, r.stderr, host=self.ex.name)
+            log.debug("%s: xl %s died of signal %d (try %d)", self.ex.name, args[0], sig, attempt)
+            time.sleep(XL_QUERY_PAUSE)
+        raise UniklabError(
+            f"xl {' '.join(args)} crashed {XL_QUERY_TRIES} times on {self.ex.name} (killed by "
+            f"signal {sig}): Xen's toolstack there is failing; look at the dom0 (xl info, "
+            "dmesg, /var/log/xen)"
+        )
 
     def _domid(self, name: str) -> int | None:
         for d in self._domains():
@@ -403,7 +425,7 @@ class XenBackend(Backend):
     def template_key(self, spec: InstanceSpec) -> dict[str, object]:
         """The host (its checkpoints live there) and its Xen (what restores them)."""
         if self._xen_version is None:
-            info = xl_parse.parse_info(self.ex.run(["xl", "info"], timeout=30).stdout)
+            info = xl_parse.parse_info(self._xl_query(["info"], timeout=30))
             self._xen_version = info.get("xen_version", "?")
         return {"host": self.ex.name, "xen": self._xen_version, "vif_script": self.vif_script}
 
@@ -426,7 +448,7 @@ class XenBackend(Backend):
                 "has no suspend), so xl save cannot save it"
             )
         cfgs = xl_parse.parse_list_long(
-            self.ex.run(["xl", "list", "-l", str(domid)], timeout=60).stdout
+            self._xl_query(["list", "-l", str(domid)], timeout=60)
         )
         was = cfgs[0] if len(cfgs) == 1 else None
         if was is None or was.memory_mb is None or was.kernel is None:
@@ -599,7 +621,7 @@ class XenBackend(Backend):
         self._remove_files(item.key, str(cfg_path(item.key)))
 
     def facts(self, *, timeout: float = 30) -> HostFacts:
-        info = xl_parse.parse_info(self.ex.run(["xl", "info"], timeout=timeout).stdout)
+        info = xl_parse.parse_info(self._xl_query(["info"], timeout=timeout))
         try:
             free = int(info.get("free_memory", "0"))
             total: int | None = int(info.get("total_memory", "0")) or None
@@ -768,6 +790,16 @@ esac
 printf '%s %s\\n' "$ctl" "$t" > "$tty" && echo "restored $t"
 """
 )
+def _killed_by(returncode: int) -> int | None:
+    """The signal that ended a command: a negative code here (subprocess), 128+N through
+    a remote shell; None for an exit of the command's own."""
+    if returncode < 0:
+        return -returncode
+    if 128 < returncode < 128 + 65:
+        return returncode - 128
+    return None
+
+
 _STATE_CHANGED = 3
 _RESTORE_FAILED = 4
 # Removes "$@" and the domain's disk copies, "$0".xvd? ($0: DOMAINS/NAME).
