@@ -42,13 +42,13 @@ def test_vchan_path_is_per_port_and_peer() -> None:
 
 
 def test_link_target_names_the_other_instance_and_its_port() -> None:
-    assert link_of(16379, "/home/u/run/master/chan-6379.sock") == XenLink(16379, "master", 6379)
+    assert link_of(16379, "/srv/ukl/run/master/chan-6379.sock") == XenLink(16379, "master", 6379)
     with pytest.raises(UsageError, match="not an instance's channel socket"):
-        link_of(16379, "/home/u/run/master/qmp.sock")
+        link_of(16379, "/srv/ukl/run/master/qmp.sock")
 
 
 def test_a_links_peer_names_the_other_instance_first() -> None:
-    sock = "/home/u/run/old/chan-1.sock"
+    sock = "/srv/ukl/run/old/chan-1.sock"
     assert link_of(16379, sock, "master:6379") == XenLink(16379, "master", 6379)
     with pytest.raises(UsageError, match="not OTHER:PORT"):
         link_of(16379, None, "master")
