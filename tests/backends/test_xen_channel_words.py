@@ -20,11 +20,11 @@ from uniklab.backends.xen_channels import (
     channel_list,
     link_of,
     list_proxies,
-    local_socket,
     start,
     stop,
     vchan_path,
 )
+from uniklab.channels import socket_path
 from uniklab.errors import UsageError
 from uniklab.executor import LocalExecutor
 
@@ -108,7 +108,7 @@ def test_the_dom0_proxy_is_started_again_until_the_domain_goes(fake_dom0: Path) 
     rundir = fake_dom0 / "run"
     rundir.mkdir()
     start(ex, owner="o", name="g", domid=5, ports=[6379], rundir=rundir)
-    sock = local_socket(rundir, 6379)
+    sock = socket_path(rundir, 6379)
     (keeper,) = list_proxies(ex, f"{rundir}/")
     assert keeper[1] == str(sock)
     # Each client gets a proxy, though the one before it exited.

@@ -26,7 +26,7 @@ from uniklab import daemons
 from uniklab.api import Client
 from uniklab.backends import xen, xen_channels
 from uniklab.backends.base import Handle, InstanceSpec
-from uniklab.channels import ChannelSpec
+from uniklab.channels import ChannelSpec, socket_path
 from uniklab.cli.main import main
 from uniklab.errors import LaunchError, UsageError
 from uniklab.executor import Executor
@@ -227,7 +227,7 @@ def test_a_xen_guest_links_only_to_guests_of_its_host(lab: Lab, dom0: Executor) 
 def test_a_link_to_a_missing_domain_is_one_line(lab: Lab, dom0: Executor) -> None:
 
     backend = xen.XenBackend(dom0)
-    gone = str(xen_channels.local_socket(lab.paths.run / "nobody", PORT))
+    gone = str(socket_path(lab.paths.run / "nobody", PORT))
     spec = channel_spec(lab, "linked", [ChannelSpec(16379, "out", gone)])
     with pytest.raises(LaunchError, match="link to nobody: no such domain"):
         backend.create(spec)

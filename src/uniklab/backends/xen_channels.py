@@ -50,7 +50,6 @@ __all__ = [
     "forward_pidfile",
     "link_of",
     "list_proxies",
-    "local_socket",
     "owned",
     "remove",
     "start",
@@ -191,9 +190,10 @@ def dom0_dir(owner: str, name: str) -> PurePosixPath:
     return DOM0_ROOT / owner / name
 
 
-def local_socket(rundir: Path, port: int) -> Path:
-    """The channel's socket on this machine (``uniklab.channels.socket_path``'s name)."""
-    return rundir / f"chan-{port}.sock"
+def _pairs(owner: str, name: str, ports: Sequence[int], rundir: Path) -> list[tuple[str, str]]:
+    """Per port, the channel's socket here and its dom0 proxy's on a remote host."""
+    home = dom0_dir(owner, name)
+    return [(str(channels.socket_path(rundir, p)), str(home / f"{p}.sock")) for p in ports]
 
 
 def forward_pidfile(rundir: Path) -> Path:
@@ -224,16 +224,14 @@ def start(
     ex.run(["xenstore-write", f"/local/domain/{domid}/{CHANNEL_LIST}", own])
     if not ports:
         return
-    home = dom0_dir(owner, name)
+    pairs = _pairs(owner, name, ports, rundir)
     try:
-        pairs = []
-        for port in ports:
-            sock = local_socket(rundir, port) if _is_local(ex) else home / f"{port}.sock"
+        for port, (here, there) in zip(ports, pairs, strict=True):
+            sock = here if _is_local(ex) else there  # a local dom0's proxy listens here
             log_file = PurePosixPath(sock).parent / f"vchan-{port}.log"
             argv = ["sh", "-c", _START_PROXY, "sh", str(domid), vchan_path(domid, port)]
-            argv += [str(sock), str(log_file), _KEEP_PROXY]
+            argv += [sock, str(log_file), _KEEP_PROXY]
             ex.run(argv, timeout=PROXY_START_TIMEOUT + 15)
-            pairs.append((str(local_socket(rundir, port)), str(sock)))
         if isinstance(ex, SshExecutor):
             _start_forward(ex, pairs, rundir)
     except BaseException:
@@ -270,8 +268,7 @@ def ensure_forward(
         pid = daemons.find(pidfile, marker)
         if pid is None:
             log.info("the channel forward of %s was gone: starting it again", name)
-            home = dom0_dir(owner, name)
-            pairs = [(str(local_socket(rundir, p)), str(home / f"{p}.sock")) for p in ports]
+            pairs = _pairs(owner, name, ports, rundir)
             for local_sock, _ in pairs:  # a dead forward's: not "ready" before ssh binds
                 Path(local_sock).unlink(missing_ok=True)
             _start_forward(ex, pairs, rundir)
