@@ -40,6 +40,8 @@ def test_dom0_kernel_and_initrd_are_multiboot_modules() -> None:
         "/boot/vmlinuz-dom0 console=hvc0 earlyprintk=xen quiet,/ukl/labs/xenlab/dom0.initrd"
     )
     assert argv[argv.index("-cpu") + 1] == "max,-smap"
+    # One TCG thread for the lab's two vCPUs (build_xenhost_argv says why).
+    assert argv[argv.index("-accel") + 1] == "tcg,thread=single"
 
 
 def test_commas_in_module_paths_are_escaped() -> None:

@@ -1,6 +1,6 @@
 """What the Xen backend tells a guest's uniklab-vchan (its channel list), how a link's
 host-side target names the other domain, and the dom0's proxy keeper (its shell, run here
-with stand-ins for Xen's vchan-socket-proxy and xenstore-read; the real ones run in
+with stand-ins for uniklab-vchan --listen and xenstore-read; the real ones run in
 tests/backends/test_xen_channels.py) (uniklab.backends.xen_channels)."""
 
 from __future__ import annotations
@@ -54,14 +54,15 @@ def test_a_links_peer_names_the_other_instance_first() -> None:
         link_of(16379, None, "master")
 
 
-# -- the dom0's proxy keeper, run here by sh with stand-ins for Xen's two commands -------
+# -- the dom0's proxy keeper, run here by sh with stand-ins for the dom0's commands ------
 _FAKE_PROXY = """\
 #!{python}
-# Xen's vchan-socket-proxy as seen from its socket: it serves one client (a greeting, as
-# a vchan would answer), then exits, as the real one does when a vchan cannot be opened.
+# uniklab-vchan --listen SOCK DOMID PATH as seen from its socket: it serves one client (a
+# greeting, as a vchan would answer), then exits, as if it had crashed.
 import socket, sys
+assert sys.argv[1] == "--listen" and sys.argv[3] == "5", sys.argv
 s = socket.socket(socket.AF_UNIX)
-s.bind(sys.argv[3])
+s.bind(sys.argv[2])
 s.listen(1)
 c, _ = s.accept()
 c.sendall(b"hi")
@@ -72,11 +73,11 @@ sys.exit(1)
 
 @pytest.fixture
 def fake_dom0(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """A PATH with ``vchan-socket-proxy`` (above) and ``xenstore-read``/``-write`` (domain
-    5 is there while ``tmp_path/alive`` is)."""
+    """A PATH with ``xenstore-read``/``-write`` (domain 5 is there while ``tmp_path/alive``
+    is), and ``bin/fake-vchan`` (above)."""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
-    (bin_dir / "vchan-socket-proxy").write_text(_FAKE_PROXY.format(python=sys.executable))
+    (bin_dir / "fake-vchan").write_text(_FAKE_PROXY.format(python=sys.executable))
     alive = tmp_path / "alive"
     alive.touch()
     (bin_dir / "xenstore-read").write_text(f'#!/bin/sh\n[ -e "{alive}" ]\n')
@@ -85,6 +86,10 @@ def fake_dom0(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
         f.chmod(0o755)
     monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
     return tmp_path
+
+
+def _helper(fake_dom0: Path) -> str:
+    return str(fake_dom0 / "bin" / "fake-vchan")
 
 
 def _greeting(sock: Path, timeout: float = 20.0) -> bytes:
@@ -107,7 +112,7 @@ def test_the_dom0_proxy_is_started_again_until_the_domain_goes(fake_dom0: Path) 
     ex = LocalExecutor()
     rundir = fake_dom0 / "run"
     rundir.mkdir()
-    start(ex, owner="o", name="g", domid=5, ports=[6379], rundir=rundir)
+    start(ex, owner="o", name="g", domid=5, ports=[6379], rundir=rundir, helper=_helper(fake_dom0))
     sock = socket_path(rundir, 6379)
     (keeper,) = list_proxies(ex, f"{rundir}/")
     assert keeper[1] == str(sock)
@@ -130,11 +135,13 @@ def test_stop_ends_the_keeper_and_its_proxy(fake_dom0: Path) -> None:
     ex = LocalExecutor()
     rundir = fake_dom0 / "run"
     rundir.mkdir()
-    start(ex, owner="o", name="g", domid=5, ports=[6379, 80], rundir=rundir)
+    start(
+        ex, owner="o", name="g", domid=5, ports=[6379, 80], rundir=rundir, helper=_helper(fake_dom0)
+    )
     assert len(list_proxies(ex, f"{rundir}/")) == 2
     stop(ex, owner="o", name="g", rundir=rundir)
     deadline = time.monotonic() + 20
-    while daemons.scan("vchan-socket-proxy", str(rundir)) and time.monotonic() < deadline:
+    while daemons.scan("fake-vchan", str(rundir)) and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert daemons.scan("vchan-socket-proxy", str(rundir)) == []
+    assert daemons.scan("fake-vchan", str(rundir)) == []
     assert list(rundir.glob("chan-*.sock")) == []

@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import json
 import shutil
+import socket
 import struct
+import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -78,3 +81,37 @@ def test_not_a_uniklab_image_is_a_bake_error(tmp_path: Path) -> None:
     bare.write_bytes(cpio.compress(arc.to_bytes(), "gzip"))
     with pytest.raises(BakeError, match="not a uniklab Linux image"):
         channel_initrd(bare, _kernel(tmp_path / "kernel", "0.0.0-uniklab-test"))
+
+
+def test_the_dom0_end_refuses_bad_arguments(tmp_path: Path) -> None:
+    helper = build_vchan(tmp_path)
+    for args in (["x.sock", "0", "/local/domain/0/data"], ["x.sock", "5", "data/vchan/1/0"]):
+        r = subprocess.run([helper, "--listen", *args], capture_output=True, text=True, timeout=10)
+        assert r.returncode == 2 and r.stderr.count("\n") == 1, r
+        assert "usage: uniklab-vchan --listen SOCK DOMID" in r.stderr
+
+
+def test_the_dom0_end_listens_and_closes_a_client_it_cannot_serve(tmp_path: Path) -> None:
+    """Off Xen (no xenstore here) each client is closed at once and the helper says why;
+    it listens on for the next, as in a dom0 whose guest has not served its vchan yet."""
+    helper = build_vchan(tmp_path / "cache")
+    sock = tmp_path / "6379.sock"
+    path = "/local/domain/5/data/vchan/6379/0"
+    proc = subprocess.Popen(
+        [helper, "--listen", str(sock), "5", path], stderr=subprocess.PIPE, text=True
+    )
+    try:
+        deadline = time.monotonic() + 10
+        while not sock.is_socket():
+            assert time.monotonic() < deadline and proc.poll() is None, "no socket"
+            time.sleep(0.05)
+        for _ in range(2):
+            with socket.socket(socket.AF_UNIX) as c:
+                c.settimeout(10)
+                c.connect(str(sock))
+                assert c.recv(10) == b""  # closed: nothing to join it to
+        assert proc.poll() is None  # still listening
+    finally:
+        proc.terminate()
+        _, err = proc.communicate(timeout=10)
+    assert f"domain 5: no vchan at {path}" in err, err

@@ -281,9 +281,13 @@ def build_xenhost_argv(spec: XenHostSpec, *, daemonize: bool = True) -> list[str
     """QEMU (TCG, ``-M pc``) booting Xen with the dom0 kernel and initramfs as modules.
 
     ``-cpu max`` without SMAP: with SMAP offered, Xen 4.17's PV dom0 faults at its first
-    iretq under TCG.  Xen drops the first word of a module's string (the "file name"),
-    so the dom0 kernel's module string is "<path> <dom0 args>"; QEMU separates modules by
-    commas, hence the ``_opt`` escaping.
+    iretq under TCG.  One TCG thread for both vCPUs (``thread=single``): with QEMU 7.2's
+    multi-threaded TCG, processes of the dom0 (xl, libvirtd) and a restored domU failed at
+    random in three lab modules of one CI run (a segfault, ld.so finding its own state
+    inconsistent, a Redis that stopped answering); races between TCG threads are the
+    suspect, and one thread has none.  Xen drops the first word of a module's string (the
+    "file name"), so the dom0 kernel's module string is "<path> <dom0 args>"; QEMU
+    separates modules by commas, hence the ``_opt`` escaping.
     """
     files = RunFiles(spec.rundir)
     modules = f"{_opt(spec.dom0_kernel)} {_opt(spec.dom0_args)},{_opt(spec.dom0_initrd)}"
@@ -294,7 +298,7 @@ def build_xenhost_argv(spec: XenHostSpec, *, daemonize: bool = True) -> list[str
         "-M",
         "pc",
         "-accel",
-        "tcg",
+        "tcg,thread=single",
         "-cpu",
         "max,-smap",
         "-m",

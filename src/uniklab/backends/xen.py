@@ -659,6 +659,10 @@ class XenBackend(Backend):
             if other is None:
                 raise LaunchError(f"link to {lk.other}: no such domain on {self.ex.name}")
             peers.append((lk, other))
+        # The dom0's proxies are uniklab-vchan too (--listen): on the host once, by content.
+        from uniklab.bake.vchan import helper_binary  # the bakers: not on `ps`'s path
+
+        (helper,) = self.ensure_image(helper_binary()) if ports else ("",)
         xen_channels.start(
             self.ex,
             owner=owner_tag(rundir.parent),
@@ -666,6 +670,7 @@ class XenBackend(Backend):
             domid=domid,
             ports=ports,
             rundir=rundir,
+            helper=str(helper),
             links=peers,
         )
 
@@ -762,7 +767,7 @@ if ! xl restore "$cfg" "$tpl/state"; then
   rm -f -- "$cfg" "$prefix".xvd?
   exit 4
 fi
-domid=$(xl domid "$name") || exit 1
+domid=$(xl domid "$name") || { echo "xl domid $name failed after its restore" >&2; exit 1; }
 echo "domid $domid"
 # The line goes once every NIC is connected again (state 4): netfront reads its MAC from
 # xenstore on the way, and the init looks at its NICs' MACs when the line comes.

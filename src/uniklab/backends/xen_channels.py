@@ -7,9 +7,12 @@ Three hops per channel, each one byte stream per connection:
   words) and serves, per port, a vchan (a ring in granted pages and an event channel; its
   ring refs under ``/local/domain/DOMID/data/vchan/PORT``, which the guest owns) to dom0,
   joining each vchan to ``127.0.0.1:PORT`` inside the guest;
-* the dom0: Xen's ``vchan-socket-proxy`` (client mode) listens on a UNIX socket
+* the dom0: ``uniklab-vchan --listen`` (the same static binary, uploaded to the host once
+  by ``XenBackend.ensure_image``) listens on a UNIX socket
   (``/run/uniklab/channels/OWNER/NAME/PORT.sock``) and opens a vchan per connection; one
-  that comes while the guest still boots waits for the guest's server;
+  that comes while the guest still boots waits for the guest's server.  (Xen's
+  ``vchan-socket-proxy`` did this before; it kept bytes a client left unread for the next
+  client.);
 * this machine: ``ssh -N -L`` (OpenSSH's streamlocal forwarding, a connection of its own)
   puts each dom0 socket at ``<rundir>/chan-PORT.sock``; on a local dom0 the proxy listens
   there itself.
@@ -19,8 +22,8 @@ uniklab-vchan listens on ``127.0.0.1:LOCAL`` and opens, per connection, a vchan 
 other guest serves it (its list gains ``PORT:NEWDOMID``): the two domains share the ring.
 
 A vchan carries one connection: a channel serves its connections one after the other (a
-client that comes while another is connected is closed at once by the dom0 proxy), and
-either end closing gives the other EOF.
+client that comes while another is connected waits for it), and either end closing gives
+the other EOF.
 ``destroy`` (and ``stop``) end the proxies and the forward; ``gc`` finds the ones no
 instance explains (``owned``).  Only ``uniklab.backends.xen`` calls this module.
 """
@@ -44,7 +47,6 @@ log = logging.getLogger(__name__)
 __all__ = [
     "CHANNEL_LIST",
     "DOM0_ROOT",
-    "PROXY",
     "XenLink",
     "ensure_forward",
     "forward_pidfile",
@@ -58,24 +60,20 @@ __all__ = [
 ]
 
 CHANNEL_LIST = "uniklab/vchan"  # in the domain's xenstore directory; uniklab-vchan reads it
-PROXY = "vchan-socket-proxy"  # Xen's (xen-utils), on the dom0's PATH
 DOM0_ROOT = PurePosixPath("/run/uniklab/channels")
 DOM0_PEER = 0  # the guest serves its vchans to dom0
 FORWARD_START_TIMEOUT = 20.0
 PROXY_START_TIMEOUT = 15  # seconds for a dom0 proxy's socket to appear
 
 # The dom0's side of one channel, run as ``sh -c _KEEP_PROXY uniklab-vchan-proxy DOMID PATH
-# SOCK LOG``: Xen's proxy, started again each time it exits, for as long as the domain is
-# there.  vchan-socket-proxy ends (and so closes its socket) when a connection finds no
-# vchan it can open: a client that came before the guest's server, or between two of its
-# servers, or one the guest's server refused.  The next client gets a proxy anew; a TERM
-# ends the proxy with the loop.
-_KEEP_PROXY = f"""\
+# SOCK LOG HELPER``: ``HELPER --listen`` (uniklab-vchan), started again if it ends, for as
+# long as the domain is there; a TERM ends the proxy with the loop.
+_KEEP_PROXY = """\
 c=
 trap 'kill $c 2>/dev/null; exit 0' TERM INT HUP
 while xenstore-read "/local/domain/$1/name" >/dev/null 2>&1; do
   rm -f "$3"
-  {PROXY} "$1" "$2" "$3" </dev/null >>"$4" 2>&1 &
+  "$5" --listen "$3" "$1" "$2" </dev/null >>"$4" 2>&1 &
   c=$!
   wait "$c"
   sleep 0.2
@@ -84,12 +82,13 @@ rm -f "$3"
 """
 KEEPER = "uniklab-vchan-proxy"  # the keeper loop's $0: how its pid file's process is known
 # $1 domid, $2 the guest's vchan path, $3 the socket (NAME.sock), $4 its log, $5 the
-# keeper's script: the keeper in the background (its stdio off ssh's pipes), its pid in
-# NAME.pid once the socket listens.
+# keeper's script, $6 uniklab-vchan on the host: the keeper in the background (its stdio
+# off ssh's pipes), its pid in NAME.pid once the socket listens.
 _START_PROXY = f"""\
 mkdir -p "${{3%/*}}" || exit 1
 rm -f "$3"
-sh -c "$5" {KEEPER} "$1" "$2" "$3" "$4" </dev/null >/dev/null 2>&1 &
+chmod 755 "$6" || exit 1
+sh -c "$5" {KEEPER} "$1" "$2" "$3" "$4" "$6" </dev/null >/dev/null 2>&1 &
 p=$!
 n=0
 while [ ! -S "$3" ]; do
@@ -212,12 +211,13 @@ def start(
     domid: int,
     ports: Sequence[int],
     rundir: Path,
+    helper: str,
     links: Sequence[tuple[XenLink, int]] = (),
 ) -> None:
     """Domain ``domid``'s channels, while it is still paused: its list; for each link
     (with the other domain's id) a server there for this domain; the dom0 proxies of its
-    ports and, for a remote dom0, the forward of their sockets to ``rundir``.  A failure
-    leaves no proxy or forward behind."""
+    ports (``helper``: uniklab-vchan's path on the host) and, for a remote dom0, the
+    forward of their sockets to ``rundir``.  A failure leaves no proxy or forward behind."""
     for lk, other in links:
         _add_word(ex, other, f"{lk.port}:{domid}")
     own = channel_list(ports, links)
@@ -230,7 +230,7 @@ def start(
             sock = here if _is_local(ex) else there  # a local dom0's proxy listens here
             log_file = PurePosixPath(sock).parent / f"vchan-{port}.log"
             argv = ["sh", "-c", _START_PROXY, "sh", str(domid), vchan_path(domid, port)]
-            argv += [sock, str(log_file), _KEEP_PROXY]
+            argv += [sock, str(log_file), _KEEP_PROXY, helper]
             ex.run(argv, timeout=PROXY_START_TIMEOUT + 15)
         if isinstance(ex, SshExecutor):
             _start_forward(ex, pairs, rundir)
@@ -322,7 +322,7 @@ def owned(ex: Executor, owner: str, run_root: Path, *, timeout: float) -> list[O
     root = dom0_dir(owner, "")
     for pid, sock in list_proxies(ex, f"{root}/", timeout=timeout):
         name = sock[len(str(root)) + 1 :].split("/")[0]
-        detail = f"{PROXY} {pid} for domain {name} on {ex.name}"
+        detail = f"channel proxy {pid} for domain {name} on {ex.name}"
         out.append(Owned("vchan-proxy", sock, name, detail, ident=pid))
     if isinstance(ex, SshExecutor):
         out += _owned_forwards(ex, run_root)

@@ -147,8 +147,6 @@ XEN_TOOLS = (
     f"{XEN_BIN}/xenconsole",
     f"{XEN_BIN}/xen-init-dom0",
     f"{XEN_BIN}/libxl-save-helper",  # xl save / restore / migrate run it
-    # Channels (issue 18): bridges a guest's vchan to a UNIX socket.
-    f"{XEN_BIN}/vchan-socket-proxy",
     "/usr/bin/xenstore",
     "/usr/sbin/sshd",
     "/usr/lib/openssh/sftp-server",
@@ -388,7 +386,7 @@ def build_initrd(
         arc.add_file_from(image, src, mode=0o755)
     for op in XENSTORE_LINKS:
         arc.add_symlink(f"/usr/bin/xenstore-{op}", "xenstore")
-    for prog in ("xl", "xenconsole", "vchan-socket-proxy"):
+    for prog in ("xl", "xenconsole"):
         arc.add_symlink(f"/usr/sbin/{prog}", f"{XEN_BIN}/{prog}")
 
     roots = [root]

@@ -19,13 +19,19 @@ from uniklab.bake import cpio, kmod
 from uniklab.errors import BakeError
 from uniklab.guest.build import build_vchan
 
-__all__ = ["HELPER", "MODULES", "channel_initrd"]
+__all__ = ["HELPER", "MODULES", "channel_initrd", "helper_binary"]
 
 HELPER = "/uniklab/vchan"
 # evtchn and gntalloc serve a vchan; gntdev maps a peer's (a guest that is a client).
 MODULES = ("xen_evtchn", "xen_gntalloc", "xen_gntdev")
 IMAGE_JSON = "/uniklab/image.json"
 MODULES_ROOT = Path("/lib/modules")
+
+
+def helper_binary() -> Path:
+    """uniklab-vchan, built once per machine: the guest's side of a channel and, with
+    ``--listen``, the dom0's."""
+    return build_vchan(buildcache.root("init", "UNIKLAB_INIT_CACHE"))
 
 
 def channel_initrd(image_initrd: Path, kernel: Path) -> bytes:
@@ -44,7 +50,7 @@ def channel_initrd(image_initrd: Path, kernel: Path) -> bytes:
     if entry[0] == HELPER:
         return raw  # already one
     overlay = cpio.CpioArchive()
-    helper = build_vchan(buildcache.root("init", "UNIKLAB_INIT_CACHE"))
+    helper = helper_binary()
     overlay.add_file_from(HELPER, helper, mode=0o755)
     release = kmod.kernel_release_of(kernel)
     listed = doc.get("modules") or []

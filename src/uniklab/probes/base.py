@@ -61,6 +61,11 @@ class Probe(Protocol):
 
 
 TRANSIENT: tuple[type[BaseException], ...] = (OSError, ConnectionError, TimeoutError)
+ATTEMPT = 1.0  # seconds an attempt of ``wait`` may take at most
+# ... on a channel (Endpoint.path): its round trips cross the proxies (on Xen: ssh, the
+# dom0, a vchan) and it serves one connection at a time, so an attempt given up early
+# only leaves the next one queued behind it; it waits for its replies instead.
+CHANNEL_ATTEMPT = 10.0
 
 
 def once(probe: Probe, endpoint: Endpoint, timeout: float = 3.0) -> ProbeResult:
@@ -99,9 +104,12 @@ def wait(
         signals.raise_pending()  # a SIGTERM swallowed where it landed (an import) stops here
         # Short attempts: QEMU's user-mode forwarder accepts before the guest listens, and
         # an attempt stuck on such a connection would hold readiness back by its timeout.
-        attempt_timeout = max(0.2, min(1.0, deadline - time.monotonic()))
+        # Not on a channel (CHANNEL_ATTEMPT).
+        where = endpoint()
+        cap = CHANNEL_ATTEMPT if where.path else ATTEMPT
+        attempt_timeout = max(0.2, min(cap, deadline - time.monotonic()))
         try:
-            detail = _attempt(probe, endpoint(), attempt_timeout)
+            detail = _attempt(probe, where, attempt_timeout)
             return ProbeResult(True, detail, _ms(start))
         except transient as exc:
             last = f"{type(exc).__name__}: {exc}"

@@ -14,8 +14,18 @@
  *                      between the two domains' memory: no dom0 copy).
  *
  * A vchan carries one connection: when either end closes, the other gets EOF and the
- * server offers a fresh vchan for the next one.  Without a list it only execs the app.
- * Needs /dev/xen/{xenbus,evtchn,gntalloc,gntdev} (built in, or modules the init loads). */
+ * server offers a fresh vchan for the next one.  Each server writes a generation of its
+ * own next to its ring refs (PATH/gen, after them); a client opens a vchan only once it
+ * reads a generation it has not used.  Without that, a client that came while the server
+ * was still closing the vchan before (it sees the other end go only when next scheduled)
+ * mapped that ring again, revived it, and read what the guest had still written there for
+ * the connection before.  Without a list it only execs the app.  Needs
+ * /dev/xen/{xenbus,evtchn,gntalloc,gntdev} (built in, or modules the init loads).
+ *
+ * In the dom0, ``uniklab-vchan --listen SOCK DOMID PATH`` is the other end of a guest's
+ * port: it listens on the UNIX socket SOCK and joins each connection, one after the
+ * other, to the vchan that domain DOMID serves at PATH (in place of Xen's
+ * vchan-socket-proxy, whose buffers outlive a connection). */
 #define _GNU_SOURCE
 #include <errno.h>
 #include <stdarg.h>
@@ -29,6 +39,7 @@
 #include <netinet/tcp.h>
 #include <sys/socket.h>
 #include <sys/prctl.h>
+#include <sys/un.h>
 #include <time.h>
 
 #include <libxenvchan.h>
@@ -40,6 +51,8 @@
 #define CONNECT_TRIES 30 /* a link: seconds for the peer's server to appear */
 #define RETRY_SECONDS 1
 #define LIST_POLL_MS 500 /* how often the channel list is read */
+#define GEN_POLL_MS 50 /* how often a client reads a server's generation */
+#define GEN_BYTES 40
 
 static void say(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 static void say(const char *fmt, ...)
@@ -118,15 +131,39 @@ static void pump(struct libxenvchan *v, int s)
     }
 }
 
-static void serve(int port, int peer)
+/* The generation of the server just started at ``path`` (relative to this domain's
+ * directory), readable by domain ``peer``: a new value for each server. */
+static int publish_gen(struct xs_handle *xs, const char *path, int self, int peer)
+{
+    static unsigned long count;
+    struct timespec now;
+    clock_gettime(CLOCK_REALTIME, &now);
+    char key[96], gen[GEN_BYTES];
+    snprintf(key, sizeof key, "%s/gen", path);
+    int n = snprintf(gen, sizeof gen, "%lx.%lx.%lu", (unsigned long)now.tv_sec,
+                     (unsigned long)now.tv_nsec, ++count);
+    struct xs_permissions perms[2] = { { (unsigned int)self, XS_PERM_NONE },
+                                       { (unsigned int)peer, XS_PERM_READ } };
+    if (!xs_write(xs, XBT_NULL, key, gen, (unsigned int)n) ||
+        (self >= 0 && !xs_set_permissions(xs, XBT_NULL, key, perms, 2)))
+        return -1;
+    return 0;
+}
+
+static void serve(int port, int peer, int self)
 {
     char path[64];
     snprintf(path, sizeof path, "data/vchan/%d/%d", port, peer);
+    struct xs_handle *xs = xs_open(0);
     for (;;) {
         struct libxenvchan *v = libxenvchan_server_init(NULL, peer, path, RING_BYTES, RING_BYTES);
-        if (!v) {
+        if (!v || !xs || publish_gen(xs, path, self, peer) < 0) {
             say("port %d: vchan server for domain %d: %s", port, peer, strerror(errno));
+            if (v)
+                libxenvchan_close(v);
             sleep(RETRY_SECONDS);
+            if (!xs)
+                xs = xs_open(0);
             continue;
         }
         v->blocking = 1;
@@ -144,12 +181,76 @@ static void serve(int port, int peer)
     }
 }
 
+/* A vchan of a server of domain ``peer`` at ``path`` whose generation is not ``last``
+ * (then ``last`` becomes its generation), for client ``s``: NULL once CONNECT_TRIES
+ * seconds pass with none (the server not there yet, or still closing the one before) or
+ * once ``s`` hung up while it waited. */
+static struct libxenvchan *open_vchan(struct xs_handle *xs, int peer, const char *path,
+                                      char last[GEN_BYTES], int s)
+{
+    char key[128];
+    snprintf(key, sizeof key, "%s/gen", path);
+    const struct timespec pause = { 0, GEN_POLL_MS * 1000000L };
+    for (int i = 0; i < CONNECT_TRIES * 1000 / GEN_POLL_MS; i++, nanosleep(&pause, NULL)) {
+        struct pollfd p = { s, 0, 0 }; /* POLLHUP: both ways shut, not a half-close */
+        if (poll(&p, 1, 0) > 0 && (p.revents & (POLLHUP | POLLERR))) {
+            errno = ECONNRESET;
+            return NULL;
+        }
+        unsigned int len = 0;
+        char *gen = xs_read(xs, XBT_NULL, key, &len);
+        if (!gen || len == 0 || len >= GEN_BYTES || strcmp(gen, last) == 0) {
+            free(gen);
+            continue;
+        }
+        struct libxenvchan *v = libxenvchan_client_init(NULL, peer, path);
+        if (v) {
+            memcpy(last, gen, len + 1);
+            free(gen);
+            v->blocking = 0;
+            return v;
+        }
+        free(gen);
+    }
+    errno = ETIMEDOUT;
+    return NULL;
+}
+
+/* Each connection on the listening socket ``l``, one after the other, joined to a vchan
+ * that domain ``peer`` serves at ``path``; ``what`` names them in messages. */
+static void join_each(int l, int peer, const char *path, const char *what)
+{
+    struct xs_handle *xs = NULL;
+    char last[GEN_BYTES] = "";
+    for (;;) {
+        int s = accept4(l, NULL, NULL, SOCK_CLOEXEC);
+        if (s < 0) {
+            if (errno != EINTR)
+                sleep(RETRY_SECONDS);
+            continue;
+        }
+        int one = 1;
+        setsockopt(s, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one); /* TCP only: harmless */
+        if (!xs)
+            xs = xs_open(0);
+        struct libxenvchan *v = xs ? open_vchan(xs, peer, path, last, s) : NULL;
+        if (!v)
+            say("%s: no vchan at %s: %s", what, path, strerror(errno));
+        else {
+            pump(v, s);
+            libxenvchan_close(v);
+        }
+        close(s);
+    }
+}
+
 /* A link: 127.0.0.1:local in this guest, each connection joined to domain peer's vchan
  * for its port (the peer serves it to this domain). */
 static void link_out(int local, int peer, int port, int self)
 {
-    char path[96];
+    char path[96], what[32];
     snprintf(path, sizeof path, "/local/domain/%d/data/vchan/%d/%d", peer, port, self);
+    snprintf(what, sizeof what, "link %d", local);
     int l = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
     int one = 1;
     setsockopt(l, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
@@ -159,29 +260,30 @@ static void link_out(int local, int peer, int port, int self)
         say("link %d: listening on 127.0.0.1:%d: %s", local, local, strerror(errno));
         return;
     }
-    for (;;) {
-        int s = accept4(l, NULL, NULL, SOCK_CLOEXEC);
-        if (s < 0) {
-            if (errno != EINTR)
-                sleep(RETRY_SECONDS);
-            continue;
-        }
-        setsockopt(s, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
-        struct libxenvchan *v = NULL;
-        for (int i = 0; !v && i < CONNECT_TRIES; i++) {
-            v = libxenvchan_client_init(NULL, peer, path);
-            if (!v)
-                sleep(RETRY_SECONDS); /* the peer's server is not there (yet) */
-        }
-        if (!v)
-            say("link %d: no vchan at %s: %s", local, path, strerror(errno));
-        else {
-            v->blocking = 0;
-            pump(v, s);
-            libxenvchan_close(v);
-        }
-        close(s);
+    join_each(l, peer, path, what);
+}
+
+/* The dom0's end of a guest's port: ``uniklab-vchan --listen SOCK DOMID PATH``. */
+static int listen_dom0(const char *sock, const char *domid, const char *path)
+{
+    struct sockaddr_un a = { .sun_family = AF_UNIX };
+    int peer = atoi(domid);
+    if (strlen(sock) >= sizeof a.sun_path || peer <= 0 || path[0] != '/') {
+        say("usage: uniklab-vchan --listen SOCK DOMID /local/domain/DOMID/...");
+        return 2;
     }
+    strcpy(a.sun_path, sock);
+    signal(SIGPIPE, SIG_IGN);
+    unlink(sock);
+    int l = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (l < 0 || bind(l, (struct sockaddr *)&a, sizeof a) < 0 || listen(l, 8) < 0) {
+        say("listening on %s: %s", sock, strerror(errno));
+        return 1;
+    }
+    char what[32];
+    snprintf(what, sizeof what, "domain %d", peer);
+    join_each(l, peer, path, what);
+    return 1;
 }
 
 /* Start what one word of the list asks for, in a process of its own. */
@@ -211,7 +313,7 @@ static void start_word(const char *w, int self)
     signal(SIGPIPE, SIG_IGN);
     signal(SIGCHLD, SIG_DFL);
     if (server)
-        serve(port, peer);
+        serve(port, peer, self);
     else
         link_out(local, peer, port, self);
     _exit(1);
@@ -274,6 +376,8 @@ static void start_follower(void)
 
 int main(int argc, char **argv)
 {
+    if (argc == 5 && strcmp(argv[1], "--listen") == 0)
+        return listen_dom0(argv[2], argv[3], argv[4]);
     int first = 1;
     if (argc > 1 && strcmp(argv[1], "--") == 0)
         first = 2;

@@ -1,0 +1,42 @@
+"""How long one attempt of ``probes.wait`` may take: short on an address (a forwarder that
+accepts early must not hold readiness back), long enough on a channel for its replies."""
+
+from __future__ import annotations
+
+from uniklab.probes import base
+
+
+class _Slow:
+    """A probe that fails its first attempt and records each attempt's timeout."""
+
+    name = "slow"
+
+    def __init__(self) -> None:
+        self.timeouts: list[float] = []
+
+    def attempt(self, endpoint: base.Endpoint, timeout: float) -> str:
+        self.timeouts.append(timeout)
+        if len(self.timeouts) == 1:
+            raise TimeoutError("not yet")
+        return "ok"
+
+
+def test_an_attempt_on_an_address_is_short() -> None:
+    probe = _Slow()
+    base.wait(probe, lambda: base.Endpoint("127.0.0.1", 1), timeout=60, interval=0)
+    assert probe.timeouts == [base.ATTEMPT, base.ATTEMPT]
+
+
+def test_an_attempt_on_a_channel_waits_for_its_replies() -> None:
+    probe = _Slow()
+    channel = base.Endpoint("127.0.0.1", None, path="/run/x/chan-6379.sock")
+    base.wait(probe, lambda: channel, timeout=60, interval=0)
+    assert probe.timeouts == [base.CHANNEL_ATTEMPT, base.CHANNEL_ATTEMPT]
+    assert base.CHANNEL_ATTEMPT > base.ATTEMPT
+
+
+def test_no_attempt_outlasts_the_deadline() -> None:
+    probe = _Slow()
+    channel = base.Endpoint("127.0.0.1", None, path="/run/x/chan-6379.sock")
+    base.wait(probe, lambda: channel, timeout=3, interval=0)
+    assert all(t <= 3 for t in probe.timeouts)
