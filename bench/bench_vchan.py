@@ -2,7 +2,7 @@
 
 One Redis domU with both a NIC on the dom0's xenbr0 (DHCP) and a vchan channel to 6379;
 from this machine, each path has one ssh hop to the dom0 (how uniklab reaches a Xen host):
-  channel: <rundir>/chan-6379.sock -> ssh streamlocal -> vchan-socket-proxy -> vchan ->
+  channel: <rundir>/chan-6379.sock -> ssh streamlocal -> uniklab-vchan --listen -> vchan ->
            uniklab-vchan -> 127.0.0.1:6379 in the guest
   network: 127.0.0.1:P -> ssh TCP forward -> dom0 -> vif/xenbr0/netfront -> guest:6379
 Prints PING round trips (p50/p99, one connection) and SET throughput (1 KB, 100 KB

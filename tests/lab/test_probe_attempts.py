@@ -40,3 +40,22 @@ def test_no_attempt_outlasts_the_deadline() -> None:
     channel = base.Endpoint("127.0.0.1", None, path="/run/x/chan-6379.sock")
     base.wait(probe, lambda: channel, timeout=3, interval=0)
     assert all(t <= 3 for t in probe.timeouts)
+
+
+def test_an_endpoint_not_known_yet_is_asked_again() -> None:
+    """A bridged guest's address comes by DHCP: until then the endpoint raises, and the
+    wait goes on rather than fail the run."""
+    from uniklab.errors import NotFoundError
+
+    asked = []
+
+    def endpoint() -> base.Endpoint:
+        asked.append(1)
+        if len(asked) < 3:
+            raise NotFoundError("g: address of 52:54:00:00:00:01 not known yet")
+        return base.Endpoint("127.0.0.1", 1)
+
+    probe = _Slow()
+    probe.timeouts.append(0.0)  # its next attempt succeeds
+    assert base.wait(probe, endpoint, timeout=60, interval=0).ok
+    assert len(asked) == 3

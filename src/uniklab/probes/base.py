@@ -105,10 +105,10 @@ def wait(
         # Short attempts: QEMU's user-mode forwarder accepts before the guest listens, and
         # an attempt stuck on such a connection would hold readiness back by its timeout.
         # Not on a channel (CHANNEL_ATTEMPT).
-        where = endpoint()
-        cap = CHANNEL_ATTEMPT if where.path else ATTEMPT
-        attempt_timeout = max(0.2, min(cap, deadline - time.monotonic()))
         try:
+            where = endpoint()  # may not be known yet (an address by DHCP): transient
+            cap = CHANNEL_ATTEMPT if where.path else ATTEMPT
+            attempt_timeout = max(0.2, min(cap, deadline - time.monotonic()))
             detail = _attempt(probe, where, attempt_timeout)
             return ProbeResult(True, detail, _ms(start))
         except transient as exc:
