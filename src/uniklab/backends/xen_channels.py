@@ -10,9 +10,9 @@ Three hops per channel, each one byte stream per connection:
 * the dom0: ``uniklab-vchan --listen`` (the same static binary, uploaded to the host once
   by ``XenBackend.ensure_image``) listens on a UNIX socket
   (``/run/uniklab/channels/OWNER/NAME/PORT.sock``) and opens a vchan per connection; one
-  that comes while the guest still boots waits for the guest's server.  (Xen's
-  ``vchan-socket-proxy`` did this before; it kept bytes a client left unread for the next
-  client.);
+  that comes while the guest still boots waits for the guest's server (Xen's
+  ``vchan-socket-proxy`` did this before, and kept bytes a client left unread for the next
+  client);
 * this machine: ``ssh -N -L`` (OpenSSH's streamlocal forwarding, a connection of its own)
   puts each dom0 socket at ``<rundir>/chan-PORT.sock``; on a local dom0 the proxy listens
   there itself.
