@@ -528,8 +528,20 @@ class Lab:
             forwards = self.store.claim_ports(row.id, wanted, free_port, port_free)
             others = [r for r in self.store.instances() if r.id != row.id]
             host_nets = self._host_networks(host, nets)
-            nics = [] if o.offline else run_plan.plan_attachments(
-                engine, nets, name, row.id, self.networks, others, forwards, host.name, host_nets
+            nics = (
+                []
+                if o.offline
+                else run_plan.plan_attachments(
+                    engine,
+                    nets,
+                    name,
+                    row.id,
+                    self.networks,
+                    others,
+                    forwards,
+                    host.name,
+                    host_nets,
+                )
             )
             req = boot.BootRequest(
                 name=name,

@@ -447,9 +447,7 @@ class XenBackend(Backend):
                 f"announce Xen's suspend ({feature} is {said or 'unset'}; rumprun's Mini-OS "
                 "has no suspend), so xl save cannot save it"
             )
-        cfgs = xl_parse.parse_list_long(
-            self._xl_query(["list", "-l", str(domid)], timeout=60)
-        )
+        cfgs = xl_parse.parse_list_long(self._xl_query(["list", "-l", str(domid)], timeout=60))
         was = cfgs[0] if len(cfgs) == 1 else None
         if was is None or was.memory_mb is None or was.kernel is None:
             raise UniklabError(f"{self.ex.name}: `xl list -l {domid}` did not describe it")
@@ -662,7 +660,7 @@ class XenBackend(Backend):
         # The dom0's proxies are uniklab-vchan too (--listen): on the host once, by content.
         from uniklab.bake.vchan import helper_binary  # the bakers: not on `ps`'s path
 
-        (helper,) = self.ensure_image(helper_binary()) if ports else ("",)
+        helper = str(self.ensure_image(helper_binary())[0]) if ports else ""
         xen_channels.start(
             self.ex,
             owner=owner_tag(rundir.parent),
@@ -670,7 +668,7 @@ class XenBackend(Backend):
             domid=domid,
             ports=ports,
             rundir=rundir,
-            helper=str(helper),
+            helper=helper,
             links=peers,
         )
 
@@ -795,6 +793,8 @@ esac
 printf '%s %s\\n' "$ctl" "$t" > "$tty" && echo "restored $t"
 """
 )
+
+
 def _killed_by(returncode: int) -> int | None:
     """The signal that ended a command: a negative code here (subprocess), 128+N through
     a remote shell; None for an exit of the command's own."""
