@@ -21,8 +21,14 @@ from tests.support.leaks import processes_mentioning, qemu_processes
 if TYPE_CHECKING:
     from uniklab.lab import Lab
 
-# Under CI=true a skip is a failure (tests/support/ci_skips.py); the sshd and libvirtd fixtures.
-pytest_plugins = ["tests.support.ci_skips", "tests.support.sshd", "tests.support.libvirtd"]
+# Under CI=true a skip is a failure (tests/support/ci_skips.py); the sshd and libvirtd
+# fixtures; the virtual Xen hosts' faults, said at the end (tests/support/lab_health.py).
+pytest_plugins = [
+    "tests.support.ci_skips",
+    "tests.support.sshd",
+    "tests.support.libvirtd",
+    "tests.support.lab_health",
+]
 
 
 @pytest.fixture

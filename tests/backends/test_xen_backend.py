@@ -304,6 +304,23 @@ def test_console_and_logs_follow_on_xen(xen_lab: str, lab: Lab) -> None:
             follower.communicate()
 
 
+def test_the_dom0_starts_a_daemon_that_died_again(dom0: Executor) -> None:
+    """The dom0's init keeps dnsmasq, sshd (and libvirtd) up: dnsmasq killed, a new one
+    runs within seconds and the init's log says so (the run's health report shows it)."""
+    log = "/var/log/uniklab-dom0.log"
+    old = dom0.run(["cat", "/run/dnsmasq.pid"]).stdout.strip()
+    kill = f'echo "test: dnsmasq killed on purpose" >> {log}; kill -9 "$1"'
+    dom0.run(["sh", "-c", kill, "sh", old])
+    alive = 'p=$(cat /run/dnsmasq.pid) && kill -0 "$p" && echo "$p"'
+    deadline, new = time.monotonic() + 30, old
+    while new == old and time.monotonic() < deadline:
+        time.sleep(1)
+        r = dom0.run(["sh", "-c", alive], check=False)
+        new = r.stdout.strip() if r.returncode == 0 else old
+    assert new != old, "dnsmasq was not started again"
+    assert "dnsmasq is gone: starting it again" in dom0.run(["cat", log]).stdout
+
+
 def test_xen_bad_input(home: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """Refused before any connection: the host is registered but nothing listens there."""
     xen_lab = "deadxen"

@@ -19,7 +19,13 @@ from uniklab.backends import xen, xen_channels
 from uniklab.backends.base import Handle, InstanceSpec
 from uniklab.backends.xen import XenBackend
 from uniklab.digest import sha256_file
-from uniklab.errors import CommandError, LaunchError, NotFoundError, UniklabError
+from uniklab.errors import (
+    CommandError,
+    HostUnreachableError,
+    LaunchError,
+    NotFoundError,
+    UniklabError,
+)
 from uniklab.executor import DEFAULT_TIMEOUT, Result
 from uniklab.guest.rumprun import RumprunConfig, RumprunNet
 from uniklab.net.attachment import Attachment
@@ -47,6 +53,7 @@ class RecordedXenHost:
         # guest ignores it (False).
         self.obeys_shutdown = True
         self.console = "uniklab-init: exec /bin/redis-server\n"
+        self.broken = False  # for hosts that fail a command once
 
     def _set_flags(self, domid: str, flags: str) -> None:
         i = self._domid_line(domid)
@@ -246,18 +253,15 @@ def test_create_refuses_an_image_without_initrd(tmp_path: Path) -> None:
         XenBackend(RecordedXenHost()).create(spec)
 
 
-def test_a_rumprun_guest_is_created_as_rumpruns_launcher_does(tmp_path: Path) -> None:
-    """app-tools/rumprun run_xen: xl create -p, the config into the domain's xenstore
-    directory rumprun/cfg, xl unpause; netfront NICs are xenif, created at boot; disks
-    are etfs devices named by their xvd; kernfs on /kern."""
+def _rumprun_spec(tmp_path: Path, host: RecordedXenHost) -> InstanceSpec:
+    """Redis as rumprun's unikernel with a data disk, its files already on ``host``."""
     kernel, iso = tmp_path / "kernel-xen", tmp_path / "data.iso"
     kernel.write_bytes(b"k")
     iso.write_bytes(b"d")
-    host = RecordedXenHost()
     host.hashes = {
         str(xen.REMOTE_ROOT / "blobs" / sha256_file(f)): sha256_file(f) for f in (kernel, iso)
     }
-    spec = InstanceSpec(
+    return InstanceSpec(
         name="keep",
         kernel=kernel,
         initrd=None,
@@ -271,7 +275,14 @@ def test_a_rumprun_guest_is_created_as_rumpruns_launcher_does(tmp_path: Path) ->
             argv=["redis-server", "/data/conf/redis.conf"], net=[RumprunNet()], mounts=["/data"]
         ),
     )
-    XenBackend(host).create(spec)
+
+
+def test_a_rumprun_guest_is_created_as_rumpruns_launcher_does(tmp_path: Path) -> None:
+    """app-tools/rumprun run_xen: xl create -p, the config into the domain's xenstore
+    directory rumprun/cfg, xl unpause; netfront NICs are xenif, created at boot; disks
+    are etfs devices named by their xvd; kernfs on /kern."""
+    host = RecordedXenHost()
+    XenBackend(host).create(_rumprun_spec(tmp_path, host))
     [create] = [c for c in host.calls if c[:2] == ["xl", "create"]]
     assert create[2] == "-p"
     order = [c[:2] for c in host.calls if c[0] in ("xl", "xenstore-write")]
@@ -282,6 +293,40 @@ def test_a_rumprun_guest_is_created_as_rumpruns_launcher_does(tmp_path: Path) ->
     assert cfg["cmdline"] == "redis-server /data/conf/redis.conf"
     text = host.files[str(xen.cfg_path("keep"))]
     assert "ramdisk" not in text and "extra" not in text and "vdev=xvda,access=rw" in text
+
+
+@pytest.mark.parametrize("failing", ["xl list", "xenstore-write", "xl unpause"])
+def test_a_create_that_fails_after_xl_create_takes_its_domain_and_config(
+    tmp_path: Path, failing: str
+) -> None:
+    """The caller's clean-up knows nothing of a domain until create returns: create takes
+    it away itself (the CI run where a dom0's ssh broke left a config behind)."""
+
+    class Breaking(RecordedXenHost):
+        def run(self, argv: Sequence[str | Path], **kw: object) -> Result:
+            if " ".join(str(a) for a in argv).startswith(failing) and self.broken:
+                self.broken = False  # once: the clean-up's own `xl list` is answered
+                raise HostUnreachableError("xenhost: the connection broke")
+            return super().run(argv, **kw)  # type: ignore[arg-type]
+
+    host = Breaking()
+    host.broken = True
+    with pytest.raises(HostUnreachableError):
+        XenBackend(host).create(_rumprun_spec(tmp_path, host))
+    assert ["xl", "destroy", "1"] in host.calls
+    [rm] = [c for c in host.calls if c[:3] == RM]
+    assert str(xen.cfg_path("keep")) in rm
+
+
+def test_destroy_of_a_row_never_recorded_removes_the_config_by_its_name() -> None:
+    host = RecordedXenHost()
+    XenBackend(host).destroy(Handle(pid=None, runtime={}, name="ghost"))
+    [rm] = [c for c in host.calls if c[:3] == RM]
+    assert rm[3:] == [
+        str(xen.DOMAINS / "ghost"),
+        str(xen.cfg_path("ghost")),
+        str(xen.console_path("ghost")),
+    ]
 
 
 def test_pause_and_resume_show_in_inspect() -> None:

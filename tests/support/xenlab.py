@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.support import lab_health
 from tests.support.homes import copy_home
 from tests.support.leaks import qemu_processes
 from uniklab.cli.main import main
@@ -39,6 +40,7 @@ def virtual_xen_home(
             print(f"lab up {' '.join(up_args)}: {time.monotonic() - start:.1f}s")
             yield path
         finally:
+            lab_health.collect(path, name)
             main(["lab", "down", "--name", name])
             left = qemu_processes(str(path))
             for line in left:

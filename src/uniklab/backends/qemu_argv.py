@@ -259,6 +259,10 @@ def build_argv(
     return argv
 
 
+# The virtual Xen host's CPU (build_xenhost_argv says why each feature is off).
+XENHOST_CPU = "max,-smap,-xsave,-avx,-avx2"
+
+
 @dataclass(frozen=True)
 class XenHostSpec:
     """A virtual Xen host: Xen as a multiboot kernel, a PV dom0 kernel and initramfs as
@@ -281,12 +285,15 @@ def build_xenhost_argv(spec: XenHostSpec, *, daemonize: bool = True) -> list[str
     """QEMU (TCG, ``-M pc``) booting Xen with the dom0 kernel and initramfs as modules.
 
     ``-cpu max`` without SMAP: with SMAP offered, Xen 4.17's PV dom0 faults at its first
-    iretq under TCG.  One TCG thread for both vCPUs (``thread=single``): with QEMU 7.2's
-    multi-threaded TCG, processes of the dom0 (xl, libvirtd) and a restored domU failed at
-    random in three lab modules of one CI run (a segfault, ld.so finding its own state
-    inconsistent, a Redis that stopped answering); races between TCG threads are the
-    suspect, and one thread has none.  Xen drops the first word of a module's string (the
-    "file name"), so the dom0 kernel's module string is "<path> <dom0 args>"; QEMU
+    iretq under TCG.  Without XSAVE and AVX either: processes of the dom0 (xl, libvirtd,
+    sshd) and a restored domU failed at random in CI runs (a segfault, ld.so finding its
+    own state inconsistent, a Redis that stopped answering), with one TCG thread per vCPU
+    and with one for both.  AVX came to TCG in QEMU 7.2 (Debian 12's), and every context
+    switch of Xen's saves and restores the YMM state through TCG's XSAVE; without them Xen
+    and its guests use SSE and FXSAVE, decades old in TCG.  One TCG thread for both vCPUs
+    (``thread=single``), kept from the first suspect (races between TCG threads): it
+    costs little.  Xen drops the first word of a module's string (the "file name"), so
+    the dom0 kernel's module string is "<path> <dom0 args>"; QEMU
     separates modules by commas, hence the ``_opt`` escaping.
     """
     files = RunFiles(spec.rundir)
@@ -300,7 +307,7 @@ def build_xenhost_argv(spec: XenHostSpec, *, daemonize: bool = True) -> list[str
         "-accel",
         "tcg,thread=single",
         "-cpu",
-        "max,-smap",
+        XENHOST_CPU,
         "-m",
         f"{spec.memory_mb}M",
         "-smp",

@@ -12,6 +12,7 @@ leftovers from another home's domains on a shared dom0, with no state store to a
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import re
@@ -249,18 +250,20 @@ class XenBackend(Backend):
                 argv=exc.argv,
                 output="" if known else exc.stderr,
             ) from exc
-        domid = self._domid(spec.name)
-        runtime: dict[str, object] = {
-            "host": self.ex.name,
-            "domain": spec.name,
-            "cfg": str(cfg),
-            "domid": domid,
-        }
+        except BaseException:
+            # The host stopped answering (or a signal): the domain may be there.
+            with contextlib.suppress(Exception):
+                self.destroy(Handle(pid=None, runtime={"cfg": str(cfg)}, name=spec.name))
+            raise
+        runtime: dict[str, object] = {"host": self.ex.name, "domain": spec.name, "cfg": str(cfg)}
         if ports or links:
             runtime.update(channels=list(ports), rundir=str(spec.rundir))
         handle = Handle(pid=None, runtime=runtime)
-        if paused:
-            try:
+        # From here the domain is this call's: whatever fails takes it and its config away
+        # (the caller's clean-up knows neither until this returns).
+        try:
+            domid = runtime["domid"] = self._domid(spec.name)
+            if paused:
                 if domid is None:
                     raise LaunchError(f"domain {spec.name} vanished after xl create -p")
                 if rumprun_cfg is not None:
@@ -269,9 +272,10 @@ class XenBackend(Backend):
                 if ports or links:
                     self._start_channels(handle, domid, ports, links)
                 self.ex.run(["xl", "unpause", str(domid)], timeout=60)
-            except BaseException:
+        except BaseException:
+            with contextlib.suppress(Exception):
                 self.destroy(handle)
-                raise
+            raise
         return handle
 
     def _vifs(self, spec: InstanceSpec) -> list[XenVif]:
@@ -373,8 +377,8 @@ class XenBackend(Backend):
         if domid is not None:
             self._xl_destroy(domid, timeout=max(timeout, 30))
         self._stop_channels(handle)
-        cfg = handle.runtime.get("cfg")
-        self._remove_files(name, str(cfg) if cfg else None)
+        # A create that failed before its handle was recorded left a config by the name.
+        self._remove_files(name, str(handle.runtime.get("cfg") or cfg_path(name)))
 
     def _own_domid(self, handle: Handle) -> int | None:
         """The id of the handle's domain while it exists (and is still the one created:
