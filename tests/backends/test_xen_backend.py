@@ -21,6 +21,7 @@ from tests.backends.contract import BackendContract, Target
 from tests.support.terminal import Terminal
 from tests.support.xenlab import bake_redis_for_xen, emptied_after, virtual_xen_home
 from uniklab.backends import xen
+from uniklab.bake.dom0 import INIT_LOG
 from uniklab.cli.main import main
 from uniklab.executor import Executor
 from uniklab.lab import Lab, RunOptions
@@ -307,7 +308,7 @@ def test_console_and_logs_follow_on_xen(xen_lab: str, lab: Lab) -> None:
 def test_the_dom0_starts_a_daemon_that_died_again(dom0: Executor) -> None:
     """The dom0's init keeps dnsmasq, sshd (and libvirtd) up: dnsmasq killed, a new one
     runs within seconds and the init's log says so (the run's health report shows it)."""
-    log = "/var/log/uniklab-dom0.log"
+    log = INIT_LOG
     old = dom0.run(["cat", "/run/dnsmasq.pid"]).stdout.strip()
     kill = f'echo "test: dnsmasq killed on purpose" >> {log}; kill -9 "$1"'
     dom0.run(["sh", "-c", kill, "sh", old])

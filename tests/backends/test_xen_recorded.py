@@ -53,7 +53,6 @@ class RecordedXenHost:
         # guest ignores it (False).
         self.obeys_shutdown = True
         self.console = "uniklab-init: exec /bin/redis-server\n"
-        self.broken = False  # for hosts that fail a command once
 
     def _set_flags(self, domid: str, flags: str) -> None:
         i = self._domid_line(domid)
@@ -303,6 +302,8 @@ def test_a_create_that_fails_after_xl_create_takes_its_domain_and_config(
     it away itself (the CI run where a dom0's ssh broke left a config behind)."""
 
     class Breaking(RecordedXenHost):
+        broken = True  # until the command fails once
+
         def run(self, argv: Sequence[str | Path], **kw: object) -> Result:
             if " ".join(str(a) for a in argv).startswith(failing) and self.broken:
                 self.broken = False  # once: the clean-up's own `xl list` is answered
@@ -310,7 +311,6 @@ def test_a_create_that_fails_after_xl_create_takes_its_domain_and_config(
             return super().run(argv, **kw)  # type: ignore[arg-type]
 
     host = Breaking()
-    host.broken = True
     with pytest.raises(HostUnreachableError):
         XenBackend(host).create(_rumprun_spec(tmp_path, host))
     assert ["xl", "destroy", "1"] in host.calls

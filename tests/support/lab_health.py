@@ -13,8 +13,7 @@ from pathlib import Path
 
 import pytest
 
-# The dom0 init's log (bake/dom0_files/init) and the kernel's fault lines.
-_INIT_LOG = "/var/log/uniklab-dom0.log"
+# The kernel's fault lines, and what the dom0's init logs of its daemons.
 _FAULTS = re.compile(
     r"segfault at|traps:|general protection|invalid opcode|Out of memory|Killed process|"
     r"is gone: starting it again|FAILED|on purpose"
@@ -24,13 +23,14 @@ FOUND: list[str] = []
 
 def collect(home: Path, name: str) -> None:
     """The lab ``name`` of ``home``'s faults and restarts, kept for the end of the run."""
+    from uniklab.bake.dom0 import INIT_LOG
     from uniklab.lab import Lab
     from uniklab.paths import Paths
 
     lab = Lab(Paths(home))
     try:
         ex = lab.hosts.executor(lab.hosts.get(name))
-        r = ex.run(["sh", "-c", f"cat {_INIT_LOG}; dmesg"], timeout=60, check=False)
+        r = ex.run(["sh", "-c", f"cat {INIT_LOG}; dmesg"], timeout=60, check=False)
         FOUND.extend(f"{name}: {ln}" for ln in r.stdout.splitlines() if _FAULTS.search(ln))
     except Exception as exc:  # the report must not fail the run it reports on
         FOUND.append(f"{name}: its dom0 did not answer at the end: {exc}"[:300])

@@ -81,6 +81,8 @@ LIBVIRT_MODULES = (
 )
 LIBVIRT_SOCKET = "/run/libvirt/libvirt-sock"
 CPU_MAP = "/usr/share/libvirt/cpu_map"
+# Where the dom0's init (dom0_files/init: its say()) logs, daemons it started again included.
+INIT_LOG = "/var/log/uniklab-dom0.log"
 XEN_BIN = PurePosixPath(f"/usr/lib/xen-{XEN_SERIES}/bin")
 # Xen: its console on the emulated COM1 (the serial log), a fixed-size dom0 with one vCPU.
 XEN_ARGS = "console=com1 com1=115200,8n1 dom0_mem=1024M,max:1024M dom0_max_vcpus=1"
