@@ -144,6 +144,19 @@ def explain(exc: Exception, where: str) -> UniklabError:
     return UniklabError(f"{where}: {message}")
 
 
+def gone_from_xen(exc: Exception) -> bool:
+    """Whether a libvirt error says Xen no longer has a domain that libvirt's libxl
+    driver still counts as running: a destroy in progress (the driver lets go of the
+    domain's lock while libxl tears it down) or an end it has yet to process.  Its
+    info and memory calls then fail as an internal error; the domain is gone."""
+    lib = _lib()
+    return (
+        isinstance(exc, lib.libvirtError)
+        and exc.get_error_code() == lib.VIR_ERR_INTERNAL_ERROR
+        and "libxl_domain_info failed" in (exc.get_error_message() or "")
+    )
+
+
 class Bounded:
     """A call that may block in libvirt's C code for as long as its host does not answer
     (no keepalive runs without an event loop), in a daemon thread of its own that a caller
@@ -470,6 +483,8 @@ class LibvirtBackend(Backend):
         except lib.libvirtError as exc:
             if exc.get_error_code() == lib.VIR_ERR_NO_DOMAIN:
                 return Inspection(alive=False, state="gone", detail=gone)
+            if gone_from_xen(exc):
+                return Inspection(alive=False, state="gone", detail=f"{gone} (Xen ended it)")
             raise explain(exc, self.where) from None
         state = _STATES.get(state_code, "running")
         started = handle.runtime.get("started")
