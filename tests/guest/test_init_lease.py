@@ -33,6 +33,11 @@ pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
 
 MAC = "52:54:00:12:34:56"
 LEASE, T1, T2 = 6, 2, 4
+# How much shorter than the guest's own an interval may look here: the host stamps each
+# message when it arrives, and a guest starved of CPU (TCG, the suite's other guests)
+# delivers the one that starts the interval late (CI: a renewal 0.6 s late made T2 look
+# like 3.4 s).  Still short of every wrong timer: a rebind at T2 - T1, a renewal at once.
+EARLY = 1.0
 A, B, C = "10.0.3.15", "10.0.3.16", "10.0.3.17"
 
 
@@ -110,7 +115,7 @@ def test_lease_is_renewed_rebound_and_given_up_on_nak_and_expiry(
     renew = lan.wait_for(lambda m: m.ciaddr == A, "renewal", 30)
     assert (renew.ip_src, renew.ip_dst, renew.eth_dst) == (A, SERVER_IP, SERVER_MAC)
     assert _no_requested_ip_or_server(renew) and renew.flags == 0
-    assert T1 - 0.3 <= renew.at - boot.at <= T1 + 3, renew.at - boot.at
+    assert T1 - EARLY <= renew.at - boot.at <= T1 + 3, renew.at - boot.at
     g.wait_for(rf"^uniklab-init: net eth0 lease {A} renewed for {LEASE} s$", 30)
 
     # Unanswered until T2, then broadcast to any server (REBINDING), which answers.
@@ -119,7 +124,7 @@ def test_lease_is_renewed_rebound_and_given_up_on_nak_and_expiry(
     assert _no_requested_ip_or_server(rebind)
     ignored = [m for m in lan.messages if renew.at < m.at < rebind.at]
     assert ignored and all(m.ip_dst == SERVER_IP for m in ignored), ignored
-    assert T2 - 0.3 <= rebind.at - script.acked["renew"].at <= T2 + 3
+    assert T2 - EARLY <= rebind.at - script.acked["renew"].at <= T2 + 3
 
     # A NAK: the address goes at once, and discovery starts over.
     g.wait_for(
@@ -137,7 +142,7 @@ def test_lease_is_renewed_rebound_and_given_up_on_nak_and_expiry(
     got_b = script.acked["rediscover"]
     silent = [m.ip_dst for m in lan.messages if got_b.at < m.at < script.acked["expired"].at]
     assert silent[0] == SERVER_IP and silent[-1] == "255.255.255.255", silent
-    assert script.acked["expired"].at - got_b.at >= LEASE - 0.3
+    assert script.acked["expired"].at - got_b.at >= LEASE - EARLY
 
     # Only the address in force answers ARP: the lost ones were removed.
     assert lan.holds(C)
