@@ -3,6 +3,7 @@ the probe itself is stubbed, as on this machine it takes seconds)."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -30,7 +31,7 @@ def test_a_rumprun_unikernel_is_not_what_the_probe_boots(tmp_path: Path) -> None
     ("kernel_found", "verdict", "cached"),
     [(True, True, "kvm"), (True, False, "tcg"), (False, False, "tcg"), (False, True, None)],
 )
-def test_kvm_is_cached_only_when_a_linux_kernel_proved_it(
+def test_kvm_counts_only_when_a_linux_kernel_proved_it(
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
     kernel_found: bool,
@@ -48,7 +49,26 @@ def test_kvm_is_cached_only_when_a_linux_kernel_proved_it(
         return verdict, "stub"
 
     monkeypatch.setattr(hostinfo, "kvm_usable", probe)
-    accel, _ = hostinfo.choose_accel(tmp_path / "not-a-kernel")
-    assert accel == ("kvm" if verdict else "tcg") and seen == [linux]
+    accel, why = hostinfo.choose_accel(tmp_path / "not-a-kernel")
+    # the firmware's word alone is not taken: here KVM runs it and hangs every kernel
+    assert accel == ("kvm" if verdict and kernel_found else "tcg") and seen == [linux]
+    assert ("no Linux kernel to prove KVM with" in why) == (verdict and not kernel_found)
     marker = hostinfo._probe_cache()
     assert (marker.read_text().split(":")[0] if marker.exists() else None) == cached
+
+
+def test_every_kernel_in_boot_is_a_candidate(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A machine may run a kernel it has no file of (here: the host's hypervisor boots it)
+    beside the distribution's in /boot: that one proves KVM as well."""
+    monkeypatch.setenv("UNIKLAB_KERNEL_CACHE", str(tmp_path / "kernels"))
+    (tmp_path / "kernels" / "k1").mkdir(parents=True)
+    build = _bzimage(tmp_path / "kernels" / "k1" / "bzImage")
+    boot = tmp_path / "boot"
+    boot.mkdir()
+    debian = _bzimage(boot / "vmlinuz-6.1.0-57-amd64")
+    (boot / "config-6.1.0-57-amd64").write_text("")
+    running = boot / f"vmlinuz-{os.uname().release}"
+    assert hostinfo._kernel_candidates(boot) == [running, debian, build]
+    assert hostinfo.probe_kernel(None, hostinfo._kernel_candidates(boot)) == debian

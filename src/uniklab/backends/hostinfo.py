@@ -140,12 +140,17 @@ def probe_kernel(kernel: Path | None, candidates: Sequence[Path] = ()) -> Path |
     return None
 
 
-def _kernel_candidates() -> list[Path]:
+def _kernel_candidates(boot: Path = Path("/boot")) -> list[Path]:
+    """Linux kernels this machine has, for the probe: the running one's, then any other in
+    ``boot`` (a machine may run a kernel it has no file of, as under another hypervisor,
+    beside the distribution's), then uniklab's own builds."""
+    running = boot / f"vmlinuz-{os.uname().release}"
+    others = sorted((k for k in boot.glob("vmlinuz-*") if k != running), reverse=True)
     try:
         cached = sorted(buildcache.root("kernels", "UNIKLAB_KERNEL_CACHE").glob("*/bzImage"))
     except OSError:  # another user's cache
         cached = []
-    return [Path(f"/boot/vmlinuz-{os.uname().release}"), *cached]
+    return [running, *others, *cached]
 
 
 def choose_accel(kernel: Path | None) -> tuple[str, str]:
@@ -154,9 +159,10 @@ def choose_accel(kernel: Path | None) -> tuple[str, str]:
     probe's seconds again.
 
     KVM counts only once a Linux kernel was seen to boot under it (here KVM starts real-mode
-    firmware and then hangs every kernel): the probe boots ``kernel`` if it is a Linux
-    kernel, else another one this machine has.  With none to boot, the firmware probe's
-    "yes" is taken for this command only, never cached."""
+    firmware and then hangs every kernel, rumprun's included): the probe boots ``kernel`` if
+    it is a Linux kernel, else another one this machine has.  With none to boot, the
+    firmware probe's "yes" proves nothing: TCG, for this command only (never cached: a
+    kernel may turn up)."""
     forced = os.environ.get("UNIKLAB_ACCEL")
     if forced in ("kvm", "tcg"):
         return forced, "set by UNIKLAB_ACCEL"
@@ -168,10 +174,12 @@ def choose_accel(kernel: Path | None) -> tuple[str, str]:
         pass  # not probed yet this boot (or the cache is not ours to read)
     linux = probe_kernel(kernel, _kernel_candidates())
     ok, why = kvm_usable(linux)
+    if ok and linux is None:
+        why = f"{why}, but no Linux kernel to prove KVM with (UNIKLAB_ACCEL=kvm to trust it)"
+        log.info("accelerator: tcg (%s)", why)
+        return "tcg", why
     accel = "kvm" if ok else "tcg"
     log.info("accelerator: %s (%s)", accel, why)
-    if ok and linux is None:
-        return accel, f"{why} (no Linux kernel to prove it with: not cached)"
     try:
         marker.parent.mkdir(parents=True, exist_ok=True)
         marker.write_text(f"{accel}: {why}")
