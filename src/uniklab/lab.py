@@ -156,6 +156,14 @@ class AddressInfo:
 def exit_reason(console: str, gone: str = "") -> tuple[str, str]:
     """(state, reason) for a guest whose hypervisor process is gone, from its console; when
     the console says nothing, the backend's word (``gone``: "domain r1 is gone from dom0")."""
+    from uniklab.state.store import CRASHED
+
+    return console_verdict(console) or (CRASHED, gone or "hypervisor process died")
+
+
+def console_verdict(console: str) -> tuple[str, str] | None:
+    """(state, reason) a guest's console gives for its end (an app's exit status, a kernel
+    panic, the init's fatal word), or None when it says nothing of one."""
     from uniklab.state.store import CRASHED, EXITED
 
     m = guest_console.EXIT_RE.findall(console)
@@ -176,11 +184,11 @@ def exit_reason(console: str, gone: str = "") -> tuple[str, str]:
     if ended:
         _, how, code = max(ended)
         return (EXITED if code == "0" else CRASHED), f"app {how}"
-    for word in (guest_console.FATAL, *guest_console.RUMPRUN_FATAL):
-        said = [ln for ln in console.splitlines() if word in ln]
-        if said:
-            return CRASHED, said[0].strip()[:160]
-    return CRASHED, gone or "hypervisor process died"
+    # The first fatal line: a rump kernel's own "panic: <why>" comes before rumpuser's
+    # generic "PANIC: rumpuser panic".
+    words = (guest_console.FATAL, *guest_console.RUMPRUN_FATAL)
+    said = next((ln for ln in console.splitlines() if any(w in ln for w in words)), None)
+    return (CRASHED, said.strip()[:160]) if said else None
 
 
 class Lab:
@@ -827,6 +835,7 @@ class Lab:
             timeout=timeout,
             alive=lambda: backend.inspect(handle).alive,
             console_tail=lambda: tail(backend.console(handle), 15),
+            why_stopped=lambda: (console_verdict(backend.console(handle)) or ("", ""))[1],
         )
 
     def check(self, name: str, *, timeout: float = 5.0) -> probes.ProbeResult:

@@ -1,7 +1,7 @@
 from __future__ import annotations
 
 from uniklab import validate
-from uniklab.lab import exit_reason
+from uniklab.lab import console_verdict, exit_reason
 from uniklab.run_plan import instance_mac
 
 
@@ -30,3 +30,22 @@ def test_a_silent_console_gives_the_backends_word() -> None:
     assert exit_reason("uniklab-init: start\n", gone) == ("crashed", gone)
     # what the console says wins
     assert exit_reason("uniklab-init: app exited status 3\n", gone)[1] == "app exited status 3"
+
+
+# The end of a rumprun guest's console, as CI recorded it (Xen, Redis 3.0.6, a DIAGNOSTIC
+# rump kernel).
+RUMP_PANIC = """\
+3:M 01 Dec 00:17:09.209 * The server is now ready to accept connections on port 6379
+panic: kernel diagnostic assertion "mutex_owned(&fdp->fd_lock)" failed: file "x/kern_event.c"
+rump kernel halting...
+PANIC: rumpuser panic
+port 4 still bound!
+minios: halting, reason=0
+"""
+
+
+def test_a_rump_kernel_panic_is_told_by_its_own_line() -> None:
+    state, why = exit_reason(RUMP_PANIC)
+    assert state == "crashed"
+    assert why.startswith('panic: kernel diagnostic assertion "mutex_owned(&fdp->fd_lock)"')
+    assert console_verdict("uniklab-init: start\n") is None

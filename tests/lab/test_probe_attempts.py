@@ -1,8 +1,12 @@
 """How long one attempt of ``probes.wait`` may take: short on an address (a forwarder that
-accepts early must not hold readiness back), long enough on a channel for its replies."""
+accepts early must not hold readiness back), long enough on a channel for its replies; and
+what it says of a guest that stops first."""
 
 from __future__ import annotations
 
+import pytest
+
+from uniklab.errors import ProbeTimeoutError
 from uniklab.probes import base
 
 
@@ -59,3 +63,21 @@ def test_an_endpoint_not_known_yet_is_asked_again() -> None:
     probe.timeouts.append(0.0)  # its next attempt succeeds
     assert base.wait(probe, endpoint, timeout=60, interval=0).ok
     assert len(asked) == 3
+
+
+def test_a_guest_that_stops_is_named_with_its_last_word() -> None:
+    probe = _Slow()
+    with pytest.raises(ProbeTimeoutError) as err:
+        base.wait(
+            probe,
+            lambda: base.Endpoint("127.0.0.1", 1),
+            timeout=60,
+            alive=lambda: False,
+            why_stopped=lambda: "panic: kernel diagnostic assertion failed",
+        )
+    assert str(err.value) == (
+        "slow probe: the guest stopped before it was ready"
+        " (panic: kernel diagnostic assertion failed) (last error: TimeoutError: not yet)"
+    )
+    with pytest.raises(ProbeTimeoutError, match=r"ready \(last error"):
+        base.wait(_Slow(), lambda: base.Endpoint("127.0.0.1", 1), timeout=60, alive=lambda: False)

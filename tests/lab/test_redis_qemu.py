@@ -92,7 +92,7 @@ def test_app_that_exits_is_reported_and_cleaned(lab: Lab, lab_home: Path) -> Non
     """Redis refuses a bad option and exits 1: run --wait fails with the console tail."""
     with pytest.raises(ProbeTimeoutError) as err:
         lab.run("redis", RunOptions(name="bad", args=["--port", "notaport"], timeout=60))
-    assert "stopped before it was ready" in str(err.value)
+    assert "stopped before it was ready (app exited status 1)" in str(err.value)
     assert "app exited status 1" in err.value.console_tail
     assert_nothing_left(lab_home)
 

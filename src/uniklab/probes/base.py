@@ -94,9 +94,11 @@ def wait(
     interval: float = 0.1,
     alive: Callable[[], bool] = lambda: True,
     console_tail: Callable[[], str] = lambda: "",
+    why_stopped: Callable[[], str] = lambda: "",
     transient: tuple[type[BaseException], ...] = TRANSIENT,
 ) -> ProbeResult:
-    """Retry ``probe`` until it succeeds, the guest dies, or ``timeout`` passes."""
+    """Retry ``probe`` until it succeeds, the guest dies, or ``timeout`` passes; a guest
+    that died is named with ``why_stopped`` (its console's last word: a panic, an exit)."""
     start = time.monotonic()
     deadline = start + timeout
     last = "not tried"
@@ -116,8 +118,10 @@ def wait(
         except Exception as exc:  # a probe that fails oddly is still not ready
             last = f"{type(exc).__name__}: {exc}"
         if not alive():
+            why = why_stopped()
             raise ProbeTimeoutError(
-                f"{probe.name} probe: the guest stopped before it was ready",
+                f"{probe.name} probe: the guest stopped before it was ready"
+                + (f" ({why})" if why else ""),
                 last_error=last,
                 console_tail=console_tail(),
             )
