@@ -191,6 +191,12 @@ def console_verdict(console: str) -> tuple[str, str] | None:
     return (CRASHED, said.strip()[:160]) if said else None
 
 
+def last_word(console: str) -> str:
+    """What a guest's console says of its end ("" if nothing): why a probe's guest died."""
+    verdict = console_verdict(console)
+    return verdict[1] if verdict else ""
+
+
 class Lab:
     """The verbs of uniklab over one state store and image store."""
 
@@ -835,7 +841,7 @@ class Lab:
             timeout=timeout,
             alive=lambda: backend.inspect(handle).alive,
             console_tail=lambda: tail(backend.console(handle), 15),
-            why_stopped=lambda: (console_verdict(backend.console(handle)) or ("", ""))[1],
+            why_stopped=lambda: last_word(backend.console(handle)),
         )
 
     def check(self, name: str, *, timeout: float = 5.0) -> probes.ProbeResult:

@@ -358,6 +358,7 @@ def _check_or_build(
 
 
 def _build(lab: Lab, m: Manifest, backend: Backend, plan: _Plan, *, timeout: float) -> Template:
+    from uniklab.lab import last_word
     from uniklab.ports import free_port
     from uniklab.probes import base as probe_base
     from uniklab.probes.kinds import from_spec
@@ -393,6 +394,7 @@ def _build(lab: Lab, m: Manifest, backend: Backend, plan: _Plan, *, timeout: flo
             timeout=timeout,
             alive=lambda: backend.inspect(h).alive,
             console_tail=lambda: "\n".join(backend.console(h).splitlines()[-15:]),
+            why_stopped=lambda: last_word(backend.console(h)),
         )
         handle = None  # save_template ends the guest
         backend.save_template(h, build)

@@ -1,7 +1,7 @@
 from __future__ import annotations
 
 from uniklab import validate
-from uniklab.lab import console_verdict, exit_reason
+from uniklab.lab import console_verdict, exit_reason, last_word
 from uniklab.run_plan import instance_mac
 
 
@@ -48,4 +48,5 @@ def test_a_rump_kernel_panic_is_told_by_its_own_line() -> None:
     state, why = exit_reason(RUMP_PANIC)
     assert state == "crashed"
     assert why.startswith('panic: kernel diagnostic assertion "mutex_owned(&fdp->fd_lock)"')
-    assert console_verdict("uniklab-init: start\n") is None
+    assert last_word(RUMP_PANIC) == why
+    assert console_verdict("uniklab-init: start\n") is None and last_word("") == ""
