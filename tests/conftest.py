@@ -22,12 +22,14 @@ if TYPE_CHECKING:
     from uniklab.lab import Lab
 
 # Under CI=true a skip is a failure (tests/support/ci_skips.py); the sshd and libvirtd
-# fixtures; the virtual Xen hosts' faults, said at the end (tests/support/lab_health.py).
+# fixtures; the virtual Xen hosts' faults and the reruns' causes, said at the end
+# (tests/support/lab_health.py, tests/support/reruns.py).
 pytest_plugins = [
     "tests.support.ci_skips",
     "tests.support.sshd",
     "tests.support.libvirtd",
     "tests.support.lab_health",
+    "tests.support.reruns",
 ]
 
 
