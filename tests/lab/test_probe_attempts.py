@@ -4,9 +4,15 @@ what it says of a guest that stops first."""
 
 from __future__ import annotations
 
+import re
+import tomllib
+from pathlib import Path
+
 import pytest
 
+from tests.lab.test_lab_pure import RUMP_PANIC
 from uniklab.errors import ProbeTimeoutError
+from uniklab.lab import last_word
 from uniklab.probes import base
 
 
@@ -81,3 +87,27 @@ def test_a_guest_that_stops_is_named_with_its_last_word() -> None:
     )
     with pytest.raises(ProbeTimeoutError, match=r"ready \(last error"):
         base.wait(_Slow(), lambda: base.Endpoint("127.0.0.1", 1), timeout=60, alive=lambda: False)
+
+
+def test_the_one_rerun_matches_the_known_panic_as_words_it_and_no_other() -> None:
+    """pyproject's ``only_rerun`` (one rerun for a known upstream panic) against the error
+    a probe raises for it, from the console CI recorded; another panic is not rerun."""
+    doc = tomllib.loads((Path(__file__).parents[2] / "pyproject.toml").read_text())
+    [pattern] = doc["tool"]["pytest"]["ini_options"]["only_rerun"]
+
+    def error(console: str) -> str:
+        probe = _Slow()
+        with pytest.raises(ProbeTimeoutError) as err:
+            base.wait(
+                probe,
+                lambda: base.Endpoint("127.0.0.1", 1),
+                timeout=60,
+                alive=lambda: False,
+                why_stopped=lambda: last_word(console),
+            )
+        return f"{type(err.value).__name__}: {err.value}"  # what the rerun plugin matches
+
+    assert re.search(pattern, error(RUMP_PANIC))
+    other = RUMP_PANIC.replace("mutex_owned(&fdp->fd_lock)", "kn->kn_fop != NULL")
+    assert not re.search(pattern, error(other))
+    assert not re.search(pattern, error("uniklab-init: app exited status 1\n"))

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.support import run_end
+
 # The kernel's fault lines, and what the dom0's init logs of its daemons.
 _FAULTS = re.compile(
     r"segfault at|traps:|general protection|invalid opcode|Out of memory|Killed process|"
@@ -40,10 +42,4 @@ def collect(home: Path, name: str) -> None:
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
-    # After pytest's own summary, so the last lines of a run's log carry it.
-    tr = config.pluginmanager.get_plugin("terminalreporter")
-    if not FOUND or tr is None:
-        return
-    tr.write_sep("=", "virtual Xen hosts: faults and restarts in their dom0s")
-    for line in FOUND:
-        tr.write_line(line)
+    run_end.say(config, "virtual Xen hosts: faults and restarts in their dom0s", FOUND)

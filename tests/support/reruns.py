@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import pytest
 
+from tests.support import run_end
+
 SEEN: list[str] = []
 
 
@@ -17,9 +19,4 @@ def pytest_runtest_logreport(report: pytest.TestReport) -> None:
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
-    tr = config.pluginmanager.get_plugin("terminalreporter")
-    if not SEEN or tr is None:
-        return
-    tr.write_sep("=", "tests run again after a known upstream failure")
-    for line in SEEN:
-        tr.write_line(line)
+    run_end.say(config, "tests run again after a known upstream failure", SEEN)
